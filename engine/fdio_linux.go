@@ -1,0 +1,110 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"unsafe"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+)
+
+// ErrWouldBlock reports that the socket took nothing: its buffer is full.
+var ErrWouldBlock = errors.New("engine: socket buffer full")
+
+// WriteFD writes bufs to the non-blocking socket fd with one writev and
+// returns how many bytes the kernel took. It never blocks and never copies:
+// what the socket did not take stays with the caller. Call on the loop (it
+// uses the loop's iovec array).
+func (l *Loop) WriteFD(fd int, bufs [][]byte) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		if n == maxIov {
+			break
+		}
+		l.iovecs[n].Base = &b[0]
+		l.iovecs[n].SetLen(len(b))
+		n++
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	for {
+		r, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&l.iovecs[0])), uintptr(n))
+		switch e {
+		case 0:
+			clear(l.iovecs[:n])
+			return int(r), nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			clear(l.iovecs[:n])
+			return 0, nil
+		default:
+			clear(l.iovecs[:n])
+			return 0, fmt.Errorf("writev: %w", e)
+		}
+	}
+}
+
+// ShutdownWrite half-closes the socket: the peer reads EOF after the bytes
+// already written.
+func ShutdownWrite(fd int) error {
+	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// CloseFD closes a descriptor the caller owns (a dup). With abort set, the
+// peer gets an RST instead of a FIN.
+func CloseFD(fd int, abort bool) {
+	if fd < 0 {
+		return
+	}
+	if abort {
+		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	_ = unix.Close(fd)
+}
+
+// Park detaches c from gnet while keeping its socket open and unread: it
+// returns a dup the caller owns. The caller must then return gnet.Close from
+// the callback it runs in and recognise the close as a park in OnClose. The
+// client's further writes fill the kernel buffers and then block: real
+// backpressure, no user-space bytes held.
+func Park(c gnet.Conn) (int, error) {
+	fd, err := c.Dup()
+	if err != nil {
+		return -1, fmt.Errorf("park: dup: %w", err)
+	}
+	return fd, nil
+}
+
+// Enroll hands the socket fd (a dup the caller keeps owning) to the loop el;
+// gnet takes its own copy and calls OnOpen there with ctx as the context.
+// The returned channel reports gnet's result.
+func Enroll(el gnet.EventLoop, fd int, ctx Opener) (<-chan gnet.RegisteredResult, error) {
+	nfd, err := unix.Dup(fd)
+	if err != nil {
+		return nil, fmt.Errorf("enroll: dup: %w", err)
+	}
+	f := os.NewFile(uintptr(nfd), "enroll")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	ch, err := el.Enroll(gnet.NewContext(context.Background(), ctx), nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	return ch, nil
+}

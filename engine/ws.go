@@ -1,0 +1,179 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/gobwas/ws"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/nowconnect/nowconnect/codec"
+)
+
+// WSHandler receives the messages of a server-side WebSocket connection.
+// Every method runs on the connection's loop.
+type WSHandler interface {
+	OnOpen(w *WSConn)
+	// OnMessage gets one binary message, unmasked in place; p is valid only
+	// during the call. A non-nil error closes the connection.
+	OnMessage(w *WSConn, p []byte) error
+	// OnClose runs once, whatever closed the connection.
+	OnClose(w *WSConn, err error)
+}
+
+// WebSocket errors that close a connection.
+var (
+	ErrWSUnmasked   = errors.New("websocket: client frame not masked")
+	ErrWSFragmented = errors.New("websocket: fragmented or text message")
+	ErrWSTooLarge   = errors.New("websocket: message too large")
+	ErrWSClosed     = errors.New("websocket: closed by peer")
+)
+
+// WSConn is a server-side WebSocket connection on the control port. Each
+// binary message carries one tunnel or mesh frame, so messages are bounded
+// by codec.MaxFrameLen.
+type WSConn struct {
+	// set at construction
+	c    gnet.Conn
+	loop *Loop
+	h    WSHandler
+
+	// owned by the loop
+	hdr    [codec.MaxWSHeaderLen + codec.HeaderLen + 16]byte
+	closed bool
+	err    error
+}
+
+// Conn returns the underlying connection.
+func (w *WSConn) Conn() gnet.Conn { return w.c }
+
+// Loop returns the connection's loop.
+func (w *WSConn) Loop() *Loop { return w.loop }
+
+// Closed reports whether the connection is closed or closing.
+func (w *WSConn) Closed() bool { return w.closed }
+
+// OutboundBuffered returns the bytes gnet holds for this connection.
+func (w *WSConn) OutboundBuffered() int { return w.c.OutboundBuffered() }
+
+// OnTraffic parses every complete frame in gnet's buffer.
+func (w *WSConn) OnTraffic(c gnet.Conn) gnet.Action {
+	buf, _ := c.Peek(-1)
+	used := 0
+	for !w.closed {
+		b := buf[used:]
+		h, n, err := codec.ParseWSHeader(b)
+		if err == codec.ErrShortHeader {
+			break
+		}
+		if err != nil {
+			w.fail(err)
+			break
+		}
+		if !h.Masked {
+			w.fail(ErrWSUnmasked)
+			break
+		}
+		if h.Length > codec.MaxFrameLen {
+			w.fail(fmt.Errorf("%w: %d bytes", ErrWSTooLarge, h.Length))
+			break
+		}
+		end := n + int(h.Length)
+		if len(b) < end {
+			break
+		}
+		p := b[n:end]
+		ws.Cipher(p, h.Mask, 0)
+		used += end
+		switch h.OpCode {
+		case ws.OpBinary:
+			if !h.Fin {
+				w.fail(ErrWSFragmented)
+				break
+			}
+			if err := w.h.OnMessage(w, p); err != nil {
+				w.fail(err)
+			}
+		case ws.OpPing:
+			w.writeControl(ws.OpPong, p)
+		case ws.OpPong:
+		case ws.OpClose:
+			w.writeControl(ws.OpClose, nil)
+			w.fail(ErrWSClosed)
+		default:
+			w.fail(ErrWSFragmented)
+		}
+	}
+	if w.closed {
+		return gnet.Close
+	}
+	_, _ = c.Discard(used)
+	return gnet.None
+}
+
+// OnClose tells the handler once.
+func (w *WSConn) OnClose(_ gnet.Conn, err error) {
+	if w.err == nil {
+		w.err = err
+	}
+	if w.err == nil {
+		w.err = ErrWSClosed
+	}
+	w.closed = true
+	h := w.h
+	w.h = nopWS{}
+	h.OnClose(w, w.err)
+}
+
+func (w *WSConn) fail(err error) {
+	if w.err == nil {
+		w.err = err
+	}
+	w.closed = true
+}
+
+// Close closes the connection with err as the reason given to OnClose.
+// Call on the loop, never from within this connection's OnTraffic (return
+// an error from OnMessage there instead).
+func (w *WSConn) Close(err error) {
+	if w.closed {
+		return
+	}
+	w.fail(err)
+	_ = w.loop.el.Close(w.c)
+}
+
+// WriteMessage sends a and b as one binary message (a frame header and its
+// payload). gnet writes straight from a and b and copies only what the
+// socket does not take, so both are reusable on return. Call on the loop.
+func (w *WSConn) WriteMessage(a, b []byte) error {
+	if w.closed {
+		return ErrWSClosed
+	}
+	n := codec.PutWSHeader(w.hdr[:], codec.BinaryHeader(len(a)+len(b)))
+	iov := w.loop.Iov[:0]
+	iov = append(iov, w.hdr[:n], a)
+	if len(b) > 0 {
+		iov = append(iov, b)
+	}
+	_, err := w.c.Writev(iov)
+	clear(iov)
+	return err
+}
+
+func (w *WSConn) writeControl(op ws.OpCode, p []byte) {
+	if len(p) > 125 {
+		p = p[:125]
+	}
+	n := codec.PutWSHeader(w.hdr[:], ws.Header{Fin: true, OpCode: op, Length: int64(len(p))})
+	iov := w.loop.Iov[:0]
+	iov = append(iov, w.hdr[:n], p)
+	_, _ = w.c.Writev(iov)
+	clear(iov)
+}
+
+type nopWS struct{}
+
+func (nopWS) OnOpen(*WSConn)                  {}
+func (nopWS) OnMessage(*WSConn, []byte) error { return nil }
+func (nopWS) OnClose(*WSConn, error)          {}

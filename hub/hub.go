@@ -1,0 +1,276 @@
+// Package hub is the cloud side of NowConnect: it accepts agents on the
+// control port's /tunnel WebSocket, accepts clients on TCP listeners, and
+// carries every client connection as a stream over an agent's tunnel.
+//
+// Every stream lives on the event loop of the tunnel that carries it: a
+// client accepted on another loop is migrated there before its first byte
+// is read, so a stream's state, its client socket and its tunnel are only
+// ever touched from one goroutine and bytes move between them without locks
+// or extra copies. The routing table (connector → tunnels) is the only state
+// shared between loops.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/engine"
+)
+
+// Claims is what a verified agent token grants.
+type Claims struct {
+	AgentID    string
+	Connectors []string // nil = any
+}
+
+// TokenVerifier checks an agent's bearer token. Verify must be fast and
+// non-blocking (keys are loaded in advance); errors must not contain the
+// token.
+type TokenVerifier interface {
+	Verify(authorization []byte) (Claims, error)
+}
+
+// Listener is one TCP listener and the connector it serves.
+type Listener struct {
+	Name      string
+	Bind      string
+	Connector string
+	Allow     []netip.Prefix // empty = every client
+}
+
+// Config configures a Hub. Zero fields take the documented defaults.
+type Config struct {
+	Control          string        // control port, default "0.0.0.0:8765"
+	Listeners        []Listener    // at least one
+	Window           int           // per-stream credit granted to agents, default 256 KiB
+	QueueDepth       int           // buffers per stream queue (queue_depth_per_cid), default 64
+	PingInterval     time.Duration // default 15s
+	PingTimeout      time.Duration // default 45s
+	HandshakeTimeout time.Duration // default 10s
+	EventLoops       int           // default one per CPU
+	ReadBufferBytes  int           // default 64 KiB
+	SocketRecvBuffer int
+	SocketSendBuffer int
+	Verifier         TokenVerifier // required
+	Logger           *slog.Logger  // default slog.Default()
+	MaskClientAddr   bool          // log client addresses as x.x.x.0/24
+	Metrics          *metrics.Set  // default: a new set
+	Ready            func() bool   // extra readiness condition (HA); nil = always ready
+	IdleTimeout      time.Duration // close streams idle this long; 0 = never
+}
+
+// Errors returned by New and Start.
+var (
+	ErrNoListeners = errors.New("hub: no listeners configured")
+	ErrNoVerifier  = errors.New("hub: no token verifier configured")
+)
+
+// Hub is a running cloud hub.
+type Hub struct {
+	// set at construction
+	cfg       Config
+	log       *slog.Logger
+	srv       *engine.Server
+	lis       []*listener
+	router    router
+	met       *hubMetrics
+	shutdown  atomic.Bool
+	debug     bool // per-connection debug lines enabled
+	startedAt time.Time
+}
+
+type listener struct {
+	Listener
+	met *connMetrics
+}
+
+// New validates cfg and prepares a hub.
+func New(cfg Config) (*Hub, error) {
+	if cfg.Control == "" {
+		cfg.Control = "0.0.0.0:8765"
+	}
+	if len(cfg.Listeners) == 0 {
+		return nil, ErrNoListeners
+	}
+	if cfg.Verifier == nil {
+		return nil, ErrNoVerifier
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = 256 << 10
+	}
+	if cfg.Window < 4096 || cfg.Window > codec.MaxWindow {
+		return nil, fmt.Errorf("hub: window %d out of range", cfg.Window)
+	}
+	if cfg.QueueDepth <= 0 {
+		cfg.QueueDepth = 64
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 15 * time.Second
+	}
+	if cfg.PingTimeout <= 0 {
+		cfg.PingTimeout = 45 * time.Second
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.ReadBufferBytes <= 0 {
+		cfg.ReadBufferBytes = 64 << 10
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewSet()
+	}
+	h := &Hub{cfg: cfg, log: cfg.Logger, met: newHubMetrics(cfg.Metrics)}
+	h.debug = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
+	h.router.init()
+	binds := make([]string, 0, len(cfg.Listeners))
+	for _, l := range cfg.Listeners {
+		h.lis = append(h.lis, &listener{Listener: l, met: h.met.connector(l.Connector)})
+		binds = append(binds, l.Bind)
+	}
+	srv, err := engine.NewServer(engine.Options{
+		Control:          cfg.Control,
+		Listeners:        binds,
+		EventLoops:       cfg.EventLoops,
+		ReadBufferBytes:  cfg.ReadBufferBytes,
+		SocketRecvBuffer: cfg.SocketRecvBuffer,
+		SocketSendBuffer: cfg.SocketSendBuffer,
+		Logger:           cfg.Logger,
+	}, h, h)
+	if err != nil {
+		return nil, err
+	}
+	h.srv = srv
+	return h, nil
+}
+
+// Start binds the control port and the listeners.
+func (h *Hub) Start() error {
+	if err := h.srv.Start(); err != nil {
+		return err
+	}
+	h.startedAt = time.Now()
+	h.log.Info("control_started", "listen", h.cfg.Control)
+	for _, l := range h.lis {
+		h.log.Info("listener_started", "name", l.Name, "bind", l.Bind, "connector", l.Connector)
+	}
+	return nil
+}
+
+// Stop refuses new connections and closes everything at once.
+func (h *Hub) Stop(ctx context.Context) error {
+	h.shutdown.Store(true)
+	for _, t := range h.router.all() {
+		t.closeAsync(errShutdown)
+	}
+	return h.srv.Stop(ctx)
+}
+
+// Metrics returns the hub's metric set.
+func (h *Hub) Metrics() *metrics.Set { return h.cfg.Metrics }
+
+// Agents returns the number of connected agents.
+func (h *Hub) Agents() int { return len(h.router.all()) }
+
+// ActiveStreams returns the number of live streams across agents.
+func (h *Hub) ActiveStreams() int {
+	n := 0
+	for _, t := range h.router.all() {
+		n += int(t.active.Load())
+	}
+	return n
+}
+
+var errShutdown = errors.New("hub shutting down")
+
+// Accept runs on the accepting loop for every client connection.
+func (h *Hub) Accept(c gnet.Conn, idx int) gnet.Action {
+	l := h.lis[idx]
+	if h.shutdown.Load() {
+		return gnet.Close
+	}
+	addr := c.RemoteAddr()
+	ap := addrPort(addr)
+	if len(l.Allow) > 0 && !allowed(l.Allow, ap.Addr()) {
+		l.met.cidrBlocked.Inc()
+		h.log.Warn("cidr_blocked", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
+		return gnet.Close
+	}
+	t := h.router.pick(l.Connector)
+	if t == nil {
+		l.met.noAgent.Inc()
+		h.log.Warn("no_agent_for_connector", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
+		return gnet.Close
+	}
+	s := newStream(h, l, t, ap)
+	if c.EventLoop() == t.loop.EventLoop() {
+		return s.OnOpen(c)
+	}
+	// Move the client to its tunnel's loop before reading anything.
+	fd, err := engine.Park(c)
+	if err != nil {
+		t.active.Add(-1)
+		l.met.sessionErr.Inc()
+		return gnet.Close
+	}
+	s.dup = fd
+	c.SetContext(migrated{})
+	if _, err := engine.Enroll(t.loop.EventLoop(), fd, s); err != nil {
+		engine.CloseFD(fd, true)
+		t.active.Add(-1)
+		l.met.sessionErr.Inc()
+		h.log.Warn("migrate failed", "err", err)
+	}
+	return gnet.Close
+}
+
+// migrated is the context of a client connection that moved to another
+// loop; gnet's close of the original descriptor is expected and ignored.
+type migrated struct{}
+
+func (migrated) OnTraffic(gnet.Conn) gnet.Action { return gnet.Close }
+func (migrated) OnClose(gnet.Conn, error)        {}
+
+// Route answers the control port.
+func (h *Hub) Route(req *engine.Request) engine.Response {
+	switch req.Path {
+	case "/healthz":
+		return engine.Response{Status: 200, ContentType: "application/json", Body: []byte(`{"status":"ok"}`)}
+	case "/readyz":
+		if h.shutdown.Load() {
+			return engine.Response{Status: 503, ContentType: "application/json", Body: []byte(`{"status":"shutting_down"}`)}
+		}
+		if h.cfg.Ready != nil && !h.cfg.Ready() {
+			return engine.Response{Status: 503, ContentType: "application/json", Body: []byte(`{"status":"degraded"}`)}
+		}
+		return engine.Response{Status: 200, ContentType: "application/json", Body: []byte(`{"status":"ready"}`)}
+	case "/metrics":
+		return engine.Response{Status: 200, ContentType: "text/plain; version=0.0.4; charset=utf-8", Render: h.renderMetrics}
+	case "/tunnel":
+		if !req.Upgrade {
+			return engine.Response{Status: 426, Body: []byte("websocket upgrade required\n")}
+		}
+		if h.shutdown.Load() {
+			return engine.Response{Status: 503, Body: []byte("shutting down\n")}
+		}
+		claims, err := h.cfg.Verifier.Verify(req.Authorization)
+		if err != nil {
+			h.met.authFailures.Inc()
+			h.log.Warn("agent_auth_failed", "remote", req.RemoteAddr.String(), "err", err.Error())
+			return engine.Response{Status: 401, Body: []byte("unauthorized\n")}
+		}
+		return engine.Response{Upgrade: newTunnel(h, claims)}
+	}
+	return engine.Response{Status: 404, Body: []byte("not found\n")}
+}
