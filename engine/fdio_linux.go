@@ -12,8 +12,33 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrWouldBlock reports that the socket took nothing: its buffer is full.
-var ErrWouldBlock = errors.New("engine: socket buffer full")
+// Errors of the fd helpers.
+var (
+	// ErrWouldBlock reports that a non-blocking read found nothing.
+	ErrWouldBlock = errors.New("engine: would block")
+	// ErrNotConnected reports a socket gnet cannot adopt: both directions
+	// have ended (TCP_CLOSE), so it has no peer address. What is left in
+	// its receive queue can still be read with ReadFD, without blocking.
+	ErrNotConnected = errors.New("engine: socket no longer connected")
+)
+
+// ReadFD reads from a non-blocking socket the caller owns. It returns
+// (0, nil) at EOF and ErrWouldBlock when nothing is queued.
+func ReadFD(fd int, p []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, p)
+		switch err {
+		case nil:
+			return n, nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return 0, ErrWouldBlock
+		default:
+			return 0, fmt.Errorf("read: %w", err)
+		}
+	}
+}
 
 // WriteFD writes bufs to the non-blocking socket fd with one writev and
 // returns how many bytes the kernel took. It never blocks and never copies:
@@ -100,6 +125,12 @@ func Enroll(el gnet.EventLoop, fd int, ctx Opener) (<-chan gnet.RegisteredResult
 	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	// gnet dereferences the peer address while adopting the socket; a
+	// socket whose both directions ended has none (getpeername: ENOTCONN).
+	if nc.RemoteAddr() == nil {
+		nc.Close()
+		return nil, ErrNotConnected
 	}
 	ch, err := el.Enroll(gnet.NewContext(context.Background(), ctx), nc)
 	if err != nil {

@@ -33,6 +33,7 @@ type Loop struct {
 	// owned by the loop
 	Scratch  [256]byte // small frames and headers; reusable per call
 	Iov      [][]byte  // scratch iov for gnet Writev; reset before use
+	ReadBuf  []byte    // scratch for reads the loop does itself (ReadFD)
 	iovecs   [maxIov]unix.Iovec
 	drainers []Drainer
 	tickers  []Ticker
@@ -46,7 +47,7 @@ type Loop struct {
 }
 
 func newLoop(s *Server, el gnet.EventLoop) *Loop {
-	return &Loop{srv: s, el: el, Iov: make([][]byte, 0, maxIov)}
+	return &Loop{srv: s, el: el, Iov: make([][]byte, 0, maxIov), ReadBuf: make([]byte, s.opts.ReadBufferBytes)}
 }
 
 // EventLoop returns the gnet loop.

@@ -107,7 +107,11 @@ func (w *WSConn) OnTraffic(c gnet.Conn) gnet.Action {
 	if w.closed {
 		return gnet.Close
 	}
-	_, _ = c.Discard(used)
+	// Never Discard(0): gnet treats n <= 0 as "discard everything", which
+	// would drop the partial frame waiting for its remaining bytes.
+	if used > 0 {
+		_, _ = c.Discard(used)
+	}
 	return gnet.None
 }
 

@@ -171,8 +171,18 @@ func (h *Hub) Start() error {
 // Stop refuses new connections and closes everything at once.
 func (h *Hub) Stop(ctx context.Context) error {
 	h.shutdown.Store(true)
+	// Tunnels close on their loops, which closes every stream, including
+	// the parked and half-closed sockets gnet does not know about.
+	var done []<-chan struct{}
 	for _, t := range h.router.all() {
-		t.closeAsync(errShutdown)
+		done = append(done, t.closeAsync(errShutdown))
+	}
+	for _, d := range done {
+		select {
+		case <-d:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	return h.srv.Stop(ctx)
 }

@@ -88,6 +88,9 @@ func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
 	s.lastAct = time.Now()
 	if s.unparking {
 		s.unparking, s.parked = false, false
+		if s.h.debug {
+			s.h.log.Debug("stream unparked", "cid", s.cid, "credit", s.credit, "inbound", c.InboundBuffered())
+		}
 		return gnet.None
 	}
 	// A new stream.
@@ -161,6 +164,9 @@ func (s *stream) park(c gnet.Conn) gnet.Action {
 	}
 	s.dup, s.c, s.parked = fd, nil, true
 	s.h.met.parks.Inc()
+	if s.h.debug {
+		s.h.log.Debug("stream parked", "cid", s.cid, "credit", s.credit)
+	}
 	return gnet.Close
 }
 
@@ -169,12 +175,20 @@ func (s *stream) unpark() {
 	if !s.parked || s.unparking || s.readEOF {
 		return
 	}
-	if _, err := engine.Enroll(s.t.loop.EventLoop(), s.dup, s); err != nil {
+	_, err := engine.Enroll(s.t.loop.EventLoop(), s.dup, s)
+	if errors.Is(err, engine.ErrNotConnected) {
+		s.readParked()
+		return
+	}
+	if err != nil {
 		s.h.log.Warn("unpark failed", "cid", s.cid, "err", err)
 		s.kill(codec.ReasonOverload, true, true)
 		return
 	}
 	s.unparking = true
+	if s.h.debug {
+		s.h.log.Debug("stream unparking", "cid", s.cid, "credit", s.credit)
+	}
 }
 
 // OnClose runs when gnet closes the attached connection: on the client's
@@ -194,7 +208,17 @@ func (s *stream) OnClose(c gnet.Conn, err error) {
 		s.kill(codec.ReasonClientReset, true, true)
 		return
 	}
+	s.clientEOF(c)
+}
+
+// clientEOF handles the client's FIN: FIN to the agent, and keep a
+// descriptor to write the rest of the response unless it is all written.
+// c is the gnet connection being closed, or nil when s.dup is already ours.
+func (s *stream) clientEOF(c gnet.Conn) {
 	s.readEOF = true
+	if s.h.debug {
+		s.h.log.Debug("client fin", "cid", s.cid, "shut", s.shut, "out", s.out.Len())
+	}
 	s.lis.met.finRecv.Inc()
 	s.lis.met.finSent.Inc()
 	s.t.sendEmpty(codec.FrameFin, s.cid)
@@ -205,12 +229,40 @@ func (s *stream) OnClose(c gnet.Conn, err error) {
 		s.finish()
 		return
 	}
+	if c == nil {
+		return
+	}
 	fd, derr := c.Dup()
 	if derr != nil {
 		s.kill(codec.ReasonClientReset, true, true)
 		return
 	}
 	s.dup = fd
+}
+
+// readParked reads a parked socket that gnet cannot adopt any more (both
+// directions ended): its receive queue is all there is, so reading never
+// blocks. It forwards what credit allows and handles the EOF.
+func (s *stream) readParked() {
+	buf := s.t.loop.ReadBuf
+	for !s.dead && s.parked && s.credit > 0 {
+		n, err := engine.ReadFD(s.dup, buf[:min(len(buf), s.credit)])
+		switch {
+		case n > 0:
+			s.credit -= n
+			s.lis.met.bytesC2A.Add(n)
+			s.t.sendData(s.cid, buf[:n])
+		case err == nil: // EOF
+			s.parked = false
+			s.clientEOF(nil)
+			return
+		case errors.Is(err, engine.ErrWouldBlock):
+			return
+		default:
+			s.kill(codec.ReasonClientReset, true, true)
+			return
+		}
+	}
 }
 
 // onFrame handles a frame from the agent for this stream.

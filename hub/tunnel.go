@@ -182,16 +182,23 @@ func (t *tunnel) OnClose(_ *engine.WSConn, err error) {
 	}
 }
 
-// closeAsync closes the tunnel from any goroutine.
-func (t *tunnel) closeAsync(err error) {
+// closeAsync closes the tunnel from any goroutine; the channel is closed
+// once it is.
+func (t *tunnel) closeAsync(err error) <-chan struct{} {
+	done := make(chan struct{})
 	if t.loop == nil {
-		return
+		close(done)
+		return done
 	}
-	_ = t.loop.Execute(func() {
+	if t.loop.Execute(func() {
 		if !t.closed {
 			t.ws.Close(err)
 		}
-	})
+		close(done)
+	}) != nil {
+		close(done)
+	}
+	return done
 }
 
 // write sends one frame: a (header or whole control frame) followed by b.

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/nowconnect/nowconnect/agent"
+	"github.com/nowconnect/nowconnect/internal/config"
+)
+
+func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("premise", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "agent config file, .toml or .yaml (optional; NC_* variables and flags override it)")
+	var clouds, conns stringList
+	fs.Var(&clouds, "cloud", "hub tunnel URL ws://HOST:8765/tunnel or wss://…; repeat for failover (env NC_CLOUD_URL)")
+	agentID := fs.String("agent-id", "", "agent id, must match the token's sub (env NC_AGENT_ID)")
+	tokenFile := fs.String("token-file", "", "file holding the JWT (env NC_TOKEN_FILE or NC_TOKEN)")
+	fs.Var(&conns, "connector", "NAME=HOST:PORT target to serve; repeat (env NC_CONNECTORS)")
+	caFile := fs.String("ca-file", "", "extra CA bundle for wss:// (env NC_CA_FILE)")
+	level := fs.String("log-level", "", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	// Flags override the environment, which overrides the file: flags are
+	// fed through the same NC_* names so that one pass validates everything.
+	over := map[string]string{}
+	if len(clouds) > 0 {
+		over["NC_CLOUD_URL"] = strings.Join(clouds, ",")
+	}
+	if *agentID != "" {
+		over["NC_AGENT_ID"] = *agentID
+	}
+	if *tokenFile != "" {
+		over["NC_TOKEN_FILE"] = *tokenFile
+		over["NC_TOKEN"] = ""
+	}
+	if len(conns) > 0 {
+		over["NC_CONNECTORS"] = strings.Join(conns, ",")
+	}
+	if *caFile != "" {
+		over["NC_CA_FILE"] = *caFile
+	}
+	getenv := func(k string) string {
+		if v, ok := over[k]; ok {
+			return v
+		}
+		return os.Getenv(k)
+	}
+	cfg, err := config.LoadAgentEnv(*path, getenv)
+	if err != nil {
+		return err
+	}
+	if *level != "" {
+		cfg.Log.Level = *level
+	}
+	log, err := newLogger(stderr, cfg.Log.Level)
+	if err != nil {
+		return err
+	}
+	ac, err := agentConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ac.Logger = log
+	a, err := agent.New(ac)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// agentConfig turns the file's configuration into the agent's.
+func agentConfig(cfg *config.Agent) (agent.Config, error) {
+	ac := agent.Config{
+		URLs:         cfg.CloudURLs,
+		AgentID:      cfg.AgentID,
+		Token:        cfg.Token,
+		Connectors:   make(map[string]string, len(cfg.Connectors)),
+		DialTimeout:  cfg.DialTimeout.D(),
+		Window:       cfg.StreamWindow,
+		ReconnectMin: cfg.ReconnectMin.D(),
+		ReconnectMax: cfg.ReconnectMax.D(),
+		PingInterval: cfg.PingInterval.D(),
+		PingTimeout:  cfg.PingTimeout.D(),
+	}
+	for _, c := range cfg.Connectors {
+		ac.Connectors[c.Name] = c.Target
+	}
+	if cfg.CAFile != "" || cfg.InsecureSkipVerify {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify}
+		if cfg.CAFile != "" {
+			pem, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return ac, fmt.Errorf("ca_file: %w", err)
+			}
+			pool, err := x509.SystemCertPool()
+			if err != nil {
+				pool = x509.NewCertPool()
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return ac, fmt.Errorf("ca_file %s: no PEM certificates", cfg.CAFile)
+			}
+			tc.RootCAs = pool
+		}
+		ac.TLSConfig = tc
+	}
+	return ac, nil
+}
