@@ -1,0 +1,61 @@
+# NowConnect developer targets. `make test` is the whole gate (CI runs it via .ci/run):
+# it installs slapd, ldap-utils, redis-server, prometheus and the pinned Go tools first.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+GO ?= go
+
+# `make run` defaults; override e.g. `make run FORWARD=127.0.0.1:1389=ldap.corp:389`.
+CONTROL ?= 127.0.0.1:8765
+FORWARD ?= 127.0.0.1:10389=127.0.0.1:389
+
+# Pinned Go tools (scripts/deps.sh has the same defaults and reads these from the env).
+STATICCHECK_VERSION ?= v0.8.2
+BENCHSTAT_VERSION ?= v0.0.0-20260908200009-22c9c6c9d4da
+export STATICCHECK_VERSION BENCHSTAT_VERSION
+
+# How long `make fuzz` runs each Fuzz target under codec/.
+FUZZTIME ?= 30s
+
+GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
+STATICCHECK = $(GOBIN_DIR)/staticcheck
+
+.PHONY: run build test deps lint fuzz clean
+
+run:
+	$(GO) run ./cmd/nowconnect up --control $(CONTROL) --forward $(FORWARD)
+
+build:
+	$(GO) build -o bin/nowconnect ./cmd/nowconnect
+
+test:
+	bash scripts/test.sh
+
+deps:
+	bash scripts/deps.sh
+
+lint:
+	@unformatted="$$(gofmt -l .)"; \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	@[ -x "$(STATICCHECK)" ] || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(STATICCHECK) ./...
+
+# Runs every Fuzz target of every package under codec/ for FUZZTIME each (-fuzz takes one
+# package and one target at a time). New crashers land in that package's testdata/fuzz/.
+fuzz:
+	@found=0; \
+	for pkg in $$($(GO) list ./codec/...); do \
+		list="$$($(GO) test -list '^Fuzz' "$$pkg")"; \
+		for target in $$(grep '^Fuzz' <<<"$$list" || true); do \
+			found=1; \
+			echo "==== $$pkg $$target ($(FUZZTIME)) ===="; \
+			$(GO) test "$$pkg" -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME); \
+		done; \
+	done; \
+	if [ "$$found" = 0 ]; then echo "no Fuzz targets under ./codec"; exit 1; fi
+
+clean:
+	rm -rf bin
+	$(GO) clean -testcache
