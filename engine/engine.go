@@ -55,6 +55,7 @@ type Options struct {
 	SocketSendBuffer int           // 0 = kernel default
 	TickInterval     time.Duration // slow tick (pings, timeouts), default 50ms
 	DrainInterval    time.Duration // poll interval for sockets waiting to drain, default 1ms
+	RequestTimeout   time.Duration // control-port request head deadline and keep-alive idle, default 10s
 	Logger           *slog.Logger
 }
 
@@ -89,6 +90,9 @@ func NewServer(opts Options, router Router, acceptor Acceptor) (*Server, error) 
 	}
 	if opts.TickInterval <= 0 {
 		opts.TickInterval = 50 * time.Millisecond
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 10 * time.Second
 	}
 	if opts.DrainInterval <= 0 {
 		opts.DrainInterval = time.Millisecond

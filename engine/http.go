@@ -18,9 +18,6 @@ import (
 const (
 	// MaxRequestBytes bounds a request's head; larger ones get 431.
 	MaxRequestBytes = 8 << 10
-	// RequestTimeout bounds how long a request head may take to arrive and
-	// how long a keep-alive connection may stay idle.
-	RequestTimeout = 10 * time.Second
 )
 
 // Request is a parsed request head on the control port.
@@ -63,7 +60,7 @@ type httpConn struct {
 }
 
 func newHTTPConn(s *Server, c gnet.Conn) *httpConn {
-	h := &httpConn{s: s, c: c, loop: s.LoopOf(c), deadline: time.Now().Add(RequestTimeout)}
+	h := &httpConn{s: s, c: c, loop: s.LoopOf(c), deadline: time.Now().Add(s.opts.RequestTimeout)}
 	h.loop.AddTicker(h)
 	return h
 }
@@ -109,7 +106,7 @@ func (h *httpConn) OnTraffic(c gnet.Conn) gnet.Action {
 		req.RemoteAddr = c.RemoteAddr()
 		resp := h.s.router.Route(&req)
 		_, _ = c.Discard(end + 4)
-		h.deadline = time.Now().Add(RequestTimeout)
+		h.deadline = time.Now().Add(h.s.opts.RequestTimeout)
 		switch {
 		case resp.Upgrade != nil && req.Upgrade:
 			h.done = true

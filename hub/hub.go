@@ -45,6 +45,7 @@ type Listener struct {
 	Bind      string
 	Connector string
 	Allow     []netip.Prefix // empty = every client
+	PDP       bool           // ask Config.PDP for every connection
 }
 
 // Config configures a Hub. Zero fields take the documented defaults.
@@ -66,6 +67,8 @@ type Config struct {
 	Metrics          *metrics.Set  // default: a new set
 	Ready            func() bool   // extra readiness condition (HA); nil = always ready
 	IdleTimeout      time.Duration // close streams idle this long; 0 = never
+	PDP              *PDPConfig    // policy decision point for listeners with PDP set; nil = none
+	RequestTimeout   time.Duration // control-port request head deadline, default 10s
 }
 
 // Errors returned by New and Start.
@@ -83,6 +86,7 @@ type Hub struct {
 	lis       []*listener
 	router    router
 	met       *hubMetrics
+	pdp       *pdp // nil without a PDP
 	shutdown  atomic.Bool
 	debug     bool // per-connection debug lines enabled
 	startedAt time.Time
@@ -132,8 +136,12 @@ func New(cfg Config) (*Hub, error) {
 		cfg.Metrics = metrics.NewSet()
 	}
 	h := &Hub{cfg: cfg, log: cfg.Logger, met: newHubMetrics(cfg.Metrics)}
+	h.met.queueSize = h.queueSize
 	h.debug = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
 	h.router.init()
+	if cfg.PDP != nil && cfg.PDP.URL != "" {
+		h.pdp = newPDP(h, *cfg.PDP)
+	}
 	binds := make([]string, 0, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
 		h.lis = append(h.lis, &listener{Listener: l, met: h.met.connector(l.Connector)})
@@ -146,6 +154,7 @@ func New(cfg Config) (*Hub, error) {
 		ReadBufferBytes:  cfg.ReadBufferBytes,
 		SocketRecvBuffer: cfg.SocketRecvBuffer,
 		SocketSendBuffer: cfg.SocketSendBuffer,
+		RequestTimeout:   cfg.RequestTimeout,
 		Logger:           cfg.Logger,
 	}, h, h)
 	if err != nil {
@@ -168,9 +177,48 @@ func (h *Hub) Start() error {
 	return nil
 }
 
+// Shutdown stops taking new clients and agents (readiness turns 503, new
+// clients are refused), lets the streams in flight finish until ctx ends,
+// then closes everything.
+func (h *Hub) Shutdown(ctx context.Context) error {
+	if !h.shutdown.Swap(true) {
+		h.log.Info("draining", "streams", h.ActiveStreams())
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for h.ActiveStreams() > 0 {
+		select {
+		case <-ctx.Done():
+			h.log.Warn("grace period over", "streams", h.ActiveStreams())
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return h.Stop(sctx)
+		case <-tick.C:
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return h.Stop(sctx)
+}
+
+// queueSize is the largest agent→client queue of any stream of connector,
+// in buffers, as of the tunnels' last tick.
+func (h *Hub) queueSize(connector string) int64 {
+	var m int64
+	for _, t := range h.router.all() {
+		if q := t.qmax[connector]; q != nil {
+			m = max(m, q.Load())
+		}
+	}
+	return m
+}
+
 // Stop refuses new connections and closes everything at once.
 func (h *Hub) Stop(ctx context.Context) error {
 	h.shutdown.Store(true)
+	if h.pdp != nil {
+		h.pdp.stop()
+	}
 	// Tunnels close on their loops, which closes every stream, including
 	// the parked and half-closed sockets gnet does not know about.
 	var done []<-chan struct{}
@@ -208,6 +256,7 @@ var errShutdown = errors.New("hub shutting down")
 func (h *Hub) Accept(c gnet.Conn, idx int) gnet.Action {
 	l := h.lis[idx]
 	if h.shutdown.Load() {
+		_ = c.SetLinger(0) // refused: the client sees a reset, not a stream
 		return gnet.Close
 	}
 	addr := c.RemoteAddr()
@@ -217,32 +266,71 @@ func (h *Hub) Accept(c gnet.Conn, idx int) gnet.Action {
 		h.log.Warn("cidr_blocked", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
 		return gnet.Close
 	}
-	t := h.router.pick(l.Connector)
+	if l.PDP && h.pdp != nil {
+		return h.pdp.check(c, l, ap)
+	}
+	return h.route(c, l, ap)
+}
+
+// route picks the tunnel for a new client and moves the client to the
+// tunnel's loop (or opens the stream at once when it is already there).
+// It runs on the accepting loop.
+func (h *Hub) route(c gnet.Conn, l *listener, ap netip.AddrPort) gnet.Action {
+	t := h.pick(l, ap)
 	if t == nil {
-		l.met.noAgent.Inc()
-		h.log.Warn("no_agent_for_connector", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
 		return gnet.Close
 	}
 	s := newStream(h, l, t, ap)
 	if c.EventLoop() == t.loop.EventLoop() {
 		return s.OnOpen(c)
 	}
-	// Move the client to its tunnel's loop before reading anything.
 	fd, err := engine.Park(c)
 	if err != nil {
 		t.active.Add(-1)
 		l.met.sessionErr.Inc()
 		return gnet.Close
 	}
-	s.dup = fd
 	c.SetContext(migrated{})
+	h.enroll(s, t, fd)
+	return gnet.Close
+}
+
+// routeFD is route for a socket already detached from gnet (after a PDP
+// decision); fd is ours. Safe from any goroutine.
+func (h *Hub) routeFD(fd int, l *listener, ap netip.AddrPort) {
+	if h.shutdown.Load() {
+		engine.CloseFD(fd, true)
+		return
+	}
+	t := h.pick(l, ap)
+	if t == nil {
+		engine.CloseFD(fd, false)
+		return
+	}
+	h.enroll(newStream(h, l, t, ap), t, fd)
+}
+
+// enroll hands fd to t's loop, where s.OnOpen takes over (and closes fd).
+func (h *Hub) enroll(s *stream, t *tunnel, fd int) {
+	s.dup = fd
 	if _, err := engine.Enroll(t.loop.EventLoop(), fd, s); err != nil {
 		engine.CloseFD(fd, true)
 		t.active.Add(-1)
-		l.met.sessionErr.Inc()
-		h.log.Warn("migrate failed", "err", err)
+		if !errors.Is(err, engine.ErrNotConnected) {
+			s.lis.met.sessionErr.Inc()
+			h.log.Warn("migrate failed", "connector", s.lis.Connector, "err", err)
+		}
 	}
-	return gnet.Close
+}
+
+// pick chooses the agent for a new stream, logging when there is none.
+func (h *Hub) pick(l *listener, ap netip.AddrPort) *tunnel {
+	t := h.router.pick(l.Connector)
+	if t == nil {
+		l.met.noAgent.Inc()
+		h.log.Warn("no_agent_for_connector", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
+	}
+	return t
 }
 
 // migrated is the context of a client connection that moved to another

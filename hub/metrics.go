@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"sync"
-	"sync/atomic"
 
 	"github.com/VictoriaMetrics/metrics"
 )
@@ -31,30 +30,38 @@ type hubMetrics struct {
 	unknownCID   *metrics.Counter
 	parks        *metrics.Counter
 
+	// queueSize reports the largest per-CID agent→client queue of a
+	// connector, in buffers; set by the hub before any connector exists.
+	queueSize func(connector string) int64
+
 	mu    sync.Mutex // guards conns
 	conns map[string]*connMetrics
 }
 
 // connMetrics are the per-connector handles.
 type connMetrics struct {
-	connections *metrics.Counter
-	active      *metrics.Gauge
-	bytesC2A    *metrics.Counter
-	bytesA2C    *metrics.Counter
-	finSent     *metrics.Counter
-	finRecv     *metrics.Counter
-	rstSent     *metrics.Counter
-	rstRecv     *metrics.Counter
-	duration    *metrics.PrometheusHistogram
-	writeSec    *metrics.PrometheusHistogram
-	drainSec    *metrics.PrometheusHistogram
-	agents      *metrics.Gauge
-	cidrBlocked *metrics.Counter
-	noAgent     *metrics.Counter
-	sessionErr  *metrics.Counter
-	writeErr    *metrics.Counter
-	dialErrors  *metrics.Counter
-	queueMax    atomic.Int64 // largest per-CID agent→client queue seen, in buffers
+	connections    *metrics.Counter
+	active         *metrics.Gauge
+	bytesC2A       *metrics.Counter
+	bytesA2C       *metrics.Counter
+	finSent        *metrics.Counter
+	finRecv        *metrics.Counter
+	rstSent        *metrics.Counter
+	rstRecv        *metrics.Counter
+	duration       *metrics.PrometheusHistogram
+	writeSec       *metrics.PrometheusHistogram
+	drainSec       *metrics.PrometheusHistogram
+	agents         *metrics.Gauge
+	cidrBlocked    *metrics.Counter
+	noAgent        *metrics.Counter
+	sessionErr     *metrics.Counter
+	writeErr       *metrics.Counter
+	dialErrors     *metrics.Counter
+	pdpAllow       *metrics.Counter
+	pdpDeny        *metrics.Counter
+	pdpError       *metrics.Counter
+	pdpListenerErr *metrics.Counter // listener_errors_total{type="pdp"}
+	pdpCacheHits   *metrics.Counter
 }
 
 func newHubMetrics(set *metrics.Set) *hubMetrics {
@@ -78,45 +85,40 @@ func (m *hubMetrics) connector(name string) *connMetrics {
 	s := m.set
 	l := fmt.Sprintf(`connector=%q`, name)
 	c := &connMetrics{
-		connections: s.GetOrCreateCounter(`nowconnect_tcp_connections_total{` + l + `}`),
-		active:      s.GetOrCreateGauge(`nowconnect_tcp_active_connections{`+l+`}`, nil),
-		bytesC2A:    s.GetOrCreateCounter(`nowconnect_tcp_bytes_total{direction="c2a",` + l + `}`),
-		bytesA2C:    s.GetOrCreateCounter(`nowconnect_tcp_bytes_total{direction="a2c",` + l + `}`),
-		finSent:     s.GetOrCreateCounter(`nowconnect_tcp_fin_total{` + l + `,event="sent"}`),
-		finRecv:     s.GetOrCreateCounter(`nowconnect_tcp_fin_total{` + l + `,event="recv"}`),
-		rstSent:     s.GetOrCreateCounter(`nowconnect_tcp_rst_total{` + l + `,event="sent"}`),
-		rstRecv:     s.GetOrCreateCounter(`nowconnect_tcp_rst_total{` + l + `,event="recv"}`),
-		duration:    s.GetOrCreatePrometheusHistogramExt(`nowconnect_connection_duration_seconds{`+l+`}`, durationBuckets),
-		writeSec:    s.GetOrCreatePrometheusHistogramExt(`nowconnect_write_drain_seconds{`+l+`,phase="write"}`, latencyBuckets),
-		drainSec:    s.GetOrCreatePrometheusHistogramExt(`nowconnect_write_drain_seconds{`+l+`,phase="drain"}`, latencyBuckets),
-		agents:      s.GetOrCreateGauge(`nowconnect_agents_connected{`+l+`}`, nil),
-		cidrBlocked: s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="cidr"}`),
-		noAgent:     s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="no_agent"}`),
-		sessionErr:  s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="session"}`),
-		writeErr:    s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="write"}`),
-		dialErrors:  s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="dial"}`),
+		connections:    s.GetOrCreateCounter(`nowconnect_tcp_connections_total{` + l + `}`),
+		active:         s.GetOrCreateGauge(`nowconnect_tcp_active_connections{`+l+`}`, nil),
+		bytesC2A:       s.GetOrCreateCounter(`nowconnect_tcp_bytes_total{direction="c2a",` + l + `}`),
+		bytesA2C:       s.GetOrCreateCounter(`nowconnect_tcp_bytes_total{direction="a2c",` + l + `}`),
+		finSent:        s.GetOrCreateCounter(`nowconnect_tcp_fin_total{` + l + `,event="sent"}`),
+		finRecv:        s.GetOrCreateCounter(`nowconnect_tcp_fin_total{` + l + `,event="recv"}`),
+		rstSent:        s.GetOrCreateCounter(`nowconnect_tcp_rst_total{` + l + `,event="sent"}`),
+		rstRecv:        s.GetOrCreateCounter(`nowconnect_tcp_rst_total{` + l + `,event="recv"}`),
+		duration:       s.GetOrCreatePrometheusHistogramExt(`nowconnect_connection_duration_seconds{`+l+`}`, durationBuckets),
+		writeSec:       s.GetOrCreatePrometheusHistogramExt(`nowconnect_write_drain_seconds{`+l+`,phase="write"}`, latencyBuckets),
+		drainSec:       s.GetOrCreatePrometheusHistogramExt(`nowconnect_write_drain_seconds{`+l+`,phase="drain"}`, latencyBuckets),
+		agents:         s.GetOrCreateGauge(`nowconnect_agents_connected{`+l+`}`, nil),
+		cidrBlocked:    s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="cidr"}`),
+		noAgent:        s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="no_agent"}`),
+		sessionErr:     s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="session"}`),
+		writeErr:       s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="write"}`),
+		dialErrors:     s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="dial"}`),
+		pdpAllow:       s.GetOrCreateCounter(`nowconnect_pdp_decisions_total{` + l + `,result="allow"}`),
+		pdpDeny:        s.GetOrCreateCounter(`nowconnect_pdp_decisions_total{` + l + `,result="deny"}`),
+		pdpError:       s.GetOrCreateCounter(`nowconnect_pdp_decisions_total{` + l + `,result="error"}`),
+		pdpListenerErr: s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="pdp"}`),
+		pdpCacheHits:   s.GetOrCreateCounter(`nowconnect_pdp_cache_hits_total{` + l + `}`),
 	}
 	s.GetOrCreateGauge(`nowconnect_inbound_queue_size{`+l+`}`, func() float64 {
-		return float64(c.queueMax.Load())
+		return float64(m.queueSize(name))
 	})
 	m.conns[name] = c
 	return c
-}
-
-// observeQueue raises the queue gauge to n if larger; tunnels reset it to
-// the true maximum on every tick.
-func (c *connMetrics) observeQueue(n int) {
-	for {
-		cur := c.queueMax.Load()
-		if int64(n) <= cur || c.queueMax.CompareAndSwap(cur, int64(n)) {
-			return
-		}
-	}
 }
 
 // renderMetrics runs off the event loop.
 func (h *Hub) renderMetrics() []byte {
 	var b bytes.Buffer
 	h.cfg.Metrics.WritePrometheus(&b)
+	metrics.WriteProcessMetrics(&b)
 	return b.Bytes()
 }

@@ -334,7 +334,9 @@ func (s *stream) onData(p []byte) {
 		s.kill(codec.ReasonWindowExceeded, true, true)
 		return
 	}
-	s.lis.met.observeQueue(s.out.Frames())
+	if q := s.t.qmax[s.lis.Connector]; q != nil && int64(s.out.Frames()) > q.Load() {
+		q.Store(int64(s.out.Frames())) // spikes show before the next tick
+	}
 	if !s.draining {
 		s.draining = true
 		s.drainStart = time.Now()

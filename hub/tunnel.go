@@ -35,6 +35,9 @@ type tunnel struct {
 	agentID    string
 	connectors []string
 	window     int // credit the agent grants per stream (hub→agent DATA)
+	// qmax holds, per connector, the largest agent→client queue of this
+	// tunnel's streams in buffers: written by the loop, read by scrapes.
+	qmax map[string]*atomic.Int64
 
 	// shared
 	active atomic.Int32 // streams picked for this tunnel and not yet ended
@@ -78,8 +81,14 @@ func (t *tunnel) Tick(now time.Time) bool {
 		t.lastPing = now
 		t.write(codec.AppendPing(t.ctl[:0], codec.FramePing, uint64(now.UnixNano())), nil)
 	}
+	for _, q := range t.qmax {
+		q.Store(0)
+	}
 	for _, s := range t.streams {
 		s.tick(now)
+		if q := t.qmax[s.lis.Connector]; q != nil && int64(s.out.Frames()) > q.Load() {
+			q.Store(int64(s.out.Frames()))
+		}
 	}
 	return !t.closed
 }
@@ -145,6 +154,10 @@ func (t *tunnel) hello(p []byte) error {
 	}
 	t.agentID = hello.AgentID
 	t.connectors = conns
+	t.qmax = make(map[string]*atomic.Int64, len(conns))
+	for _, c := range conns {
+		t.qmax[c] = new(atomic.Int64)
+	}
 	t.window = int(hello.Window)
 	t.helloDone = true
 	t.lastPing = time.Now()

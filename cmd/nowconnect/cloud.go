@@ -69,16 +69,26 @@ func hubConfig(cfg *config.Hub, v hub.TokenVerifier, log *slog.Logger) (hub.Conf
 		SocketRecvBuffer: cfg.Engine.SocketRecvBuffer,
 		SocketSendBuffer: cfg.Engine.SocketSendBuffer,
 		IdleTimeout:      cfg.Timeouts.Idle.D(),
+		RequestTimeout:   cfg.Timeouts.HTTPRequest.D(),
 		Verifier:         v,
 		Logger:           log,
 		MaskClientAddr:   cfg.Log.MaskClientAddr,
+	}
+	if cfg.PDP.URL != "" {
+		hc.PDP = &hub.PDPConfig{
+			URL:       cfg.PDP.URL,
+			Timeout:   cfg.PDP.Timeout.D(),
+			CacheTTL:  cfg.PDP.CacheTTL.D(),
+			CacheSize: cfg.PDP.CacheSize,
+			FailOpen:  cfg.PDP.FailOpen,
+		}
 	}
 	for _, l := range cfg.Listeners {
 		allow, err := config.ParseCIDRs(l.EffectiveAllowCIDRs(cfg))
 		if err != nil {
 			return hc, fmt.Errorf("listener %s: %w", l.Name, err)
 		}
-		hc.Listeners = append(hc.Listeners, hub.Listener{Name: l.Name, Bind: l.Bind, Connector: l.Connector, Allow: allow})
+		hc.Listeners = append(hc.Listeners, hub.Listener{Name: l.Name, Bind: l.Bind, Connector: l.Connector, Allow: allow, PDP: l.UsePDP(cfg)})
 	}
 	return hc, nil
 }
@@ -94,9 +104,9 @@ func serveHub(ctx context.Context, hc hub.Config, grace time.Duration, log *slog
 	}
 	<-ctx.Done()
 	log.Info("shutting down", "grace", grace.String())
-	sctx, cancel := context.WithTimeout(context.Background(), grace+5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	return h.Stop(sctx)
+	return h.Shutdown(sctx)
 }
 
 // bearerVerifier checks the Authorization header of a tunnel upgrade.

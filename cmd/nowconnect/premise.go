@@ -2,10 +2,17 @@ package main
 
 import (
 	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
 	"crypto/tls"
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"github.com/VictoriaMetrics/metrics"
 	"io"
 	"os"
 	"strings"
@@ -69,11 +76,74 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	ac.Logger = log
+	ac.Metrics = metrics.NewSet()
 	a, err := agent.New(ac)
 	if err != nil {
 		return err
 	}
-	return a.Run(ctx)
+	if cfg.MetricsListen != "" {
+		stop, err := serveMetrics(cfg.MetricsListen, ac.Metrics, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	return runAgent(ctx, a, cfg.ShutdownGrace.D(), log)
+}
+
+// runAgent runs a until ctx ends, then shuts it down within grace.
+func runAgent(ctx context.Context, a *agent.Agent, grace time.Duration, log *slog.Logger) error {
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }() // agentRunLoop, joined below
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "grace", grace.String())
+	sctx, scancel := context.WithTimeout(context.Background(), grace)
+	defer scancel()
+	if err := a.Shutdown(sctx); err != nil {
+		log.Warn("grace period over", "err", err.Error())
+	}
+	cancel()
+	return <-done
+}
+
+// serveMetrics serves the agent's metrics on addr until stop is called.
+func serveMetrics(addr string, set *metrics.Set, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics_listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		set.WritePrometheus(w)
+		metrics.WriteProcessMetrics(w)
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}`))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // metricsServeLoop
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+			log.Error("metrics server", "err", err.Error())
+		}
+	}()
+	log.Info("metrics_started", "listen", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		wg.Wait()
+	}, nil
 }
 
 // agentConfig turns the file's configuration into the agent's.

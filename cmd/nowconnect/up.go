@@ -27,6 +27,7 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	window := fs.Int("window", 256<<10, "per-stream credit window in bytes")
 	loops := fs.Int("event-loops", 0, "hub event loops (0: one per CPU)")
+	grace := fs.Duration("shutdown-grace", 30*time.Second, "on SIGTERM, how long streams in flight may take to finish")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -85,22 +86,22 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 		_ = h.Stop(context.Background())
 		return err
 	}
-	actx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// On a signal both sides drain together: the hub refuses new clients,
+	// the agent refuses new streams, and both wait for the streams in flight.
 	var wg sync.WaitGroup
-	var runErr error
+	var hubErr error
 	wg.Add(1)
-	go func() { // agentLoop
+	go func() { // hubShutdownLoop, joined below
 		defer wg.Done()
-		runErr = a.Run(actx)
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), *grace)
+		defer cancel()
+		hubErr = h.Shutdown(sctx)
 	}()
-	<-ctx.Done()
-	cancel()
+	err = runAgent(ctx, a, *grace, log)
 	wg.Wait()
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer scancel()
-	if err := h.Stop(sctx); err != nil {
+	if err != nil {
 		return err
 	}
-	return runErr
+	return hubErr
 }

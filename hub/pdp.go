@@ -1,0 +1,249 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/nowconnect/nowconnect/engine"
+)
+
+// PDPConfig configures the per-connection policy decision point, asked
+// over HTTP in the OpenID AuthZEN evaluation shape:
+//
+//	POST {URL}
+//	{"subject":{"type":"client","id":"10.1.2.3"},
+//	 "resource":{"type":"connector","id":"addomain"},
+//	 "action":{"name":"connect"},
+//	 "context":{"listener":"l1"}}
+//	→ {"decision": true}
+type PDPConfig struct {
+	URL        string
+	Timeout    time.Duration // per request, default 2s
+	CacheTTL   time.Duration // decision cache, default 60s; errors are not cached
+	CacheSize  int           // entries, default 10000
+	FailOpen   bool          // allow when the PDP fails (default: deny)
+	MaxPending int           // connections waiting for a decision, default 1024
+	Client     *http.Client  // default: a client with Timeout
+}
+
+// ErrPDPOverload means too many connections wait for the PDP.
+var ErrPDPOverload = errors.New("pdp: too many pending decisions")
+
+type pdpKey struct {
+	client    netip.Addr
+	connector string
+}
+
+type pdpEntry struct {
+	allow   bool
+	expires time.Time
+}
+
+// pdp asks the decision point off the event loop. A connection waiting for
+// a decision is parked (a dup we own, nothing read); the decision either
+// hands it to its tunnel's loop or closes it.
+type pdp struct {
+	// set at construction
+	h   *Hub
+	cfg PDPConfig
+
+	mu      sync.Mutex // guards cache, pending
+	cache   map[pdpKey]pdpEntry
+	pending int
+
+	wg     sync.WaitGroup // askLoop goroutines
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newPDP(h *Hub, cfg PDPConfig) *pdp {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 2 * time.Second
+	}
+	if cfg.CacheTTL <= 0 {
+		cfg.CacheTTL = time.Minute
+	}
+	if cfg.CacheSize <= 0 {
+		cfg.CacheSize = 10000
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 1024
+	}
+	if cfg.Client == nil {
+		cfg.Client = &http.Client{Timeout: cfg.Timeout}
+	}
+	p := &pdp{h: h, cfg: cfg, cache: make(map[pdpKey]pdpEntry)}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	return p
+}
+
+// cached returns a fresh cached decision. Safe from any loop.
+func (p *pdp) cached(k pdpKey) (allow, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.cache[k]
+	if !ok || time.Now().After(e.expires) {
+		return false, false
+	}
+	return e.allow, true
+}
+
+func (p *pdp) store(k pdpKey, allow bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.cache) >= p.cfg.CacheSize {
+		now := time.Now()
+		for key, e := range p.cache { // drop expired, then arbitrary entries
+			if now.After(e.expires) || len(p.cache) >= p.cfg.CacheSize {
+				delete(p.cache, key)
+			}
+		}
+	}
+	p.cache[k] = pdpEntry{allow: allow, expires: time.Now().Add(p.cfg.CacheTTL)}
+}
+
+// check runs on the accepting loop. It decides from the cache, or parks c
+// and asks the PDP on a goroutine. It returns the action for c.
+func (p *pdp) check(c gnet.Conn, l *listener, client netip.AddrPort) gnet.Action {
+	k := pdpKey{client: client.Addr().Unmap(), connector: l.Connector}
+	if allow, ok := p.cached(k); ok {
+		l.met.pdpCacheHits.Inc()
+		if !allow {
+			l.met.pdpDeny.Inc()
+			p.h.log.Warn("pdp_denied", "listener", l.Name, "connector", l.Connector, "client", p.h.maskAddr(client), "cached", true)
+			return gnet.Close
+		}
+		l.met.pdpAllow.Inc()
+		return p.h.route(c, l, client)
+	}
+	p.mu.Lock()
+	full := p.pending >= p.cfg.MaxPending
+	if !full {
+		p.pending++
+	}
+	p.mu.Unlock()
+	if full {
+		l.met.pdpError.Inc()
+		l.met.pdpListenerErr.Inc()
+		p.h.log.Warn("pdp_error", "listener", l.Name, "connector", l.Connector, "err", ErrPDPOverload.Error())
+		if p.cfg.FailOpen {
+			return p.h.route(c, l, client)
+		}
+		return gnet.Close
+	}
+	fd, err := engine.Park(c)
+	if err != nil {
+		p.done()
+		return gnet.Close
+	}
+	c.SetContext(migrated{})
+	p.wg.Add(1)
+	go p.askLoop(fd, l, client, k)
+	return gnet.Close
+}
+
+func (p *pdp) done() {
+	p.mu.Lock()
+	p.pending--
+	p.mu.Unlock()
+}
+
+// askLoop asks the PDP for one connection and acts on the answer. It owns
+// fd until it hands it to a loop or closes it.
+func (p *pdp) askLoop(fd int, l *listener, client netip.AddrPort, k pdpKey) {
+	defer p.wg.Done()
+	defer p.done()
+	allow, err := p.ask(l, client)
+	switch {
+	case err != nil:
+		l.met.pdpError.Inc()
+		l.met.pdpListenerErr.Inc()
+		p.h.log.Warn("pdp_error", "listener", l.Name, "connector", l.Connector, "client", p.h.maskAddr(client),
+			"err", err.Error(), "fail_open", p.cfg.FailOpen)
+		allow = p.cfg.FailOpen
+	case allow:
+		l.met.pdpAllow.Inc()
+		p.store(k, true)
+	default:
+		l.met.pdpDeny.Inc()
+		p.store(k, false)
+	}
+	if !allow {
+		if err == nil {
+			p.h.log.Warn("pdp_denied", "listener", l.Name, "connector", l.Connector, "client", p.h.maskAddr(client))
+		}
+		engine.CloseFD(fd, false)
+		return
+	}
+	p.h.routeFD(fd, l, client)
+}
+
+type authzenRequest struct {
+	Subject  authzenEntity     `json:"subject"`
+	Resource authzenEntity     `json:"resource"`
+	Action   authzenAction     `json:"action"`
+	Context  map[string]string `json:"context,omitempty"`
+}
+
+type authzenEntity struct {
+	Type string `json:"type"`
+	ID   string `json:"id"`
+}
+
+type authzenAction struct {
+	Name string `json:"name"`
+}
+
+// ask performs one AuthZEN evaluation.
+func (p *pdp) ask(l *listener, client netip.AddrPort) (bool, error) {
+	body, err := json.Marshal(authzenRequest{
+		Subject:  authzenEntity{Type: "client", ID: client.Addr().Unmap().String()},
+		Resource: authzenEntity{Type: "connector", ID: l.Connector},
+		Action:   authzenAction{Name: "connect"},
+		Context:  map[string]string{"listener": l.Name},
+	})
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.cfg.URL, bytes.NewReader(body))
+	if err != nil {
+		return false, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := p.cfg.Client.Do(req)
+	if err != nil {
+		return false, fmt.Errorf("pdp request: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("pdp answered HTTP %d", resp.StatusCode)
+	}
+	var out struct {
+		Decision *bool `json:"decision"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&out); err != nil {
+		return false, fmt.Errorf("pdp response: %w", err)
+	}
+	if out.Decision == nil {
+		return false, errors.New("pdp response has no decision")
+	}
+	return *out.Decision, nil
+}
+
+// stop cancels pending requests and waits for them; their sockets close.
+func (p *pdp) stop() {
+	p.cancel()
+	p.wg.Wait()
+}
