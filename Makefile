@@ -59,3 +59,11 @@ fuzz:
 clean:
 	rm -rf bin
 	$(GO) clean -testcache
+
+# The runbook's ping-pong health gate (seed 000): slapd, hub and agent as real
+# processes, one LDAP search through the hub, counters printed, fails unless
+# c2a and a2c rose.
+.PHONY: pingpong
+pingpong:
+	bash scripts/deps.sh
+	$(GO) test -count=1 -v -run '^TestPingPong$$' ./internal/e2e

@@ -11,6 +11,10 @@ import (
 // Metric names and labels are a public contract (SPEC §6): dashboards and
 // alerts depend on them. Handles are created once per connector and cached;
 // nothing on the data path looks a metric up.
+//
+// FIN and RST count tunnel frames: event="sent" is a frame the hub sent to
+// the agent (the client half-closed or reset), event="recv" one it received
+// from the agent (the target did).
 
 // latencyBuckets suit socket write/drain and connection-level timings.
 var latencyBuckets = []float64{

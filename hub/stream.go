@@ -219,7 +219,6 @@ func (s *stream) clientEOF(c gnet.Conn) {
 	if s.h.debug {
 		s.h.log.Debug("client fin", "cid", s.cid, "shut", s.shut, "out", s.out.Len())
 	}
-	s.lis.met.finRecv.Inc()
 	s.lis.met.finSent.Inc()
 	s.t.sendEmpty(codec.FrameFin, s.cid)
 	if s.dead {
@@ -413,7 +412,6 @@ func (s *stream) maybeShut() {
 		return
 	}
 	s.shut = true
-	s.lis.met.finSent.Inc()
 	if s.readEOF {
 		s.finish()
 	}
