@@ -1,11 +1,11 @@
 package hub
 
 import (
-	"bytes"
 	"fmt"
 	"sync"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/valyala/bytebufferpool"
 )
 
 // Metric names and labels are a public contract (SPEC §6): dashboards and
@@ -119,10 +119,14 @@ func (m *hubMetrics) connector(name string) *connMetrics {
 	return c
 }
 
+// renderBufs recycles exposition buffers between scrapes.
+var renderBufs bytebufferpool.Pool
+
 // renderMetrics runs off the event loop.
 func (h *Hub) renderMetrics() []byte {
-	var b bytes.Buffer
-	h.cfg.Metrics.WritePrometheus(&b)
-	metrics.WriteProcessMetrics(&b)
-	return b.Bytes()
+	b := renderBufs.Get()
+	defer renderBufs.Put(b)
+	h.cfg.Metrics.WritePrometheus(b)
+	metrics.WriteProcessMetrics(b)
+	return append([]byte(nil), b.B...)
 }

@@ -1,7 +1,7 @@
 // Package ring provides the per-stream bounded queue that holds bytes
 // waiting for a slow socket: the backpressure primitive of NowConnect.
 //
-// A Queue stores bytes in pooled buffers and coalesces small writes into the
+// A Queue stores bytes in pooled fixed-size buffers and coalesces small writes into the
 // tail buffer, so a queue of depth D with chunk size C holds up to
 // min(maxBytes, D×C) bytes in at most D buffers. Push refuses (ErrFull)
 // rather than grow: the caller's credit window guarantees it never has to,
@@ -11,17 +11,29 @@ package ring
 
 import (
 	"errors"
-
-	"github.com/valyala/bytebufferpool"
+	"sync"
 )
 
 // ErrFull is returned by Push when the bytes would exceed the queue's bound.
 var ErrFull = errors.New("ring: queue full")
 
-// pool holds the buffers of every queue. bytebufferpool calibrates the
-// default buffer size from use, so buffers return at the size they are
-// usually needed.
-var pool bytebufferpool.Pool
+// chunkBuf is one pooled buffer of a fixed capacity (the queue's chunk).
+type chunkBuf struct{ B []byte }
+
+// Len returns the bytes in the buffer.
+func (c *chunkBuf) Len() int { return len(c.B) }
+
+// pools holds one pool per chunk size: buffers are fixed-size, so a queue
+// never allocates once its pool is warm, whatever sizes other traffic uses.
+var pools sync.Map // chunk size → *sync.Pool
+
+func poolFor(chunk int) *sync.Pool {
+	if p, ok := pools.Load(chunk); ok {
+		return p.(*sync.Pool)
+	}
+	p, _ := pools.LoadOrStore(chunk, &sync.Pool{New: func() any { return &chunkBuf{B: make([]byte, 0, chunk)} }})
+	return p.(*sync.Pool)
+}
 
 // Queue is a bounded FIFO of bytes. The zero value is unusable; use Init.
 type Queue struct {
@@ -30,11 +42,12 @@ type Queue struct {
 	maxBytes int
 	chunk    int
 
-	bufs  []*bytebufferpool.ByteBuffer // ring of depth slots, allocated on first Push
-	head  int                          // index of the oldest buffer
-	n     int                          // buffers in use
-	off   int                          // bytes of bufs[head] already consumed
-	bytes int                          // unconsumed bytes in the queue
+	pool  *sync.Pool  // buffers of chunk bytes
+	bufs  []*chunkBuf // ring of depth slots, allocated on first Push
+	head  int         // index of the oldest buffer
+	n     int         // buffers in use
+	off   int         // bytes of bufs[head] already consumed
+	bytes int         // unconsumed bytes in the queue
 }
 
 // Init sets the bounds: at most depth buffers, maxBytes bytes, and chunk
@@ -47,6 +60,7 @@ func (q *Queue) Init(depth, maxBytes, chunk int) {
 		chunk = 1
 	}
 	q.depth, q.maxBytes, q.chunk = depth, maxBytes, chunk
+	q.pool = poolFor(chunk)
 }
 
 // Len returns the unconsumed bytes in the queue.
@@ -68,7 +82,7 @@ func (q *Queue) Push(p []byte) error {
 		return ErrFull
 	}
 	if q.bufs == nil {
-		q.bufs = make([]*bytebufferpool.ByteBuffer, q.depth)
+		q.bufs = make([]*chunkBuf, q.depth)
 	}
 	if q.n > 0 {
 		tail := q.bufs[(q.head+q.n-1)%q.depth]
@@ -81,7 +95,7 @@ func (q *Queue) Push(p []byte) error {
 	}
 	for len(p) > 0 {
 		k := min(q.chunk, len(p))
-		b := pool.Get()
+		b := q.pool.Get().(*chunkBuf)
 		b.B = append(b.B[:0], p[:k]...)
 		q.bufs[(q.head+q.n)%q.depth] = b
 		q.n++
@@ -135,7 +149,8 @@ func (q *Queue) Discard(n int) {
 		n -= left
 		q.off = 0
 		q.bufs[q.head] = nil
-		pool.Put(b)
+		b.B = b.B[:0]
+		q.pool.Put(b)
 		q.head = (q.head + 1) % q.depth
 		q.n--
 	}

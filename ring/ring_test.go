@@ -495,11 +495,6 @@ func TestModel(t *testing.T) {
 	}
 }
 
-// calibrateCalls is bytebufferpool's calibrateCallsThreshold: after that
-// many Puts of one size class the pool recalibrates and from then on drops
-// buffers larger than the sizes it mostly sees.
-const calibrateCalls = 42000
-
 func TestZeroAlloc(t *testing.T) {
 	if raceEnabled {
 		t.Skip("sync.Pool drops buffers at random under the race detector")
@@ -521,9 +516,7 @@ func TestZeroAlloc(t *testing.T) {
 		}
 		q.Discard(n)
 	}
-	// Warm up past a calibration of the shared pool, so it settles on the
-	// size this test uses whatever other tests put in it before.
-	for i := 0; i <= calibrateCalls; i++ {
+	for i := 0; i < 100; i++ { // warm the pool
 		cycle()
 	}
 	if n := testing.AllocsPerRun(1000, cycle); n != 0 {
@@ -570,5 +563,34 @@ func BenchmarkQueue(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestZeroAllocMixedSizes: queues of another chunk size, used heavily with
+// small buffers, must not make this queue allocate (its pool is fixed-size).
+func TestZeroAllocMixedSizes(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops buffers at random under the race detector")
+	}
+	var small, big Queue
+	small.Init(64, 1<<20, 128)
+	big.Init(16, 256<<10, 16<<10)
+	tiny := make([]byte, 100)
+	for i := 0; i < 50000; i++ { // more than any calibration threshold
+		_ = small.Push(tiny)
+		small.Discard(small.Len())
+	}
+	p := make([]byte, 16<<10)
+	iov := make([][]byte, 0, 16)
+	cycle := func() {
+		_ = big.Push(p)
+		iov = big.Peek(iov[:0], 16)
+		big.Discard(len(iov[0]))
+	}
+	for i := 0; i < 100; i++ {
+		cycle()
+	}
+	if n := testing.AllocsPerRun(1000, cycle); n != 0 {
+		t.Fatalf("16 KiB push/discard after heavy small traffic: %v allocations, want 0", n)
 	}
 }
