@@ -1,7 +1,9 @@
 package hub
 
 import (
+	"bytes"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -119,6 +121,27 @@ func (m *hubMetrics) connector(name string) *connMetrics {
 	return c
 }
 
+// catalog gives every family the hub exports its type and help text, for
+// the # HELP / # TYPE lines of the exposition.
+var catalog = map[string][2]string{
+	"nowconnect_tcp_connections_total":       {"counter", "Client connections accepted and carried as streams."},
+	"nowconnect_tcp_active_connections":      {"gauge", "Streams open now."},
+	"nowconnect_tcp_bytes_total":             {"counter", "Bytes carried: c2a client to agent, a2c agent to client."},
+	"nowconnect_tcp_fin_total":               {"counter", "FIN frames on the tunnel: sent to the agent (client half-closed) or received from it."},
+	"nowconnect_tcp_rst_total":               {"counter", "RST frames on the tunnel: sent to the agent or received from it."},
+	"nowconnect_connection_duration_seconds": {"histogram", "Lifetime of streams."},
+	"nowconnect_write_drain_seconds":         {"histogram", "Socket write time (write) and time until a queued response drained into the client's socket (drain)."},
+	"nowconnect_inbound_queue_size":          {"gauge", "Largest per-stream agent-to-client queue, in buffers (bounded by queue_depth_per_cid)."},
+	"nowconnect_listener_errors_total":       {"counter", "Listener and session errors by type (cidr, no_agent, session, write, dial, pdp)."},
+	"nowconnect_pdp_decisions_total":         {"counter", "Policy decisions by result (allow, deny, error)."},
+	"nowconnect_pdp_cache_hits_total":        {"counter", "Policy decisions answered from the cache."},
+	"nowconnect_agents_connected":            {"gauge", "Agent tunnels serving the connector."},
+	"nowconnect_agent_auth_failures_total":   {"counter", "Tunnel upgrades refused for a missing or bad token."},
+	"nowconnect_tunnel_rtt_seconds":          {"histogram", "Round-trip time of tunnel pings."},
+	"nowconnect_tunnel_unknown_cid_total":    {"counter", "Frames from agents for streams that do not exist (answered with RST)."},
+	"nowconnect_stream_parks_total":          {"counter", "Times a client was parked (not read) because its stream ran out of credit."},
+}
+
 // renderBufs recycles exposition buffers between scrapes.
 var renderBufs bytebufferpool.Pool
 
@@ -128,5 +151,46 @@ func (h *Hub) renderMetrics() []byte {
 	defer renderBufs.Put(b)
 	h.cfg.Metrics.WritePrometheus(b)
 	metrics.WriteProcessMetrics(b)
-	return append([]byte(nil), b.B...)
+	return withMetadata(b.B)
+}
+
+// withMetadata adds # HELP and # TYPE before the first sample of each
+// family. Families from the catalog get their type and text; Go runtime
+// and process families get a generic help line.
+func withMetadata(exp []byte) []byte {
+	out := make([]byte, 0, len(exp)+len(exp)/4)
+	seen := make(map[string]bool, 64)
+	for len(exp) > 0 {
+		line := exp
+		if i := bytes.IndexByte(exp, '\n'); i >= 0 {
+			line, exp = exp[:i+1], exp[i+1:]
+		} else {
+			exp = nil
+		}
+		name := line
+		if i := bytes.IndexAny(line, "{ "); i >= 0 {
+			name = line[:i]
+		}
+		fam := string(name)
+		meta, ok := catalog[fam]
+		if !ok {
+			for _, suf := range []string{"_bucket", "_sum", "_count"} {
+				if base, cut := strings.CutSuffix(fam, suf); cut {
+					if m, isHist := catalog[base]; isHist && m[0] == "histogram" {
+						fam, meta, ok = base, m, true
+					}
+				}
+			}
+		}
+		if len(name) > 0 && name[0] != '#' && !seen[fam] {
+			seen[fam] = true
+			if ok {
+				out = append(out, "# HELP "+fam+" "+meta[1]+"\n# TYPE "+fam+" "+meta[0]+"\n"...)
+			} else {
+				out = append(out, "# HELP "+fam+" Go runtime or process metric.\n"...)
+			}
+		}
+		out = append(out, line...)
+	}
+	return out
 }
