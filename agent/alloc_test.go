@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/nowconnect/nowconnect/codec"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c1, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c1.Close(); c2.Close() })
+	return c1.(*net.TCPConn), c2.(*net.TCPConn)
+}
+
+// drain reads c until it fails, tracked by wg.
+func drain(wg *sync.WaitGroup, c net.Conn) {
+	wg.Add(1)
+	go func() { // drainLoop
+		defer wg.Done()
+		_, _ = io.Copy(io.Discard, c)
+	}()
+}
+
+// newBareSession is a session over conn without goroutines, for unit tests
+// of the data path.
+func newBareSession(t testing.TB, conn net.Conn) *session {
+	a, err := New(Config{URLs: []string{"ws://127.0.0.1:1/tunnel"}, AgentID: "a",
+		Connectors: map[string]string{"c": "127.0.0.1:1"},
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{a: a, conn: conn, streams: make(map[uint32]*stream), hubWindow: 1 << 20, readMin: 16 << 10, acked: true}
+	s.ctx, s.cancel = t.Context(), func() {}
+	s.log = a.log
+	s.snd.init(conn)
+	return s
+}
+
+func skipAllocsUnderRace(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items at random under -race")
+	}
+}
+
+// TestDataPathNoAllocs: a target→hub DATA frame (read from a socket into a
+// pooled buffer, framed in place, queued, written with writev) and the
+// control frames allocate nothing in steady state.
+func TestDataPathNoAllocs(t *testing.T) {
+	skipAllocsUnderRace(t)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // runs after the connections' cleanups
+	tun, hubEnd := tcpPair(t)
+	drain(&wg, hubEnd)
+	s := newBareSession(t, tun)
+	target, peerEnd := tcpPair(t)
+	drain(&wg, peerEnd)
+	st := newStream(s, 9, s.a.connectors["c"])
+	st.target = target
+	st.raw, _ = target.SyscallConn()
+	st.initRead()
+	src := make([]byte, 4096)
+
+	step := func() {
+		// target → hub
+		if _, err := peerEnd.Write(src); err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for got < len(src) {
+			st.want = readChunk
+			n, fb, err := st.readTarget()
+			if err != nil || n == 0 {
+				t.Fatalf("read: %d %v", n, err)
+			}
+			off, end := prepareData(fb, st.cid, n)
+			s.snd.enqueueData(fb, off, end)
+			got += n
+		}
+		// control frames
+		s.sendWindow(9, 65536)
+		s.sendEmpty(codec.FrameFin, 9)
+		s.sendReason(codec.FrameRst, 9, codec.ReasonTargetReset, "connection reset by peer")
+		for s.snd.takeBatch() {
+			if err := s.snd.writeBatch(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for range 10 {
+		step() // warm pools and caches
+	}
+	if n := testing.AllocsPerRun(200, step); n != 0 {
+		t.Fatalf("%v allocations per frame round", n)
+	}
+	hubEnd.CloseRead()
+	_ = peerEnd.Close()
+	_ = tun.Close()
+	_ = hubEnd.Close()
+}
+
+// TestHubDataNoAllocs: a hub→agent DATA frame is parsed, looked up and
+// queued for the target without allocating, and the writer's writev and
+// credit return allocate nothing either.
+func TestHubDataNoAllocs(t *testing.T) {
+	skipAllocsUnderRace(t)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // runs after the connections' cleanups
+	tun, hubEnd := tcpPair(t)
+	drain(&wg, hubEnd)
+	s := newBareSession(t, tun)
+	target, peerEnd := tcpPair(t)
+	drain(&wg, peerEnd)
+	st := newStream(s, 4, s.a.connectors["c"])
+	st.open, st.writing, st.target = true, true, target
+	s.streams[4] = st
+	f := append(codec.AppendHeader(nil, codec.FrameData, 4), make([]byte, 20000)...)
+	v := &iovec{}
+	step := func() {
+		if err := s.handleFrame(f); err != nil {
+			t.Fatal(err)
+		}
+		// What targetWriteLoop does per batch.
+		st.mu.Lock()
+		v.nb = st.q.Peek(v.arr[:0], maxIOV)
+		st.mu.Unlock()
+		n, err := v.nb.WriteTo(st.target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.mu.Lock()
+		st.q.Discard(int(n))
+		st.acc += int(n)
+		if st.acc >= s.a.quarter {
+			st.inflight -= st.acc
+			s.sendWindow(st.cid, st.acc)
+			st.acc = 0
+		}
+		st.mu.Unlock()
+		for s.snd.takeBatch() {
+			if err := s.snd.writeBatch(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for range 20 {
+		step()
+	}
+	if n := testing.AllocsPerRun(200, step); n != 0 {
+		t.Fatalf("%v allocations per DATA frame", n)
+	}
+	_ = tun.Close()
+	_ = peerEnd.Close()
+}
+
+func BenchmarkTargetToHubFrame(b *testing.B) {
+	var wg sync.WaitGroup
+	b.Cleanup(wg.Wait)
+	tun, hubEnd := tcpPair(b)
+	drain(&wg, hubEnd)
+	s := newBareSession(b, tun)
+	b.ReportAllocs()
+	b.SetBytes(readChunk)
+	for b.Loop() {
+		fb := getFrameBuf()
+		off, end := prepareData(fb, 1, readChunk)
+		s.snd.enqueueData(fb, off, end)
+		s.snd.takeBatch()
+		if err := s.snd.writeBatch(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = tun.Close()
+}

@@ -1,0 +1,501 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/ring"
+)
+
+// maxCredit caps the agent→hub credit a stream accumulates from WINDOW
+// frames, so a hub that over-grants cannot overflow it.
+const maxCredit = 2 * codec.MaxWindow
+
+// maxStreams bounds the live streams of one tunnel; beyond it OPEN is
+// answered with OPEN_ERR(overload). (File descriptors usually run out
+// first; dial errors then say so.)
+const maxStreams = 1 << 18
+
+// maxIOV is how many queue buffers one writev to a target carries
+// (4 × queueChunk = 64 KiB), so credit flows back in steps of about a
+// quarter window.
+const maxIOV = 4
+
+// stream is one tunneled connection: a CID of the session and its target
+// TCP connection.
+//
+// Memory while idle: the struct, the target's net.TCPConn and one
+// goroutine (targetReadLoop) parked in the netpoller without a buffer. No
+// read or write buffer, no queue slots and no writer goroutine are held
+// while no bytes move (TestIdleStreamMemory measures it).
+type stream struct {
+	// set at creation
+	sess *session
+	cid  uint32
+	conn *connector
+
+	// set by dialLoop under mu before open is set; read-only after
+	target *net.TCPConn
+	raw    syscall.RawConn
+
+	// owned by targetReadLoop
+	readFn func(fd uintptr) bool // rawRead, bound once
+	want   int                   // bytes to read at most
+	rn     int                   // result of rawRead: bytes read
+	rb     *frameBuf             // result of rawRead: the buffer holding them
+	rerr   error                 // result of rawRead: error, nil with rn == 0 is EOF
+
+	mu   sync.Mutex
+	wake sync.Cond // L is &mu; signalled when credit arrives or the stream ends
+	// guarded by mu
+	open       bool // target dialed, OPEN_ACK sent
+	closed     bool // ended: forgotten by the session, target closed
+	writing    bool // a targetWriteLoop runs
+	finRecv    bool // FIN received from the hub
+	finWritten bool // queue drained after FIN and target write side shut
+	finSent    bool // target EOF, FIN sent to the hub
+	credit     int  // agent→hub bytes we may still send
+	inflight   int  // hub→agent bytes received, not yet credited back
+	acc        int  // bytes written to the target, not yet credited back
+	q          ring.Queue
+
+	// guarded by sess.mu
+	prev, next *stream
+}
+
+// handleOpen answers an OPEN. Called by the tunnel reader.
+func (s *session) handleOpen(cid uint32, p []byte) {
+	name, client, err := codec.ParseOpen(p)
+	if err != nil {
+		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonProtocol, "malformed OPEN")
+		return
+	}
+	if old := s.lookup(cid); old != nil && !old.detachIfDone() {
+		old.abort(codec.ReasonProtocol, true, "OPEN for a live cid")
+		return
+	}
+	a := s.a
+	if a.draining.Load() {
+		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonShutdown, "agent shutting down")
+		return
+	}
+	if a.active.Load() >= maxStreams {
+		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonOverload, "too many streams")
+		return
+	}
+	c := a.connectors[string(name)]
+	if c == nil {
+		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonUnknownConnector, "")
+		if debugOn(s.log) {
+			s.log.Debug("open refused: unknown connector", "cid", cid, "connector", string(name))
+		}
+		return
+	}
+	st := newStream(s, cid, c)
+	s.mu.Lock()
+	s.streams[cid] = st
+	st.next = s.head
+	if s.head != nil {
+		s.head.prev = st
+	}
+	s.head = st
+	s.mu.Unlock()
+	a.active.Add(1)
+	if debugOn(s.log) {
+		s.log.Debug("stream open", "cid", cid, "connector", c.name, "client", string(client))
+	}
+	s.wg.Go(st.dialLoop)
+}
+
+func newStream(s *session, cid uint32, c *connector) *stream {
+	st := &stream{sess: s, cid: cid, conn: c, credit: s.hubWindow}
+	st.wake.L = &st.mu
+	st.q.Init(s.a.qDepth, s.a.window, queueChunk)
+	return st
+}
+
+// detachIfDone lets a CID be reused when its stream has exchanged both FINs
+// and only drains its last bytes to the target: the old stream leaves the
+// CID map and finishes on its own. It reports whether it did.
+func (st *stream) detachIfDone() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.closed || !st.finSent || !st.finRecv {
+		return false
+	}
+	s := st.sess
+	s.mu.Lock()
+	if s.streams[st.cid] == st {
+		delete(s.streams, st.cid)
+	}
+	s.mu.Unlock()
+	return true
+}
+
+// forgetLocked removes st from its session; quiet remembers its CID (see
+// recentCIDs). Called once per stream, with st.mu held, by endLocked.
+func (st *stream) forgetLocked(quiet bool) {
+	s := st.sess
+	s.mu.Lock()
+	if s.streams[st.cid] == st {
+		delete(s.streams, st.cid)
+	}
+	if st.prev != nil {
+		st.prev.next = st.next
+	} else {
+		s.head = st.next
+	}
+	if st.next != nil {
+		st.next.prev = st.prev
+	}
+	st.prev, st.next = nil, nil
+	if quiet {
+		s.recent[s.recentNext] = st.cid
+		s.recentNext = (s.recentNext + 1) % recentCIDs
+	}
+	s.mu.Unlock()
+	s.a.streamGone()
+}
+
+// endLocked marks the stream ended, forgets it and wakes its reader. The
+// caller queues its last frame (FIN, RST, OPEN_ERR) before, since a
+// graceful Shutdown may close the tunnel as soon as the last stream is
+// forgotten, and closes the returned target (if any) after unlocking. The
+// queue is recycled here unless a targetWriteLoop still writes from it;
+// that loop recycles it when it sees closed.
+func (st *stream) endLocked(quiet bool) *net.TCPConn {
+	st.closed = true
+	if !st.writing {
+		st.q.Reset()
+	}
+	st.forgetLocked(quiet)
+	st.wake.Broadcast()
+	return st.target
+}
+
+// abort ends the stream at once, sending RST(r) when sendRST. Safe from
+// any goroutine; a no-op on an ended stream.
+func (st *stream) abort(r codec.Reason, sendRST bool, why string) {
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		return
+	}
+	if sendRST {
+		st.sess.sendReason(codec.FrameRst, st.cid, r, why)
+	}
+	t := st.endLocked(false)
+	st.mu.Unlock()
+	if t != nil {
+		_ = t.Close()
+	}
+	if debugOn(st.sess.log) {
+		st.sess.log.Debug("stream reset", "cid", st.cid, "connector", st.conn.name,
+			"reason", r.String(), "detail", why, "rst_sent", sendRST)
+	}
+}
+
+// startWriterLocked starts targetWriteLoop if the target is connected and
+// none runs.
+func (st *stream) startWriterLocked() {
+	if st.open && !st.writing && !st.closed {
+		st.writing = true
+		st.sess.wg.Go(st.targetWriteLoop)
+	}
+}
+
+// fromHub queues DATA for the target. Called by the tunnel reader.
+func (st *stream) fromHub(p []byte) {
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		return
+	}
+	if st.finRecv {
+		st.mu.Unlock()
+		st.abort(codec.ReasonProtocol, true, "DATA after FIN")
+		return
+	}
+	if st.inflight+len(p) > st.sess.a.window || st.q.Push(p) != nil {
+		st.mu.Unlock()
+		st.abort(codec.ReasonWindowExceeded, true, "")
+		return
+	}
+	st.inflight += len(p)
+	st.startWriterLocked()
+	st.mu.Unlock()
+	st.conn.bytesC2A.add(len(p))
+}
+
+// finFromHub records the hub's FIN; the writer shuts the target's write
+// side once the queue is drained. Called by the tunnel reader.
+func (st *stream) finFromHub() {
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		return
+	}
+	if st.finRecv {
+		st.mu.Unlock()
+		st.abort(codec.ReasonProtocol, true, "duplicate FIN")
+		return
+	}
+	st.finRecv = true
+	st.startWriterLocked()
+	st.mu.Unlock()
+}
+
+// addCredit adds WINDOW credit and wakes the reader. Called by the tunnel
+// reader.
+func (st *stream) addCredit(n int) {
+	st.mu.Lock()
+	st.credit = min(st.credit+n, maxCredit)
+	st.wake.Signal()
+	st.mu.Unlock()
+}
+
+// dialLoop dials the target, answers OPEN_ACK or OPEN_ERR, and on success
+// starts the stream's reader (and writer, for pipelined bytes). A fresh
+// goroutine reads, so the deep stack a dial may grow is not kept.
+func (st *stream) dialLoop() {
+	s := st.sess
+	c := st.conn
+	start := time.Now()
+	nc, err := s.a.dialer.DialContext(s.ctx, "tcp", c.addr)
+	if err != nil {
+		if s.ctx.Err() != nil {
+			st.abort(codec.ReasonAgentGone, false, "tunnel closed while dialing")
+			return
+		}
+		r, msg := dialReason(err)
+		if r == codec.ReasonDialTimeout {
+			c.dialTimeout.inc()
+		} else {
+			c.dialFailed.inc()
+		}
+		st.mu.Lock()
+		if !st.closed {
+			s.sendReason(codec.FrameOpenErr, st.cid, r, msg)
+			st.endLocked(true)
+		}
+		st.mu.Unlock()
+		if debugOn(s.log) {
+			s.log.Debug("target dial failed", "cid", st.cid, "connector", c.name, "reason", r.String(), "error", err)
+		}
+		return
+	}
+	if c.dialSeconds != nil {
+		c.dialSeconds.UpdateDuration(start)
+	}
+	tc, ok := nc.(*net.TCPConn)
+	var raw syscall.RawConn
+	if ok {
+		raw, err = tc.SyscallConn()
+	}
+	if !ok || err != nil {
+		_ = nc.Close()
+		st.abort(codec.ReasonDialFailed, true, "target connection unusable")
+		return
+	}
+	st.mu.Lock()
+	if st.closed {
+		st.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	st.target, st.raw = tc, raw
+	st.open = true
+	s.sendEmpty(codec.FrameOpenAck, st.cid)
+	if !st.q.Empty() || st.finRecv {
+		st.startWriterLocked()
+	}
+	st.mu.Unlock()
+	st.initRead()
+	s.wg.Go(st.targetReadLoop)
+}
+
+// dialReason maps a dial error to an OPEN_ERR reason and a short message
+// without addresses or secrets.
+func dialReason(err error) (codec.Reason, string) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return codec.ReasonDialTimeout, "dial timeout"
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		if dns.IsNotFound {
+			return codec.ReasonDialFailed, "no such host"
+		}
+		return codec.ReasonDialFailed, "name resolution failed"
+	}
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		return codec.ReasonDialFailed, se.Err.Error()
+	}
+	return codec.ReasonDialFailed, "dial failed"
+}
+
+// targetReadLoop relays target→hub bytes under the hub's credit until the
+// target's EOF (FIN) or an error (RST). It holds no buffer while waiting
+// for credit or for the target to become readable.
+func (st *stream) targetReadLoop() {
+	s := st.sess
+	for {
+		st.mu.Lock()
+		for !st.closed && st.credit < s.readMin {
+			st.wake.Wait()
+		}
+		if st.closed {
+			st.mu.Unlock()
+			return
+		}
+		st.want = min(st.credit, readChunk, codec.MaxPayload)
+		st.mu.Unlock()
+
+		n, fb, err := st.readTarget()
+		if n > 0 {
+			off, end := prepareData(fb, st.cid, n)
+			st.mu.Lock()
+			if st.closed {
+				st.mu.Unlock()
+				putFrameBuf(fb)
+				return
+			}
+			st.credit -= n
+			s.snd.enqueueData(fb, off, end)
+			st.mu.Unlock()
+			st.conn.bytesA2C.add(n)
+			continue
+		}
+		if err != nil {
+			st.abort(codec.ReasonTargetReset, true, shortErr(err))
+			return
+		}
+		// EOF: half-close towards the hub; hub→target goes on.
+		st.mu.Lock()
+		if st.closed {
+			st.mu.Unlock()
+			return
+		}
+		st.finSent = true
+		s.sendEmpty(codec.FrameFin, st.cid)
+		var t *net.TCPConn
+		if st.finWritten {
+			t = st.endLocked(true)
+		}
+		st.mu.Unlock()
+		if t != nil {
+			_ = t.Close()
+			st.debugDone()
+		}
+		return
+	}
+}
+
+// iovec is a writev vector for targetWriteLoop, pooled so a loop that
+// starts and stops with every burst allocates nothing.
+type iovec struct {
+	arr [maxIOV][]byte
+	nb  net.Buffers
+}
+
+var iovPool = sync.Pool{New: func() any { return new(iovec) }}
+
+// targetWriteLoop writes queued hub→target bytes, returns credit with
+// WINDOW, and after the hub's FIN shuts the target's write side. It runs
+// only while the queue holds bytes (or a FIN waits) and exits when it is
+// empty, so an idle stream has no writer.
+func (st *stream) targetWriteLoop() {
+	s := st.sess
+	v := iovPool.Get().(*iovec)
+	defer func() {
+		clear(v.arr[:])
+		v.nb = nil
+		iovPool.Put(v)
+	}()
+	for {
+		st.mu.Lock()
+		if st.closed {
+			st.writing = false
+			st.q.Reset()
+			st.mu.Unlock()
+			return
+		}
+		if st.q.Empty() {
+			st.writing = false
+			st.q.Reset() // drop the slot array too: idle streams hold nothing
+			var t *net.TCPConn
+			if st.finRecv && !st.finWritten {
+				st.finWritten = true
+				if st.finSent {
+					t = st.endLocked(true)
+				} else {
+					_ = st.target.CloseWrite()
+				}
+			}
+			st.mu.Unlock()
+			if t != nil {
+				_ = t.Close()
+				st.debugDone()
+			}
+			return
+		}
+		v.nb = st.q.Peek(v.arr[:0], maxIOV)
+		st.mu.Unlock()
+
+		var n int64
+		var err error
+		if len(v.nb) == 1 {
+			// Plain write: no iovec array cached in the fd of a stream
+			// that only ever sees small requests.
+			k, e := st.target.Write(v.nb[0])
+			n, err = int64(k), e
+		} else {
+			n, err = v.nb.WriteTo(st.target)
+		}
+
+		st.mu.Lock()
+		st.q.Discard(int(n))
+		if !st.closed {
+			st.acc += int(n)
+			if st.acc >= s.a.quarter {
+				grant := st.acc
+				st.acc = 0
+				st.inflight -= grant
+				s.sendWindow(st.cid, grant)
+			}
+		}
+		st.mu.Unlock()
+		if err != nil {
+			st.abort(codec.ReasonTargetReset, true, shortErr(err))
+		}
+	}
+}
+
+func (st *stream) debugDone() {
+	if debugOn(st.sess.log) {
+		st.sess.log.Debug("stream done", "cid", st.cid, "connector", st.conn.name)
+	}
+}
+
+// shortErr returns the innermost message of a socket error ("connection
+// reset by peer"), without addresses.
+func shortErr(err error) string {
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		return se.Err.Error()
+	}
+	if errors.Is(err, net.ErrClosed) {
+		return "closed"
+	}
+	return "i/o error"
+}
+
+func debugOn(l *slog.Logger) bool { return l.Enabled(context.Background(), slog.LevelDebug) }
