@@ -246,4 +246,5 @@ func (p *pdp) ask(l *listener, client netip.AddrPort) (bool, error) {
 func (p *pdp) stop() {
 	p.cancel()
 	p.wg.Wait()
+	p.cfg.Client.CloseIdleConnections()
 }

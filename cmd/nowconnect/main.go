@@ -25,6 +25,7 @@ commands:
   premise   run the premise agent
   up        run hub and agent in one process (development)
   token     mint an agent token from a shared secret
+  loadtest  drive LDAP load (bind, search, group writes) with SLO gates: loadtest ldap --url ...
   version   print the version
 
 Run "nowconnect <command> -h" for the flags of a command.
@@ -54,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runUp(ctx, args[1:], stderr)
 	case "token":
 		err = runToken(args[1:], stdout, stderr)
+	case "loadtest":
+		return runLoadtest(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "nowconnect", version)
 	case "-h", "--help", "help":

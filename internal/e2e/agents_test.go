@@ -81,6 +81,7 @@ func TestAgentKilled(t *testing.T) {
 // TestTwoAgentsShareConnector: streams spread over both agents; when one
 // goes, new streams all go to the other.
 func TestTwoAgentsShareConnector(t *testing.T) {
+	leakCheck(t)
 	src := startServer(t, func(c net.Conn) {
 		_, _ = c.Write([]byte("hi"))
 		_, _ = io.Copy(io.Discard, c)

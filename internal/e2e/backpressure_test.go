@@ -32,6 +32,7 @@ func waitStable(t testing.TB, timeout, quiet time.Duration, msg string, v func()
 // sends 1 GiB. The hub and agent hold no more than a few MiB, other streams
 // on the same tunnel keep flowing, and the stalled stream resumes byte-exact.
 func TestBackpressureStalledClient(t *testing.T) {
+	leakCheck(t)
 	total := int64(1 << 30)
 	if raceEnabled || testing.Short() {
 		total = 256 << 20
@@ -99,6 +100,7 @@ func TestBackpressureStalledClient(t *testing.T) {
 // TestBackpressureSlowTarget: a fast uploader towards a slow target blocks
 // in write instead of being buffered or reset; every byte arrives.
 func TestBackpressureSlowTarget(t *testing.T) {
+	leakCheck(t)
 	total := int64(64 << 20)
 	if raceEnabled || testing.Short() {
 		total = 24 << 20

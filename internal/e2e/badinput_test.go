@@ -94,6 +94,7 @@ func (r *rawTunnel) hello(t *testing.T, id string, conns ...string) {
 }
 
 func TestBadInput(t *testing.T) {
+	leakCheck(t)
 	th := startHub(t, []string{"svc"})
 	good := token(t, "bad-agent", []string{"svc"})
 

@@ -123,19 +123,20 @@ func testLogWriter() io.Writer {
 type testAgent struct {
 	*agent.Agent
 	cancel context.CancelFunc
-	done   chan error
+	done   chan struct{} // closed when Run returned
+	err    error         // Run's result, set before done is closed
 }
 
 // Stop cancels the agent and waits for Run to return.
 func (a *testAgent) Stop(t testing.TB) {
 	a.cancel()
 	select {
-	case err := <-a.done:
-		if err != nil {
-			t.Errorf("agent run: %v", err)
+	case <-a.done:
+		if a.err != nil {
+			t.Errorf("agent run: %v", a.err)
 		}
 	case <-time.After(15 * time.Second):
-		t.Fatal("agent did not stop")
+		t.Fatalf("agent did not stop:\n%s", strings.Join(ourGoroutines(), "\n\n"))
 	}
 }
 
@@ -171,8 +172,11 @@ func startAgent(t testing.TB, th *testHub, id string, targets map[string]string,
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ta := &testAgent{Agent: a, cancel: cancel, done: make(chan error, 1)}
-	go func() { ta.done <- a.Run(ctx) }() // owned: Stop waits on done
+	ta := &testAgent{Agent: a, cancel: cancel, done: make(chan struct{})}
+	go func() { // agentRunLoop; Stop and the cleanup wait on done
+		ta.err = a.Run(ctx)
+		close(ta.done)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -327,21 +331,39 @@ func heapInUse() uint64 {
 	return m.HeapAlloc
 }
 
+// leakCheck records our goroutines now and, once every cleanup of the
+// test has run (hubs, agents, servers), checks none was left behind.
+func leakCheck(t testing.TB) {
+	base := len(ourGoroutines())
+	t.Cleanup(func() { waitGoroutines(t, base) })
+}
+
+// ourGoroutines returns the stacks of live goroutines, leaving out gnet's
+// process-wide worker pool (ants), whose idle workers expire on their own.
+func ourGoroutines() []string {
+	buf := make([]byte, 4<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if !strings.Contains(g, "panjf2000/ants") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
 // waitGoroutines polls until the goroutine count is back near base.
 func waitGoroutines(t testing.TB, base int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		n := runtime.NumGoroutine()
-		if n <= base+2 {
+		gs := ourGoroutines()
+		if len(gs) <= base {
 			return
 		}
 		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("goroutines: %d, started with %d\n%s", n, base, buf)
+			t.Fatalf("%d goroutines left, started with %d:\n%s", len(gs), base, strings.Join(gs, "\n\n"))
 		}
-		runtime.Gosched()
 		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
 	}
 }

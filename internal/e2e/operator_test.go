@@ -53,6 +53,7 @@ func closedAtOnce(c net.Conn) bool {
 }
 
 func TestCIDRAllowlist(t *testing.T) {
+	leakCheck(t)
 	tgt := startServer(t, exchangeTarget)
 	th := startHub(t, []string{"open", "closed"}, func(c *hub.Config) {
 		for i := range c.Listeners {
@@ -177,6 +178,7 @@ func TestPDP(t *testing.T) {
 // TestPDPPaths covers allow, cache hits, timeout and error, each on its own
 // hub so that the cache starts empty.
 func TestPDPPaths(t *testing.T) {
+	leakCheck(t)
 	tgt := startServer(t, exchangeTarget)
 	newHub := func(t *testing.T, pdp *pdpServer, failOpen bool) *testHub {
 		th := startHub(t, []string{"guarded", "free"}, func(c *hub.Config) {

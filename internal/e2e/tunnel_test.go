@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +17,7 @@ import (
 // TestLDAPThroughHub: ldapsearch through the hub returns exactly what a
 // direct search returns, also for 64 concurrent searches.
 func TestLDAPThroughHub(t *testing.T) {
-	base := runtime.NumGoroutine()
+	leakCheck(t)
 	ldap := testenv.StartSlapd(t, 200)
 	th := startHub(t, []string{"addomain"})
 	startAgent(t, th, "dev-agent-1", map[string]string{"addomain": ldap.Addr})
@@ -59,12 +58,12 @@ func TestLDAPThroughHub(t *testing.T) {
 		t.Errorf("hub logs lack listener_started/agent_connected:\n%s", th.Logs.String())
 	}
 	testenv.WaitFor(t, 10*time.Second, "streams to end", func() bool { return th.ActiveStreams() == 0 })
-	_ = base
 }
 
 // TestManyStreamsByteExact: 64 concurrent streams of random sizes up to
 // 64 MiB both ways over one tunnel, checksummed.
 func TestManyStreamsByteExact(t *testing.T) {
+	leakCheck(t)
 	tgt := startServer(t, exchangeTarget)
 	th := startHub(t, []string{"x"})
 	startAgent(t, th, "a1", map[string]string{"x": tgt.Addr()})
@@ -112,6 +111,7 @@ func TestManyStreamsByteExact(t *testing.T) {
 // TestHalfClose: the client half-closes after its request and still gets a
 // multi-MiB response sent late; the target half-closing works the other way.
 func TestHalfClose(t *testing.T) {
+	leakCheck(t)
 	const resp = 8 << 20
 	// Client half-closes first: the target answers only after EOF.
 	late := startServer(t, func(c net.Conn) {
