@@ -32,6 +32,7 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&conns, "connector", "NAME=HOST:PORT target to serve; repeat (env NC_CONNECTORS)")
 	caFile := fs.String("ca-file", "", "extra CA bundle for wss:// (env NC_CA_FILE)")
 	level := fs.String("log-level", "", "debug, info, warn or error")
+	metricsAddr := fs.String("metrics-listen", "", "serve the agent's /metrics on HOST:PORT (config metrics_listen)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -80,6 +81,9 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 	a, err := agent.New(ac)
 	if err != nil {
 		return err
+	}
+	if *metricsAddr != "" {
+		cfg.MetricsListen = *metricsAddr
 	}
 	if cfg.MetricsListen != "" {
 		stop, err := serveMetrics(cfg.MetricsListen, ac.Metrics, log)

@@ -372,7 +372,8 @@ level = "debug"
 	}
 	cloud.WaitForOutput(t, "no_agent_for_connector", 5*time.Second)
 
-	premise := testenv.StartProcess(t, bin, []string{"premise"}, []string{
+	agentMetrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	premise := testenv.StartProcess(t, bin, []string{"premise", "--metrics-listen", agentMetrics}, []string{
 		"NC_CLOUD_URL=ws://" + control + "/tunnel", "NC_AGENT_ID=dev-agent-1", "NC_TOKEN_FILE=" + tokFile,
 		"NC_CONNECTORS=addomain=" + ldap.Addr + ",bulk=" + slow.Addr(),
 	})
@@ -425,6 +426,26 @@ level = "debug"
 		t.Errorf("cloud took %v to exit after its last stream ended", d)
 	}
 
+	// The agent's own metrics.
+	resp, err := http.Get("http://" + agentMetrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	am, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"nowconnect_agent_dial_seconds_bucket", "nowconnect_agent_tunnel_up", `nowconnect_agent_bytes_total{direction="a2c",connector="addomain"}`} {
+		if !strings.Contains(string(am), want) {
+			t.Errorf("agent metrics lack %s", want)
+		}
+	}
+	// The agent drains on SIGTERM and exits 0.
+	if err := premise.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := premise.Wait(15 * time.Second); err != nil || code != 0 {
+		t.Fatalf("premise exit %d, %v", code, err)
+	}
+
 	// Every line is JSON; the events are there; no token or secret leaks.
 	for name, out := range map[string]string{"cloud": cloud.Output(), "premise": premise.Output()} {
 		sc := bufio.NewScanner(strings.NewReader(out))
@@ -454,4 +475,93 @@ level = "debug"
 func runCmd(bin string, args ...string) (string, error) {
 	out, err := exec.Command(bin, args...).Output()
 	return string(out), err
+}
+
+// TestIPv6Allowlist: an IPv6 listener with an IPv6 allowlist.
+func TestIPv6Allowlist(t *testing.T) {
+	leakCheck(t)
+	tgt := startServer(t, exchangeTarget)
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatalf("IPv6 loopback unavailable: %v", err)
+	}
+	v6 := ln.Addr().String()
+	ln.Close()
+	th := startHub(t, []string{"v6ok", "v6no"}, func(c *hub.Config) {
+		for i := range c.Listeners {
+			if c.Listeners[i].Connector == "v6ok" {
+				c.Listeners[i].Bind = v6
+				c.Listeners[i].Allow = []netip.Prefix{netip.MustParsePrefix("::1/128")}
+			} else {
+				c.Listeners[i].Allow = []netip.Prefix{netip.MustParsePrefix("::1/128")} // IPv4 clients blocked
+			}
+		}
+	})
+	startAgent(t, th, "a1", map[string]string{"v6ok": tgt.Addr(), "v6no": tgt.Addr()})
+	if err := exchange(v6, 1, 5000, 5000); err != nil {
+		t.Fatalf("IPv6 client: %v", err)
+	}
+	c, err := net.Dial("tcp", th.Addr["v6no"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !closedAtOnce(c) {
+		t.Fatal("IPv4 client passed an IPv6-only allowlist")
+	}
+}
+
+// TestDialFailure: a target that refuses is reported by the agent and the
+// client is closed promptly.
+func TestDialFailure(t *testing.T) {
+	leakCheck(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	th := startHub(t, []string{"dead"})
+	startAgent(t, th, "a1", map[string]string{"dead": dead})
+	c, err := net.Dial("tcp", th.Addr["dead"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	if !closedAtOnce(c) {
+		t.Fatal("client not closed after the dial failed")
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("client closed %v after connecting", d)
+	}
+	testenv.WaitFor(t, 5*time.Second, "dial error counted", func() bool {
+		return metricValue(t, th, `nowconnect_listener_errors_total{connector="dead",type="dial"}`) == 1
+	})
+	if !strings.Contains(th.Logs.String(), `"reason":"dial_failed"`) {
+		t.Fatal("dial failure not logged with its reason")
+	}
+}
+
+// TestConfigErrorsStopStart: a bad config file stops the hub with file,
+// line and key named, and a non-zero exit.
+func TestConfigErrorsStopStart(t *testing.T) {
+	bin := testenv.Binary(t)
+	f := filepath.Join(t.TempDir(), "cloud.toml")
+	if err := os.WriteFile(f, []byte("listen = \"127.0.0.1:1\"\nlistners = []\n\n[tunnel]\nping_interval = 5\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "cloud", "--config", f).CombinedOutput()
+	if err == nil {
+		t.Fatal("hub started with a bad config")
+	}
+	for _, want := range []string{"cloud.toml:2:", "listners", "cloud.toml:5:", "tunnel.ping_interval", `"5s"`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("error output lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = exec.Command(bin, "cloud", "--config", "/nonexistent/cloud.toml").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "/nonexistent/cloud.toml") {
+		t.Errorf("missing config file: %v %s", err, out)
+	}
 }
