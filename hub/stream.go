@@ -53,6 +53,9 @@ type stream struct {
 	lastAct    time.Time
 }
 
+// pendChunk is the buffer size of the client→agent overflow queue.
+const pendChunk = 16 << 10
+
 func newStream(h *Hub, l *listener, t *tunnel, client netip.AddrPort) *stream {
 	s := &stream{h: h, lis: l, t: t, client: client, start: time.Now(), dup: -1}
 	rb := h.cfg.ReadBufferBytes
@@ -98,7 +101,10 @@ func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
 	s.cid = s.t.newCID()
 	s.t.streams[s.cid] = s
 	s.credit = s.t.window
-	s.pend.Init(4, s.h.cfg.ReadBufferBytes+codec.MaxPayload, 16<<10)
+	// pend holds at most one read beyond credit (a read is at most the
+	// read buffer); depth follows from the byte bound.
+	pendMax := s.h.cfg.ReadBufferBytes + codec.MaxPayload
+	s.pend.Init((pendMax+pendChunk-1)/pendChunk, pendMax, pendChunk)
 	s.out.Init(s.h.cfg.QueueDepth, s.h.cfg.Window, max(16<<10, s.h.cfg.Window/s.h.cfg.QueueDepth))
 	m := s.lis.met
 	m.connections.Inc()
