@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"log/slog"
 	"net"
 	"os"
@@ -223,15 +224,76 @@ func (st *stream) fromHub(p []byte) {
 		st.abort(codec.ReasonProtocol, true, "DATA after FIN")
 		return
 	}
-	if st.inflight+len(p) > st.sess.a.window || st.q.Push(p) != nil {
+	if st.inflight+len(p) > st.sess.a.window {
 		st.mu.Unlock()
 		st.abort(codec.ReasonWindowExceeded, true, "")
 		return
 	}
 	st.inflight += len(p)
-	st.startWriterLocked()
-	st.mu.Unlock()
 	st.conn.bytesC2A.add(len(p))
+	rest := p
+	if st.open && !st.writing && st.q.Empty() {
+		// Fast path: the target's socket usually takes the bytes at once;
+		// write them from the tunnel reader without waking a writer.
+		n, err := st.writeNow(p)
+		if err != nil {
+			st.mu.Unlock()
+			st.abort(codec.ReasonTargetReset, true, shortErr(err))
+			return
+		}
+		st.wroteLocked(n)
+		rest = p[n:]
+	}
+	if len(rest) > 0 {
+		if st.q.Push(rest) != nil {
+			st.mu.Unlock()
+			st.abort(codec.ReasonWindowExceeded, true, "")
+			return
+		}
+		st.startWriterLocked()
+	}
+	st.mu.Unlock()
+}
+
+// writeNow writes p to the target without blocking and returns how much
+// the socket took (0 when its buffer is full). Called with mu held.
+func (st *stream) writeNow(p []byte) (int, error) {
+	var n int
+	var werr error
+	err := st.raw.Control(func(fd uintptr) {
+		for {
+			k, e := unix.Write(int(fd), p)
+			switch e {
+			case nil:
+				n = k
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+			default:
+				werr = e
+			}
+			return
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, werr
+}
+
+// wroteLocked counts n bytes written to the target and returns credit to
+// the hub in quarter windows. Called with mu held.
+func (st *stream) wroteLocked(n int) {
+	if st.closed || n == 0 {
+		return
+	}
+	st.acc += n
+	if st.acc >= st.sess.a.quarter {
+		grant := st.acc
+		st.acc = 0
+		st.inflight -= grant
+		st.sess.sendWindow(st.cid, grant)
+	}
 }
 
 // finFromHub records the hub's FIN; the writer shuts the target's write
@@ -413,7 +475,6 @@ var iovPool = sync.Pool{New: func() any { return new(iovec) }}
 // only while the queue holds bytes (or a FIN waits) and exits when it is
 // empty, so an idle stream has no writer.
 func (st *stream) targetWriteLoop() {
-	s := st.sess
 	v := iovPool.Get().(*iovec)
 	defer func() {
 		clear(v.arr[:])
@@ -463,15 +524,7 @@ func (st *stream) targetWriteLoop() {
 
 		st.mu.Lock()
 		st.q.Discard(int(n))
-		if !st.closed {
-			st.acc += int(n)
-			if st.acc >= s.a.quarter {
-				grant := st.acc
-				st.acc = 0
-				st.inflight -= grant
-				s.sendWindow(st.cid, grant)
-			}
-		}
+		st.wroteLocked(int(n))
 		st.mu.Unlock()
 		if err != nil {
 			st.abort(codec.ReasonTargetReset, true, shortErr(err))

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -42,7 +43,18 @@ type WSConn struct {
 	hdr    [codec.MaxWSHeaderLen + codec.HeaderLen + 16]byte
 	closed bool
 	err    error
+	// batch gathers small messages written during one pass of the loop;
+	// one write sends them all when the loop runs its queued tasks.
+	batch     []byte
+	flushWait bool // a flush is queued on the loop
 }
+
+// Batching bounds: messages up to smallMsg bytes are gathered, and the
+// batch is written at once when it reaches maxBatch.
+const (
+	smallMsg = 4 << 10
+	maxBatch = 64 << 10
+)
 
 // Conn returns the underlying connection.
 func (w *WSConn) Conn() gnet.Conn { return w.c }
@@ -148,24 +160,70 @@ func (w *WSConn) Close(err error) {
 }
 
 // WriteMessage sends a and b as one binary message (a frame header and its
-// payload). gnet writes straight from a and b and copies only what the
-// socket does not take, so both are reusable on return. Call on the loop.
+// payload); both are reusable on return. Small messages are gathered and
+// written together after the loop's current pass of events (one syscall
+// for many requests); a large one goes out at once, zero-copy, behind
+// whatever was gathered before it. Call on the loop.
 func (w *WSConn) WriteMessage(a, b []byte) error {
 	if w.closed {
 		return ErrWSClosed
 	}
-	n := codec.PutWSHeader(w.hdr[:], codec.BinaryHeader(len(a)+len(b)))
+	size := len(a) + len(b)
+	n := codec.PutWSHeader(w.hdr[:], codec.BinaryHeader(size))
+	if size <= smallMsg {
+		if w.batch == nil {
+			w.batch = make([]byte, 0, maxBatch+smallMsg+codec.MaxWSHeaderLen)
+		}
+		w.batch = append(append(append(w.batch, w.hdr[:n]...), a...), b...)
+		if len(w.batch) >= maxBatch {
+			return w.flush()
+		}
+		if !w.flushWait {
+			w.flushWait = true
+			if err := w.loop.el.Execute(context.Background(), w); err != nil {
+				return w.flush()
+			}
+		}
+		return nil
+	}
 	iov := w.loop.Iov[:0]
+	if len(w.batch) > 0 {
+		iov = append(iov, w.batch)
+	}
 	iov = append(iov, w.hdr[:n], a)
 	if len(b) > 0 {
 		iov = append(iov, b)
 	}
 	_, err := w.c.Writev(iov)
 	clear(iov)
+	w.batch = w.batch[:0]
+	return err
+}
+
+// Run writes the gathered small messages; it is the task WriteMessage
+// queues on the loop (gnet.Runnable).
+func (w *WSConn) Run(context.Context) error {
+	w.flushWait = false
+	if err := w.flush(); err != nil && !w.closed {
+		w.Close(err)
+	}
+	return nil
+}
+
+func (w *WSConn) flush() error {
+	if len(w.batch) == 0 || w.closed {
+		w.batch = w.batch[:0]
+		return nil
+	}
+	_, err := w.c.Write(w.batch)
+	w.batch = w.batch[:0]
 	return err
 }
 
 func (w *WSConn) writeControl(op ws.OpCode, p []byte) {
+	if err := w.flush(); err != nil { // keep the order of messages
+		return
+	}
 	if len(p) > 125 {
 		p = p[:125]
 	}
