@@ -19,7 +19,7 @@ const (
 	// so header and payload go out as one slice.
 	hdrRoom = codec.MaxWSHeaderLen + codec.HeaderLen
 	// readChunk is the most a stream reads from its target per DATA frame.
-	readChunk = 32 << 10
+	readChunk = 64 << 10
 	// queueChunk is the buffer size of the per-stream hub→target queue.
 	queueChunk = 16 << 10
 	// maxMsgLen is the longest WebSocket message the hub may send.
