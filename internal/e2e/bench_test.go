@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/nowconnect/nowconnect/hub"
 )
 
 // sinkServer counts and discards what it receives.
@@ -24,9 +27,15 @@ func sourceServer(c net.Conn) {
 // stream, for profiling the data path (go test -bench Throughput
 // -cpuprofile); bench/ measures against direct connections.
 func BenchmarkThroughput(b *testing.B) {
+	for _, rb := range []int{64 << 10, 256 << 10} {
+		b.Run(fmt.Sprintf("readbuf=%dKiB", rb>>10), func(b *testing.B) { benchThroughput(b, rb) })
+	}
+}
+
+func benchThroughput(b *testing.B, readBuf int) {
 	sink := startServer(b, sinkServer)
 	src := startServer(b, sourceServer)
-	th := startHub(b, []string{"sink", "src"})
+	th := startHub(b, []string{"sink", "src"}, func(c *hub.Config) { c.ReadBufferBytes = readBuf })
 	startAgent(b, th, "a1", map[string]string{"sink": sink.Addr(), "src": src.Addr()})
 	buf := make([]byte, 256<<10)
 	b.Run("upload", func(b *testing.B) {
