@@ -21,7 +21,7 @@ FUZZTIME ?= 30s
 GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
 STATICCHECK = $(GOBIN_DIR)/staticcheck
 
-.PHONY: run build test deps lint fuzz clean
+.PHONY: run build test deps lint fuzz clean bench bench-smoke
 
 run:
 	$(GO) run ./cmd/nowconnect up --control $(CONTROL) --forward $(FORWARD)
@@ -67,3 +67,13 @@ clean:
 pingpong:
 	bash scripts/deps.sh
 	$(GO) test -count=1 -v -run '^TestPingPong$$' ./internal/e2e
+
+# Benchmarks (bench/): the gateway against a direct loopback connection, in the same run.
+# `make bench` (< 5 min) writes bench/out/<timestamp>.json and regenerates BENCHMARKS.md and
+# bench/charts/*.svg; `make bench-smoke` runs every scenario at tiny sizes in seconds and asserts
+# nothing about the figures (CI runs the same via `go test ./bench`).
+bench:
+	$(GO) run ./bench/runner
+
+bench-smoke:
+	$(GO) run ./bench/runner -smoke

@@ -32,11 +32,12 @@ type Claims struct {
 	Connectors []string // nil = any
 }
 
-// TokenVerifier checks an agent's bearer token. Verify must be fast and
-// non-blocking (keys are loaded in advance); errors must not contain the
-// token.
+// TokenVerifier checks the Authorization header of a tunnel upgrade and
+// returns the agent id and the connectors it may serve (nil = any). It runs
+// on the event loop, so it must not block (keys are loaded in advance);
+// errors must not contain the token.
 type TokenVerifier interface {
-	Verify(authorization []byte) (Claims, error)
+	VerifyBearer(authorization []byte) (agentID string, connectors []string, err error)
 }
 
 // Listener is one TCP listener and the connector it serves.
@@ -362,7 +363,8 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 		if h.shutdown.Load() {
 			return engine.Response{Status: 503, Body: []byte("shutting down\n")}
 		}
-		claims, err := h.cfg.Verifier.Verify(req.Authorization)
+		id, conns, err := h.cfg.Verifier.VerifyBearer(req.Authorization)
+		claims := Claims{AgentID: id, Connectors: conns}
 		if err != nil {
 			h.met.authFailures.Inc()
 			h.log.Warn("agent_auth_failed", "remote", req.RemoteAddr.String(), "err", err.Error())

@@ -48,7 +48,7 @@ func runCloud(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		cancel()
 	}
-	hc, err := hubConfig(cfg, bearerVerifier{ver}, log)
+	hc, err := hubConfig(cfg, ver, log)
 	if err != nil {
 		return err
 	}
@@ -109,17 +109,4 @@ func serveHub(ctx context.Context, hc hub.Config, grace time.Duration, log *slog
 	return h.Shutdown(sctx)
 }
 
-// bearerVerifier checks the Authorization header of a tunnel upgrade.
-type bearerVerifier struct{ v *auth.Verifier }
-
-func (b bearerVerifier) Verify(authorization []byte) (hub.Claims, error) {
-	tok, err := auth.BearerToken(authorization)
-	if err != nil {
-		return hub.Claims{}, err
-	}
-	c, err := b.v.Verify(string(tok))
-	if err != nil {
-		return hub.Claims{}, err
-	}
-	return hub.Claims{AgentID: c.AgentID, Connectors: c.Connectors}, nil
-}
+var _ hub.TokenVerifier = (*auth.Verifier)(nil)

@@ -62,7 +62,7 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	hc.Verifier = bearerVerifier{ver}
+	hc.Verifier = ver
 	tok, err := auth.Mint(secret, "local-agent", nil, 0, "")
 	if err != nil {
 		return err

@@ -245,3 +245,18 @@ func (v *Verifier) key(t *jwt.Token) (any, error) {
 	}
 	return set, nil
 }
+
+// VerifyBearer checks the value of an Authorization header ("Bearer
+// <jwt>") and returns the agent id (sub) and the connectors the token
+// permits (nil = any). It is what the hub asks of a tunnel upgrade.
+func (v *Verifier) VerifyBearer(header []byte) (agentID string, connectors []string, err error) {
+	tok, err := BearerToken(header)
+	if err != nil {
+		return "", nil, err
+	}
+	c, err := v.Verify(string(tok))
+	if err != nil {
+		return "", nil, err
+	}
+	return c.AgentID, c.Connectors, nil
+}

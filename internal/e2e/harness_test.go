@@ -47,21 +47,6 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
-// verifier adapts auth.Verifier to the hub.
-type verifier struct{ v *auth.Verifier }
-
-func (b verifier) Verify(authorization []byte) (hub.Claims, error) {
-	tok, err := auth.BearerToken(authorization)
-	if err != nil {
-		return hub.Claims{}, err
-	}
-	c, err := b.v.Verify(string(tok))
-	if err != nil {
-		return hub.Claims{}, err
-	}
-	return hub.Claims{AgentID: c.AgentID, Connectors: c.Connectors}, nil
-}
-
 type testHub struct {
 	*hub.Hub
 	Control string
@@ -83,7 +68,7 @@ func startHub(t testing.TB, connectors []string, opts ...hubOpt) *testHub {
 	th.Control = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	cfg := hub.Config{
 		Control:  th.Control,
-		Verifier: verifier{v},
+		Verifier: v,
 		Logger:   slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testLogWriter()), &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	for _, c := range connectors {
