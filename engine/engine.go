@@ -270,16 +270,12 @@ func (h *handler) OnTraffic(c gnet.Conn) gnet.Action {
 // work to run it on the loop, and chooses the next delay.
 func (h *handler) OnTick() (time.Duration, gnet.Action) {
 	now := time.Now()
-	urgent := false
+	next := now.Add(h.s.opts.TickInterval).UnixNano()
 	for _, l := range h.s.Loops() {
-		if l.schedule(now) {
-			urgent = true
-		}
+		next = min(next, l.schedule(now))
 	}
-	if urgent {
-		return h.s.opts.DrainInterval, gnet.None
-	}
-	return h.s.opts.TickInterval, gnet.None
+	d := time.Duration(next - now.UnixNano())
+	return max(d, h.s.opts.DrainInterval), gnet.None
 }
 
 // gnetLogger sends gnet's own logs to slog, at debug level for chatter.

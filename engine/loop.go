@@ -10,9 +10,21 @@ import (
 )
 
 // Drainer is a socket waiting for its kernel buffer to take queued bytes.
-// Drain runs on the loop every DrainInterval until it returns true.
+// Drain runs on the loop until it reports done; progressed says whether
+// the socket took anything. A drainer that makes progress is polled every
+// DrainInterval; one that does not (a stalled client) is polled ever less
+// often, up to MaxDrainInterval, so stalled sockets cost next to nothing.
 type Drainer interface {
-	Drain(now time.Time) (done bool)
+	Drain(now time.Time) (done, progressed bool)
+}
+
+// MaxDrainInterval bounds the poll interval of a stalled socket.
+const MaxDrainInterval = 64 * time.Millisecond
+
+type drainEntry struct {
+	d     Drainer
+	due   time.Time
+	every time.Duration
 }
 
 // Ticker runs on the loop every TickInterval until it returns false.
@@ -35,14 +47,14 @@ type Loop struct {
 	Iov      [][]byte  // scratch iov for gnet Writev; reset before use
 	ReadBuf  []byte    // scratch for reads the loop does itself (ReadFD)
 	iovecs   [maxIov]unix.Iovec
-	drainers []Drainer
+	drainers []drainEntry
 	tickers  []Ticker
 	lastTick time.Time
-	spare    []Drainer // swapped with drainers while draining
+	spare    []drainEntry // swapped with drainers while draining
 
 	// shared with the ticker goroutine
-	urgent    atomic.Bool // drainers is non-empty
-	scheduled atomic.Bool // a run is queued on el
+	drainDue  atomic.Int64 // unix ns of the earliest drainer poll; 0 = none
+	scheduled atomic.Bool  // a run is queued on el
 	slowDue   atomic.Int64
 }
 
@@ -59,8 +71,12 @@ func (l *Loop) Server() *Server { return l.srv }
 // WaitDrain registers d to be polled until it has drained. The caller keeps
 // a flag so that it registers once. Call on the loop.
 func (l *Loop) WaitDrain(d Drainer) {
-	l.drainers = append(l.drainers, d)
-	l.urgent.Store(true)
+	now := time.Now()
+	every := l.srv.opts.DrainInterval
+	l.drainers = append(l.drainers, drainEntry{d: d, due: now.Add(every), every: every})
+	if due := l.drainDue.Load(); due == 0 || now.Add(every).UnixNano() < due {
+		l.drainDue.Store(now.Add(every).UnixNano())
+	}
 }
 
 // AddTicker registers t. Call on the loop.
@@ -75,16 +91,21 @@ func (l *Loop) Execute(fn func()) error {
 }
 
 // schedule runs on the ticker goroutine: it queues a run on the loop when
-// drainers wait or the slow tick is due. It reports whether drainers wait.
-func (l *Loop) schedule(now time.Time) bool {
-	urgent := l.urgent.Load()
-	slow := now.UnixNano() >= l.slowDue.Load()
-	if (urgent || slow) && !l.scheduled.Swap(true) {
+// a drainer or the slow tick is due, and returns when the loop next needs
+// a run (unix ns).
+func (l *Loop) schedule(now time.Time) int64 {
+	drain := l.drainDue.Load()
+	slow := l.slowDue.Load()
+	t := now.UnixNano()
+	if ((drain != 0 && t >= drain) || t >= slow) && !l.scheduled.Swap(true) {
 		if err := l.el.Execute(context.Background(), l); err != nil {
 			l.scheduled.Store(false)
 		}
 	}
-	return urgent
+	if drain != 0 && drain < slow {
+		return drain
+	}
+	return slow
 }
 
 // Run is the loop-side tick; it implements gnet.Runnable.
@@ -94,15 +115,29 @@ func (l *Loop) Run(context.Context) error {
 	if len(l.drainers) > 0 {
 		ds := l.drainers
 		l.drainers = l.spare[:0]
-		for i, d := range ds {
-			if !d.Drain(now) {
-				l.drainers = append(l.drainers, d)
+		var next int64
+		for i, e := range ds {
+			if now.Before(e.due) {
+				l.drainers = append(l.drainers, e)
+			} else if done, progressed := e.d.Drain(now); !done {
+				if progressed {
+					e.every = l.srv.opts.DrainInterval
+				} else {
+					e.every = min(2*e.every, MaxDrainInterval)
+				}
+				e.due = now.Add(e.every)
+				l.drainers = append(l.drainers, e)
 			}
-			ds[i] = nil
+			ds[i] = drainEntry{}
+		}
+		for _, e := range l.drainers {
+			if d := e.due.UnixNano(); next == 0 || d < next {
+				next = d
+			}
 		}
 		l.spare = ds[:0]
+		l.drainDue.Store(next)
 	}
-	l.urgent.Store(len(l.drainers) > 0)
 	if now.Sub(l.lastTick) >= l.srv.opts.TickInterval {
 		l.lastTick = now
 		l.slowDue.Store(now.Add(l.srv.opts.TickInterval).UnixNano())

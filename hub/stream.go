@@ -351,10 +351,10 @@ func (s *stream) onData(p []byte) {
 
 // Drain writes queued bytes as the client's socket takes them. It runs on
 // the loop's drain poller.
-func (s *stream) Drain(time.Time) bool {
+func (s *stream) Drain(time.Time) (done, progressed bool) {
 	if s.dead {
 		s.draining = false
-		return true
+		return true, false
 	}
 	iov := s.out.Peek(s.t.loop.Iov[:0], 16)
 	n, err := s.t.loop.WriteFD(s.fd(), iov)
@@ -363,21 +363,21 @@ func (s *stream) Drain(time.Time) bool {
 		s.draining = false
 		s.lis.met.writeErr.Inc()
 		s.kill(codec.ReasonClientReset, true, true)
-		return true
+		return true, false
 	}
 	s.out.Discard(n)
 	s.acked(n)
 	if s.dead {
 		s.draining = false
-		return true
+		return true, n > 0
 	}
 	if !s.out.Empty() {
-		return false
+		return false, n > 0
 	}
 	s.draining = false
 	s.lis.met.drainSec.UpdateDuration(s.drainStart)
 	s.maybeShut()
-	return true
+	return true, true
 }
 
 // acked counts bytes the client's socket took and returns credit to the
