@@ -11,7 +11,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -79,9 +78,6 @@ type Server struct {
 	workers sync.WaitGroup // off-loop work (metrics rendering)
 	closing atomic.Bool
 }
-
-// ErrStopped is returned by operations on a stopped server.
-var ErrStopped = errors.New("engine: stopped")
 
 // NewServer prepares a server; Start runs it.
 func NewServer(opts Options, router Router, acceptor Acceptor) (*Server, error) {
@@ -188,9 +184,6 @@ func (s *Server) Stop(ctx context.Context) error {
 	s.workers.Wait()
 	return err
 }
-
-// Done is closed when the engine has stopped.
-func (s *Server) Done() <-chan struct{} { return s.stopped }
 
 // Loops returns the loops seen so far.
 func (s *Server) Loops() []*Loop {

@@ -81,16 +81,15 @@ var (
 // Hub is a running cloud hub.
 type Hub struct {
 	// set at construction
-	cfg       Config
-	log       *slog.Logger
-	srv       *engine.Server
-	lis       []*listener
-	router    router
-	met       *hubMetrics
-	pdp       *pdp // nil without a PDP
-	shutdown  atomic.Bool
-	debug     bool // per-connection debug lines enabled
-	startedAt time.Time
+	cfg      Config
+	log      *slog.Logger
+	srv      *engine.Server
+	lis      []*listener
+	router   router
+	met      *hubMetrics
+	pdp      *pdp // nil without a PDP
+	shutdown atomic.Bool
+	debug    bool // per-connection debug lines enabled
 }
 
 type listener struct {
@@ -170,7 +169,6 @@ func (h *Hub) Start() error {
 	if err := h.srv.Start(); err != nil {
 		return err
 	}
-	h.startedAt = time.Now()
 	h.log.Info("control_started", "listen", h.cfg.Control)
 	for _, l := range h.lis {
 		h.log.Info("listener_started", "name", l.Name, "bind", l.Bind, "connector", l.Connector)
