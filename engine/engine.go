@@ -135,6 +135,9 @@ func (s *Server) Start() error {
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithLogger(gnetLogger{s.log}),
 		gnet.WithReusePort(false),
+		// As net.Listen does: a restarted hub binds at once even while
+		// connections of the previous process linger in TIME_WAIT.
+		gnet.WithReuseAddr(true),
 	}
 	if s.opts.EventLoops > 0 {
 		gopts = append(gopts, gnet.WithNumEventLoop(s.opts.EventLoops))

@@ -89,7 +89,8 @@ type Hub struct {
 	met      *hubMetrics
 	pdp      *pdp // nil without a PDP
 	shutdown atomic.Bool
-	debug    bool // per-connection debug lines enabled
+	stopped  atomic.Bool // Stop ran
+	debug    bool        // per-connection debug lines enabled
 }
 
 type listener struct {
@@ -212,9 +213,13 @@ func (h *Hub) queueSize(connector string) int64 {
 	return m
 }
 
-// Stop refuses new connections and closes everything at once.
+// Stop refuses new connections and closes everything at once. Calling it
+// again is a no-op.
 func (h *Hub) Stop(ctx context.Context) error {
 	h.shutdown.Store(true)
+	if h.stopped.Swap(true) {
+		return nil
+	}
 	if h.pdp != nil {
 		h.pdp.stop()
 	}

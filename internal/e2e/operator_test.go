@@ -3,9 +3,11 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +24,7 @@ import (
 	"time"
 
 	"github.com/nowconnect/nowconnect/hub"
+	"github.com/nowconnect/nowconnect/internal/auth"
 	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
@@ -563,5 +566,53 @@ func TestConfigErrorsStopStart(t *testing.T) {
 	out, err = exec.Command(bin, "cloud", "--config", "/nonexistent/cloud.toml").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "/nonexistent/cloud.toml") {
 		t.Errorf("missing config file: %v %s", err, out)
+	}
+}
+
+// TestRestartBindsAtOnce: a hub that closed client connections itself
+// (TIME_WAIT on its listener port) can be restarted on the same ports at
+// once, as with net.Listen's SO_REUSEADDR.
+func TestRestartBindsAtOnce(t *testing.T) {
+	leakCheck(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	first := startHub(t, []string{"dead"})
+	a := startAgent(t, first, "a1", map[string]string{"dead": dead})
+	for i := 0; i < 3; i++ { // the hub closes these first: TIME_WAIT on its side
+		c, err := net.Dial("tcp", first.Addr["dead"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		closedAtOnce(c)
+		c.Close()
+	}
+	a.Stop(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := first.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v, err := auth.NewVerifier(auth.VerifierConfig{HS256Secret: testSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := hub.New(hub.Config{
+		Control:   first.Control,
+		Listeners: []hub.Listener{{Name: "again", Bind: first.Addr["dead"], Connector: "dead"}},
+		Verifier:  v,
+		Logger:    slog.New(slog.NewJSONHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Start(); err != nil {
+		t.Fatalf("restart on the same ports: %v", err)
+	}
+	if err := second.Stop(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
