@@ -29,15 +29,20 @@ type Request struct {
 	RemoteAddr    net.Addr
 }
 
-// Response answers a Request. Exactly one of Body, Render and Upgrade is
-// used: Upgrade switches the connection to WebSocket with that handler,
-// Render produces the body off the event loop (metrics), else Body is sent.
+// Response answers a Request. Exactly one of Decide, Body, Render and
+// Upgrade is used: Decide runs off the event loop and returns the real
+// response (for work that may block, such as fetching token keys), Upgrade
+// switches the connection to WebSocket with that handler, Render produces
+// the body off the event loop (metrics), else Body is sent. A Decide
+// closure must copy what it needs from the Request: the request's slices
+// are gone once Route returns.
 type Response struct {
 	Status      int
 	ContentType string
 	Body        []byte
 	Render      func() []byte
 	Upgrade     WSHandler
+	Decide      func() Response
 }
 
 // Router answers control-port requests. Route runs on the event loop and
@@ -108,6 +113,11 @@ func (h *httpConn) OnTraffic(c gnet.Conn) gnet.Action {
 		_, _ = c.Discard(end + 4)
 		h.deadline = time.Now().Add(h.s.opts.RequestTimeout)
 		switch {
+		case resp.Decide != nil:
+			h.busy = true
+			h.s.workers.Add(1)
+			go h.decideLoop(resp.Decide, req.Upgrade, wsKey, keepAlive)
+			return gnet.None
 		case resp.Upgrade != nil && req.Upgrade:
 			h.done = true
 			return h.upgrade(c, wsKey, resp.Upgrade)
@@ -156,6 +166,38 @@ func (h *httpConn) renderLoop(resp Response, keepAlive bool) {
 	})
 	if err != nil {
 		h.s.log.Debug("metrics response dropped", "err", err)
+	}
+}
+
+// decideLoop runs a Decide off the loop, then answers on the loop.
+func (h *httpConn) decideLoop(decide func() Response, upgrade bool, wsKey string, keepAlive bool) {
+	defer h.s.workers.Done()
+	resp := decide()
+	err := h.loop.Execute(func() {
+		h.busy = false
+		if h.done {
+			return
+		}
+		action := gnet.None
+		switch {
+		case resp.Upgrade != nil && upgrade:
+			h.done = true
+			action = h.upgrade(h.c, wsKey, resp.Upgrade)
+		default:
+			h.reply(resp.Status, resp.ContentType, resp.Body, keepAlive)
+			if !keepAlive {
+				action = gnet.Close
+			} else if h.c.InboundBuffered() > 0 {
+				action = h.OnTraffic(h.c)
+			}
+		}
+		if action == gnet.Close {
+			h.done = true
+			_ = h.loop.el.Close(h.c)
+		}
+	})
+	if err != nil {
+		h.s.log.Debug("decision dropped", "err", err)
 	}
 }
 

@@ -11,6 +11,7 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,8 +35,8 @@ type Claims struct {
 
 // TokenVerifier checks the Authorization header of a tunnel upgrade and
 // returns the agent id and the connectors it may serve (nil = any). It runs
-// on the event loop, so it must not block (keys are loaded in advance);
-// errors must not contain the token.
+// off the event loop (it may fetch keys); errors must not contain the
+// token.
 type TokenVerifier interface {
 	VerifyBearer(authorization []byte) (agentID string, connectors []string, err error)
 }
@@ -366,14 +367,18 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 		if h.shutdown.Load() {
 			return engine.Response{Status: 503, Body: []byte("shutting down\n")}
 		}
-		id, conns, err := h.cfg.Verifier.VerifyBearer(req.Authorization)
-		claims := Claims{AgentID: id, Connectors: conns}
-		if err != nil {
-			h.met.authFailures.Inc()
-			h.log.Warn("agent_auth_failed", "remote", req.RemoteAddr.String(), "err", err.Error())
-			return engine.Response{Status: 401, Body: []byte("unauthorized\n")}
-		}
-		return engine.Response{Upgrade: newTunnel(h, claims)}
+		// Verification may fetch keys (JWKS): decide off the event loop.
+		authz := bytes.Clone(req.Authorization)
+		remote := req.RemoteAddr.String()
+		return engine.Response{Decide: func() engine.Response {
+			id, conns, err := h.cfg.Verifier.VerifyBearer(authz)
+			if err != nil {
+				h.met.authFailures.Inc()
+				h.log.Warn("agent_auth_failed", "remote", remote, "err", err.Error())
+				return engine.Response{Status: 401, Body: []byte("unauthorized\n")}
+			}
+			return engine.Response{Upgrade: newTunnel(h, Claims{AgentID: id, Connectors: conns})}
+		}}
 	}
 	return engine.Response{Status: 404, Body: []byte("not found\n")}
 }

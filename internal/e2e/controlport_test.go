@@ -6,10 +6,12 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nowconnect/nowconnect/hub"
+	"github.com/nowconnect/nowconnect/internal/auth"
 )
 
 // rawHTTP sends raw bytes to the control port and returns everything the
@@ -95,5 +97,56 @@ func TestControlPort(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Fatalf("pipelined response %d lacks %q", i, want)
 		}
+	}
+}
+
+// slowVerifier blocks the first upgrade until released, then defers to v.
+type slowVerifier struct {
+	v       hub.TokenVerifier
+	entered chan struct{}
+	release chan struct{}
+	first   atomic.Bool
+}
+
+func (s *slowVerifier) VerifyBearer(h []byte) (string, []string, error) {
+	if !s.first.Swap(true) { // only the first call hangs
+		close(s.entered)
+		<-s.release
+	}
+	return s.v.VerifyBearer(h)
+}
+
+// TestSlowTokenVerification: verifying a tunnel's token (which may fetch
+// JWKS keys) happens off the event loop: while it hangs, the control port
+// answers and streams keep flowing.
+func TestSlowTokenVerification(t *testing.T) {
+	leakCheck(t)
+	tgt := startServer(t, exchangeTarget)
+	v, err := auth.NewVerifier(auth.VerifierConfig{HS256Secret: testSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv := &slowVerifier{v: v, entered: make(chan struct{}), release: make(chan struct{})}
+	th := startHub(t, []string{"svc"}, func(c *hub.Config) { c.Verifier = sv; c.EventLoops = 1 })
+	// The first agent's verification hangs...
+	stuck := make(chan error, 1)
+	go func() { // upgradeLoop; joined below
+		_, err := dialRaw(t, th, token(t, "slow", []string{"svc"}))
+		stuck <- err
+	}()
+	<-sv.entered
+	// ...while the one event loop serves everything else.
+	resp, err := http.Get("http://" + th.Control + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	startAgent(t, th, "a1", map[string]string{"svc": tgt.Addr()})
+	if err := exchange(th.Addr["svc"], 5, 1<<20, 1<<20); err != nil {
+		t.Fatalf("stream during a hanging verification: %v", err)
+	}
+	close(sv.release)
+	if err := <-stuck; err != nil {
+		t.Fatalf("the slow upgrade failed once released: %v", err)
 	}
 }
