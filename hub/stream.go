@@ -308,6 +308,9 @@ func (s *stream) onFrame(ft codec.FrameType, p []byte) {
 
 // onData writes the agent's bytes to the client straight from the tunnel's
 // buffer; what the socket does not take is copied once into the queue.
+// When bytes already wait, new ones queue behind them and the queue is
+// written at once as far as the socket takes it, so a queue that formed
+// in a burst does not hold the stream to the drain poller's pace.
 func (s *stream) onData(p []byte) {
 	if s.finRecv || s.shut {
 		s.kill(codec.ReasonProtocol, true, true)
@@ -328,25 +331,74 @@ func (s *stream) onData(p []byte) {
 		s.lis.met.writeSec.UpdateDuration(start)
 		s.acked(n)
 		p = p[n:]
-		if s.dead {
+		if s.dead || len(p) == 0 {
 			return
 		}
-	}
-	if len(p) == 0 {
-		return
-	}
-	if err := s.out.Push(p); err != nil {
-		s.kill(codec.ReasonWindowExceeded, true, true)
-		return
+		if err := s.out.Push(p); err != nil {
+			s.kill(codec.ReasonWindowExceeded, true, true)
+			return
+		}
+	} else {
+		if err := s.out.Push(p); err != nil {
+			s.kill(codec.ReasonWindowExceeded, true, true)
+			return
+		}
+		if _, err := s.flushOut(); err != nil || s.dead {
+			return
+		}
+		if s.out.Empty() {
+			s.drained()
+			return
+		}
 	}
 	if q := s.t.qmax[s.lis.Connector]; q != nil && int64(s.out.Frames()) > q.Load() {
 		q.Store(int64(s.out.Frames())) // spikes show before the next tick
 	}
+	if s.drainStart.IsZero() {
+		s.drainStart = time.Now()
+	}
 	if !s.draining {
 		s.draining = true
-		s.drainStart = time.Now()
 		s.t.loop.WaitDrain(s)
 	}
+}
+
+// flushOut writes queued bytes until the socket refuses more or the queue
+// is empty, and reports whether the socket took anything. A write error
+// kills the stream.
+func (s *stream) flushOut() (progressed bool, err error) {
+	for !s.out.Empty() && !s.dead {
+		iov := s.out.Peek(s.t.loop.Iov[:0], 16)
+		want := 0
+		for _, b := range iov {
+			want += len(b)
+		}
+		n, err := s.t.loop.WriteFD(s.fd(), iov)
+		clear(iov)
+		if err != nil {
+			s.lis.met.writeErr.Inc()
+			s.kill(codec.ReasonClientReset, true, true)
+			return progressed, err
+		}
+		s.out.Discard(n)
+		s.acked(n)
+		progressed = progressed || n > 0
+		if n < want {
+			break // the socket is full
+		}
+	}
+	return progressed, nil
+}
+
+// drained records how long the queue took to empty and half-closes if the
+// agent's FIN waits. The poller keeps its registration (draining) until its
+// own next poll finds the queue empty.
+func (s *stream) drained() {
+	if !s.drainStart.IsZero() {
+		s.lis.met.drainSec.UpdateDuration(s.drainStart)
+		s.drainStart = time.Time{}
+	}
+	s.maybeShut()
 }
 
 // Drain writes queued bytes as the client's socket takes them. It runs on
@@ -356,28 +408,17 @@ func (s *stream) Drain(time.Time) (done, progressed bool) {
 		s.draining = false
 		return true, false
 	}
-	iov := s.out.Peek(s.t.loop.Iov[:0], 16)
-	n, err := s.t.loop.WriteFD(s.fd(), iov)
-	clear(iov)
-	if err != nil {
+	progressed, err := s.flushOut()
+	if err != nil || s.dead {
 		s.draining = false
-		s.lis.met.writeErr.Inc()
-		s.kill(codec.ReasonClientReset, true, true)
-		return true, false
-	}
-	s.out.Discard(n)
-	s.acked(n)
-	if s.dead {
-		s.draining = false
-		return true, n > 0
+		return true, progressed
 	}
 	if !s.out.Empty() {
-		return false, n > 0
+		return false, progressed
 	}
+	s.drained()
 	s.draining = false
-	s.lis.met.drainSec.UpdateDuration(s.drainStart)
-	s.maybeShut()
-	return true, true
+	return true, progressed
 }
 
 // acked counts bytes the client's socket took and returns credit to the
