@@ -419,24 +419,6 @@ func closedPort(t *testing.T) string {
 
 // ---- agent harness ----
 
-// syncBuf is a goroutine-safe log sink.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testConfig returns a config with fast timers for tests.
 func testConfig(urls []string, connectors map[string]string, logs io.Writer) Config {
 	if logs == nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
 // selfSigned returns a server certificate for 127.0.0.1 that is its own CA.
@@ -55,7 +56,7 @@ func TestWSSCustomCA(t *testing.T) {
 	echo := newTarget(t, echoHandler)
 
 	// Without the CA the handshake fails and the agent keeps retrying.
-	logs := &syncBuf{}
+	logs := &testenv.SyncBuffer{}
 	bad := newAgent(t, testConfig([]string{hub.url}, map[string]string{"ldap": echo.addr()}, logs))
 	stopBad := runAgent(t, bad)
 	waitFor(t, "retries", func() bool {

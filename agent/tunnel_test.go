@@ -17,6 +17,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
 // Tests of the tunnel: handshake, malformed input, reconnect, liveness,
@@ -25,7 +26,7 @@ import (
 func TestHelloAndToken(t *testing.T) {
 	checkLeaks(t)
 	hub := newTestHub(t, hubOpts{window: 100000})
-	logs := &syncBuf{}
+	logs := &testenv.SyncBuffer{}
 	cfg := testConfig([]string{hub.url}, map[string]string{"zeta": "127.0.0.1:1", "alpha": "127.0.0.1:2", "mid": "127.0.0.1:3"}, logs)
 	cfg.Window = 12345
 	a := newAgent(t, cfg)
@@ -87,7 +88,7 @@ func must[T any](v T, err error) T {
 func TestMalformedClosesTunnel(t *testing.T) {
 	checkLeaks(t)
 	hub := newTestHub(t, hubOpts{})
-	logs := &syncBuf{}
+	logs := &testenv.SyncBuffer{}
 	a := newAgent(t, testConfig([]string{hub.url}, map[string]string{"ldap": "127.0.0.1:1"}, logs))
 	runAgent(t, a)
 	ping := codec.AppendPing(nil, codec.FramePing, 1)
@@ -231,7 +232,7 @@ func TestBackoff(t *testing.T) {
 func TestFailoverAndRefusal(t *testing.T) {
 	checkLeaks(t)
 	hub := newTestHub(t, hubOpts{rejectN: 2})
-	logs := &syncBuf{}
+	logs := &testenv.SyncBuffer{}
 	cfg := testConfig([]string{"ws://" + closedPort(t) + "/tunnel", hub.url}, map[string]string{"ldap": "127.0.0.1:1"}, logs)
 	a := newAgent(t, cfg)
 	runAgent(t, a)
@@ -289,7 +290,7 @@ func TestShutdownGraceful(t *testing.T) {
 	checkLeaks(t)
 	echo := newTarget(t, echoHandler)
 	hub := newTestHub(t, hubOpts{})
-	logs := &syncBuf{}
+	logs := &testenv.SyncBuffer{}
 	defer func() {
 		if t.Failed() {
 			t.Log(logs.String())

@@ -29,29 +29,11 @@ import (
 
 var testSecret = []byte("e2e-test-secret-0123456789abcdef")
 
-// logBuffer collects JSON log lines for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type testHub struct {
 	*hub.Hub
 	Control string
 	Addr    map[string]string // connector -> listener address
-	Logs    *logBuffer
+	Logs    *testenv.SyncBuffer
 }
 
 type hubOpt func(*hub.Config)
@@ -59,7 +41,7 @@ type hubOpt func(*hub.Config)
 // startHub runs an in-process hub with one listener per connector.
 func startHub(t testing.TB, connectors []string, opts ...hubOpt) *testHub {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testenv.SyncBuffer{}
 	v, err := auth.NewVerifier(auth.VerifierConfig{HS256Secret: testSecret, Audience: "nowconnect"})
 	if err != nil {
 		t.Fatal(err)

@@ -320,7 +320,7 @@ func runLDAPTool(ctx context.Context, name string, args ...string) (code int, st
 	}
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Env = ldapEnv()
-	var out, errb syncBuffer
+	var out, errb SyncBuffer
 	cmd.Stdout = &out
 	cmd.Stderr = &errb
 	cmd.WaitDelay = 2 * time.Second

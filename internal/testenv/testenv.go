@@ -209,19 +209,20 @@ func buildBinary() (string, error) {
 // ---------------------------------------------------------------------------------------
 // Process
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers and readers.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for concurrent writers and readers: a
+// log sink for servers under test.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
@@ -232,7 +233,7 @@ func (b *syncBuffer) String() string {
 type Process struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *SyncBuffer
 	done chan struct{} // closed once the process has exited and been reaped
 	err  error         // cmd.Wait's result; read only after done is closed
 }
@@ -258,7 +259,7 @@ func StartProcess(t testing.TB, name string, args []string, env []string) *Proce
 
 // spawn starts a child without registering any cleanup.
 func spawn(name string, args, env []string, dir string) (*Process, error) {
-	p := &Process{name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &Process{name: name, out: &SyncBuffer{}, done: make(chan struct{})}
 	cmd := exec.Command(name, args...)
 	if env != nil {
 		cmd.Env = append(os.Environ(), env...)
