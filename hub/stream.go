@@ -316,10 +316,10 @@ func (s *stream) onData(p []byte) {
 		s.kill(codec.ReasonProtocol, true, true)
 		return
 	}
-	s.lastAct = time.Now()
+	start := time.Now()
+	s.lastAct = start
 	s.lis.met.bytesA2C.Add(len(p))
 	if s.out.Empty() {
-		start := time.Now()
 		iov := append(s.t.loop.Iov[:0], p)
 		n, err := s.t.loop.WriteFD(s.fd(), iov)
 		clear(iov)
