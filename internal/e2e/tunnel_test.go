@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -123,11 +125,13 @@ func TestHalfClose(t *testing.T) {
 	})
 	// Target half-closes first: it sends its greeting and FIN, then still
 	// reads the client's upload.
+	uploaded := make(chan []byte, 1)
 	greeter := startServer(t, func(c net.Conn) {
 		_, _ = io.CopyN(c, newPRNG(7), resp)
 		_ = c.(*net.TCPConn).CloseWrite()
-		n, _ := io.Copy(io.Discard, c)
-		_, _ = fmt.Fprintf(c, "%d", n) // fails: write side is shut; result checked via server count below
+		h := sha256.New()
+		_, _ = io.Copy(h, c)
+		uploaded <- h.Sum(nil)
 	})
 	th := startHub(t, []string{"late", "greeter"})
 	startAgent(t, th, "a1", map[string]string{"late": late.Addr(), "greeter": greeter.Addr()})
@@ -167,6 +171,16 @@ func TestHalfClose(t *testing.T) {
 	}
 	if err := g.(*net.TCPConn).CloseWrite(); err != nil {
 		t.Fatal(err)
+	}
+	want := sha256.New()
+	_, _ = io.CopyN(want, newPRNG(9), 4<<20)
+	select {
+	case got := <-uploaded:
+		if !bytes.Equal(got, want.Sum(nil)) {
+			t.Fatal("upload after the target's FIN arrived corrupted or short")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the target never saw the client's FIN after its own")
 	}
 	testenv.WaitFor(t, 10*time.Second, "streams to end", func() bool { return th.ActiveStreams() == 0 })
 }
