@@ -8,15 +8,17 @@
 // Files, one per stage: agent.go (config, Run loop, backoff), session.go
 // (tunnel handshake and reader), send.go (the tunnel writer and frame
 // buffers), stream.go (per-stream state, target dialing and writing),
-// targetread_*.go (reading targets without holding a buffer while idle),
-// metrics.go.
+// targetread_linux.go (the epoll pollers that read targets),
+// targetread_other.go (a reader goroutine per stream elsewhere), metrics.go.
 //
-// Goroutines. Run's own goroutine reads the tunnel. Per tunnel:
-// tunnelWriteLoop (batches frames into one writev) and pingLoop (PING,
-// liveness, context cancellation). Per stream: dialLoop while the target is
-// being dialed, then targetReadLoop for the stream's life, plus
-// targetWriteLoop only while bytes wait for the target. Each is tracked by the
-// session's WaitGroup; Run returns only when all have exited.
+// Goroutines. Run's own goroutine reads the tunnel; Run also owns one target
+// poller per P (Linux), which reads every stream's target without a
+// goroutine per stream. Per tunnel: tunnelWriteLoop (batches frames into one
+// writev) and pingLoop (PING, liveness, context cancellation). Per stream:
+// dialLoop while the target is being dialed, plus targetWriteLoop only while
+// bytes wait for the target. An idle stream has no goroutine. Each is
+// tracked by the session's WaitGroup (the pollers by Run's); Run returns only
+// when all have exited.
 package agent
 
 import (
@@ -120,7 +122,8 @@ type Agent struct {
 	m          agentMetrics
 
 	// owned by Run (one session at a time)
-	rbuf []byte
+	rbuf    []byte
+	pollers pollers // target readers, started and stopped by Run
 
 	connected atomic.Bool
 	connects  atomic.Uint64
@@ -270,6 +273,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.rbuf == nil {
 		a.rbuf = make([]byte, readBufLen)
 	}
+	if err := a.pollers.start(); err != nil {
+		return fmt.Errorf("agent: start target pollers: %w", err)
+	}
+	defer a.pollers.stop() // after every session ended: no stream is left
 	attempt := 0
 	for i := 0; ; i = (i + 1) % len(a.urls) {
 		up := a.runSession(ctx, i)

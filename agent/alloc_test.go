@@ -61,62 +61,6 @@ func skipAllocsUnderRace(t *testing.T) {
 	}
 }
 
-// TestDataPathNoAllocs: a target→hub DATA frame (read from a socket into a
-// pooled buffer, framed in place, queued, written with writev) and the
-// control frames allocate nothing in steady state.
-func TestDataPathNoAllocs(t *testing.T) {
-	skipAllocsUnderRace(t)
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait) // runs after the connections' cleanups
-	tun, hubEnd := tcpPair(t)
-	drain(&wg, hubEnd)
-	s := newBareSession(t, tun)
-	target, peerEnd := tcpPair(t)
-	drain(&wg, peerEnd)
-	st := newStream(s, 9, s.a.connectors["c"])
-	st.target = target
-	st.raw, _ = target.SyscallConn()
-	st.initRead()
-	src := make([]byte, 4096)
-
-	step := func() {
-		// target → hub
-		if _, err := peerEnd.Write(src); err != nil {
-			t.Fatal(err)
-		}
-		got := 0
-		for got < len(src) {
-			st.want = readChunk
-			n, fb, err := st.readTarget()
-			if err != nil || n == 0 {
-				t.Fatalf("read: %d %v", n, err)
-			}
-			off, end := prepareData(fb, st.cid, n)
-			s.snd.enqueueData(fb, off, end)
-			got += n
-		}
-		// control frames
-		s.sendWindow(9, 65536)
-		s.sendEmpty(codec.FrameFin, 9)
-		s.sendReason(codec.FrameRst, 9, codec.ReasonTargetReset, "connection reset by peer")
-		for s.snd.takeBatch() {
-			if err := s.snd.writeBatch(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	for range 10 {
-		step() // warm pools and caches
-	}
-	if n := testing.AllocsPerRun(200, step); n != 0 {
-		t.Fatalf("%v allocations per frame round", n)
-	}
-	hubEnd.CloseRead()
-	_ = peerEnd.Close()
-	_ = tun.Close()
-	_ = hubEnd.Close()
-}
-
 // TestHubDataNoAllocs: a hub→agent DATA frame is parsed, looked up and
 // queued for the target without allocating, and the writer's writev and
 // credit return allocate nothing either.

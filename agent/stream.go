@@ -32,10 +32,10 @@ const maxIOV = 4
 // stream is one tunneled connection: a CID of the session and its target
 // TCP connection.
 //
-// Memory while idle: the struct, the target's net.TCPConn and one
-// goroutine (targetReadLoop) parked in the netpoller without a buffer. No
-// read or write buffer, no queue slots and no writer goroutine are held
-// while no bytes move (TestIdleStreamMemory measures it).
+// Memory while idle: the struct and the target's net.TCPConn. On Linux the
+// target is read from the agent's epoll pollers (targetread_linux.go), so no
+// goroutine, no read or write buffer and no queue slots are held while no
+// bytes move (TestIdleStreamMemory measures it).
 type stream struct {
 	// set at creation
 	sess *session
@@ -46,25 +46,18 @@ type stream struct {
 	target *net.TCPConn
 	raw    syscall.RawConn
 
-	// owned by targetReadLoop
-	readFn func(fd uintptr) bool // rawRead, bound once
-	want   int                   // bytes to read at most
-	rn     int                   // result of rawRead: bytes read
-	rb     *frameBuf             // result of rawRead: the buffer holding them
-	rerr   error                 // result of rawRead: error, nil with rn == 0 is EOF
-
-	mu   sync.Mutex
-	wake sync.Cond // L is &mu; signalled when credit arrives or the stream ends
+	mu sync.Mutex
 	// guarded by mu
-	open       bool // target dialed, OPEN_ACK sent
-	closed     bool // ended: forgotten by the session, target closed
-	writing    bool // a targetWriteLoop runs
-	finRecv    bool // FIN received from the hub
-	finWritten bool // queue drained after FIN and target write side shut
-	finSent    bool // target EOF, FIN sent to the hub
-	credit     int  // agent→hub bytes we may still send
-	inflight   int  // hub→agent bytes received, not yet credited back
-	acc        int  // bytes written to the target, not yet credited back
+	rd         readState // the target reader's state (targetread_*.go)
+	open       bool      // target dialed, OPEN_ACK sent
+	closed     bool      // ended: forgotten by the session, target closed
+	writing    bool      // a targetWriteLoop runs
+	finRecv    bool      // FIN received from the hub
+	finWritten bool      // queue drained after FIN and target write side shut
+	finSent    bool      // target EOF, FIN sent to the hub
+	credit     int       // agent→hub bytes we may still send
+	inflight   int       // hub→agent bytes received, not yet credited back
+	acc        int       // bytes written to the target, not yet credited back
 	q          ring.Queue
 
 	// guarded by sess.mu
@@ -117,7 +110,7 @@ func (s *session) handleOpen(cid uint32, p []byte) {
 
 func newStream(s *session, cid uint32, c *connector) *stream {
 	st := &stream{sess: s, cid: cid, conn: c, credit: s.hubWindow}
-	st.wake.L = &st.mu
+	st.initReader()
 	st.q.Init(s.a.qDepth, s.a.window, queueChunk)
 	return st
 }
@@ -165,7 +158,7 @@ func (st *stream) forgetLocked(quiet bool) {
 	s.a.streamGone()
 }
 
-// endLocked marks the stream ended, forgets it and wakes its reader. The
+// endLocked marks the stream ended, forgets it and stops its reader. The
 // caller queues its last frame (FIN, RST, OPEN_ERR) before, since a
 // graceful Shutdown may close the tunnel as soon as the last stream is
 // forgotten, and closes the returned target (if any) after unlocking. The
@@ -177,7 +170,7 @@ func (st *stream) endLocked(quiet bool) *net.TCPConn {
 		st.q.Reset()
 	}
 	st.forgetLocked(quiet)
-	st.wake.Broadcast()
+	st.stopReaderLocked()
 	return st.target
 }
 
@@ -314,12 +307,12 @@ func (st *stream) finFromHub() {
 	st.mu.Unlock()
 }
 
-// addCredit adds WINDOW credit and wakes the reader. Called by the tunnel
+// addCredit adds WINDOW credit and resumes the reader. Called by the tunnel
 // reader.
 func (st *stream) addCredit(n int) {
 	st.mu.Lock()
 	st.credit = min(st.credit+n, maxCredit)
-	st.wake.Signal()
+	st.creditLocked()
 	st.mu.Unlock()
 }
 
@@ -378,9 +371,11 @@ func (st *stream) dialLoop() {
 	if !st.q.Empty() || st.finRecv {
 		st.startWriterLocked()
 	}
+	err = st.startReaderLocked()
 	st.mu.Unlock()
-	st.initRead()
-	s.wg.Go(st.targetReadLoop)
+	if err != nil {
+		st.abort(codec.ReasonDialFailed, true, "target not pollable")
+	}
 }
 
 // dialReason maps a dial error to an OPEN_ERR reason and a short message
@@ -404,60 +399,42 @@ func dialReason(err error) (codec.Reason, string) {
 	return codec.ReasonDialFailed, "dial failed"
 }
 
-// targetReadLoop relays target→hub bytes under the hub's credit until the
-// target's EOF (FIN) or an error (RST). It holds no buffer while waiting
-// for credit or for the target to become readable.
-func (st *stream) targetReadLoop() {
-	s := st.sess
-	for {
-		st.mu.Lock()
-		for !st.closed && st.credit < s.readMin {
-			st.wake.Wait()
-		}
-		if st.closed {
-			st.mu.Unlock()
-			return
-		}
-		st.want = min(st.credit, readChunk, codec.MaxPayload)
+// deliver sends n bytes the reader read from the target into fb as DATA
+// and takes them from the credit. It reports false (and recycles fb) when
+// the stream ended meanwhile.
+func (st *stream) deliver(n int, fb *frameBuf) bool {
+	off, end := prepareData(fb, st.cid, n)
+	st.mu.Lock()
+	if st.closed {
 		st.mu.Unlock()
+		putFrameBuf(fb)
+		return false
+	}
+	st.credit -= n
+	st.sess.snd.enqueueData(fb, off, end)
+	st.mu.Unlock()
+	st.conn.bytesA2C.add(n)
+	return true
+}
 
-		n, fb, err := st.readTarget()
-		if n > 0 {
-			off, end := prepareData(fb, st.cid, n)
-			st.mu.Lock()
-			if st.closed {
-				st.mu.Unlock()
-				putFrameBuf(fb)
-				return
-			}
-			st.credit -= n
-			s.snd.enqueueData(fb, off, end)
-			st.mu.Unlock()
-			st.conn.bytesA2C.add(n)
-			continue
-		}
-		if err != nil {
-			st.abort(codec.ReasonTargetReset, true, shortErr(err))
-			return
-		}
-		// EOF: half-close towards the hub; hub→target goes on.
-		st.mu.Lock()
-		if st.closed {
-			st.mu.Unlock()
-			return
-		}
-		st.finSent = true
-		s.sendEmpty(codec.FrameFin, st.cid)
-		var t *net.TCPConn
-		if st.finWritten {
-			t = st.endLocked(true)
-		}
+// targetEOF half-closes towards the hub after the target's EOF; hub→target
+// goes on. The stream ends here if the hub's FIN was already written.
+func (st *stream) targetEOF() {
+	st.mu.Lock()
+	if st.closed {
 		st.mu.Unlock()
-		if t != nil {
-			_ = t.Close()
-			st.debugDone()
-		}
 		return
+	}
+	st.finSent = true
+	st.sess.sendEmpty(codec.FrameFin, st.cid)
+	var t *net.TCPConn
+	if st.finWritten {
+		t = st.endLocked(true)
+	}
+	st.mu.Unlock()
+	if t != nil {
+		_ = t.Close()
+		st.debugDone()
 	}
 }
 

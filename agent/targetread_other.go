@@ -1,27 +1,108 @@
-//go:build !unix
+//go:build !linux
 
 package agent
 
-import "io"
+import (
+	"os"
+	"sync"
+	"syscall"
 
-func (st *stream) initRead() {}
+	"github.com/nowconnect/nowconnect/codec"
+)
 
-// readTarget reads up to st.want bytes from the target into a pooled frame
-// buffer. Without raw fd reads the buffer is held while the target is idle
-// (unix builds avoid that, see targetread_unix.go). It returns (n > 0,
-// buffer, nil), (0, nil, nil) at EOF, or (0, nil, err).
-func (st *stream) readTarget() (int, *frameBuf, error) {
+// readState is the target reader of a stream where no epoll is available:
+// one goroutine per stream (targetReadLoop), parked in the netpoller without
+// a buffer while the target is idle.
+type readState struct {
+	wake    sync.Cond // L is &st.mu; signalled when credit arrives or the stream ends
+	started bool
+	// owned by targetReadLoop
+	readFn func(fd uintptr) bool // rawRead, bound once
+	want   int
+	rn     int
+	rb     *frameBuf
+	rerr   error
+}
+
+// pollers is empty without epoll.
+type pollers struct{}
+
+func (p *pollers) start() error { return nil }
+func (p *pollers) stop()        {}
+
+func (st *stream) initReader() {
+	st.rd.wake.L = &st.mu
+	st.rd.readFn = st.rawRead
+}
+
+// startReaderLocked starts targetReadLoop. Called with mu held once the
+// target is connected.
+func (st *stream) startReaderLocked() error {
+	st.rd.started = true
+	st.sess.wg.Go(st.targetReadLoop)
+	return nil
+}
+
+func (st *stream) creditLocked()     { st.rd.wake.Signal() }
+func (st *stream) stopReaderLocked() { st.rd.wake.Broadcast() }
+
+// targetReadLoop relays target→hub bytes under the hub's credit until the
+// target's EOF (FIN) or an error (RST).
+func (st *stream) targetReadLoop() {
+	s := st.sess
+	for {
+		st.mu.Lock()
+		for !st.closed && st.credit < s.readMin {
+			st.rd.wake.Wait()
+		}
+		if st.closed {
+			st.mu.Unlock()
+			return
+		}
+		st.rd.want = min(st.credit, readChunk)
+		st.mu.Unlock()
+
+		st.rd.rn, st.rd.rb, st.rd.rerr = 0, nil, nil
+		if err := st.raw.Read(st.rd.readFn); err != nil {
+			st.rd.rerr = err
+		}
+		switch {
+		case st.rd.rn > 0:
+			if !st.deliver(st.rd.rn, st.rd.rb) {
+				return
+			}
+		case st.rd.rerr != nil:
+			st.abort(codec.ReasonTargetReset, true, shortErr(st.rd.rerr))
+			return
+		default:
+			st.targetEOF()
+			return
+		}
+	}
+}
+
+// rawRead is the syscall.RawConn.Read callback: it takes a buffer only once
+// the socket is readable and returns false on EAGAIN so the runtime parks
+// the goroutine until it is.
+func (st *stream) rawRead(fd uintptr) bool {
 	fb := getFrameBuf()
-	n, err := st.target.Read(fb.b[hdrRoom : hdrRoom+st.want])
-	if n > 0 {
-		return n, fb, nil // an error comes back on the next read
+	for {
+		n, err := syscall.Read(int(fd), fb.b[hdrRoom:hdrRoom+st.rd.want])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == syscall.EAGAIN {
+			putFrameBuf(fb)
+			return false
+		}
+		if n > 0 {
+			st.rd.rn, st.rd.rb = n, fb
+			return true
+		}
+		putFrameBuf(fb)
+		if err != nil {
+			st.rd.rerr = os.NewSyscallError("read", err)
+		}
+		return true
 	}
-	putFrameBuf(fb)
-	if err == io.EOF {
-		return 0, nil, nil
-	}
-	if err == nil {
-		err = io.ErrNoProgress
-	}
-	return 0, nil, err
 }
