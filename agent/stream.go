@@ -274,6 +274,27 @@ func (st *stream) writeNow(p []byte) (int, error) {
 	return n, werr
 }
 
+// flushQueueLocked writes queued bytes to the target without blocking
+// until the queue is empty or the socket refuses more. Called with mu held
+// while no targetWriteLoop runs.
+func (st *stream) flushQueueLocked() error {
+	var one [1][]byte
+	for !st.q.Empty() {
+		b := st.q.Peek(one[:0], 1)[0]
+		n, err := st.writeNow(b)
+		if err != nil {
+			return err
+		}
+		st.q.Discard(n)
+		st.wroteLocked(n)
+		if n < len(b) {
+			return nil
+		}
+	}
+	st.q.Reset() // an idle stream holds no slot array
+	return nil
+}
+
 // wroteLocked counts n bytes written to the target and returns credit to
 // the hub in quarter windows. Called with mu held.
 func (st *stream) wroteLocked(n int) {
@@ -368,6 +389,14 @@ func (st *stream) dialLoop() {
 	st.target, st.raw = tc, raw
 	st.open = true
 	s.sendEmpty(codec.FrameOpenAck, st.cid)
+	// Bytes pipelined behind the OPEN (a client that speaks first): write
+	// what the fresh socket takes from here, and start a writer only for a
+	// rest or a FIN.
+	if err := st.flushQueueLocked(); err != nil {
+		st.mu.Unlock()
+		st.abort(codec.ReasonTargetReset, true, shortErr(err)) // closes the target
+		return
+	}
 	if !st.q.Empty() || st.finRecv {
 		st.startWriterLocked()
 	}

@@ -39,11 +39,16 @@ type relay struct {
 	got      []byte
 	gotFin   bool
 	windows  []int
+	// skip, when set, accepts a frame of another CID (else it fails the test).
+	skip func(frame) bool
 }
 
 func (r *relay) handle(f frame) {
 	r.t.Helper()
 	if f.h.CID != r.cid {
+		if r.skip != nil && r.skip(f) {
+			return
+		}
 		r.t.Fatalf("frame for cid %d: %v", f.h.CID, f)
 	}
 	switch f.h.Type {
@@ -458,6 +463,10 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 	p.expect(t, codec.FrameOpenAck, 2)
 	out := randBytes(1 << 20)
 	r := &relay{t: t, p: p, cid: 2, agentWin: a.window, hubWin: 256 << 10}
+	// The quiet period above is a heuristic: on a loaded machine a last
+	// WINDOW for the stalled stream may still come. Anything else for cid 1
+	// (a FIN, an RST) fails the test.
+	r.skip = func(f frame) bool { return f.h.CID == 1 && f.h.Type == codec.FrameWindow }
 	r.run(out)
 	if !bytes.Equal(r.got, out) {
 		t.Fatal("echo differs")
@@ -465,8 +474,6 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 	// The echo stream's teardown after both FINs is asynchronous; the
 	// stalled stream must outlive it.
 	waitFor(t, "echo stream finished, stalled one left", func() bool { return a.ActiveStreams() == 1 })
-	// Nothing arrived for cid 1 meanwhile (relay.handle fails on a foreign
-	// frame), so the one left is the stalled stream.
 }
 
 func TestDuplicateOpen(t *testing.T) {
