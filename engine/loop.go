@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,7 @@ type Loop struct {
 	// shared with the ticker goroutine
 	drainDue  atomic.Int64 // unix ns of the earliest drainer poll; 0 = none
 	scheduled atomic.Bool  // a run is queued on el
+	ticking   atomic.Bool  // tickers is not empty: the slow tick is due every TickInterval
 	slowDue   atomic.Int64
 }
 
@@ -80,7 +82,10 @@ func (l *Loop) WaitDrain(d Drainer) {
 }
 
 // AddTicker registers t. Call on the loop.
-func (l *Loop) AddTicker(t Ticker) { l.tickers = append(l.tickers, t) }
+func (l *Loop) AddTicker(t Ticker) {
+	l.tickers = append(l.tickers, t)
+	l.ticking.Store(true)
+}
 
 // Execute runs fn on the loop. Safe from any goroutine.
 func (l *Loop) Execute(fn func()) error {
@@ -96,6 +101,9 @@ func (l *Loop) Execute(fn func()) error {
 func (l *Loop) schedule(now time.Time) int64 {
 	drain := l.drainDue.Load()
 	slow := l.slowDue.Load()
+	if !l.ticking.Load() {
+		slow = math.MaxInt64 // a loop without tickers is not woken for the slow tick
+	}
 	t := now.UnixNano()
 	if ((drain != 0 && t >= drain) || t >= slow) && !l.scheduled.Swap(true) {
 		if err := l.el.Execute(context.Background(), l); err != nil {
@@ -151,6 +159,7 @@ func (l *Loop) Run(context.Context) error {
 			l.tickers[i] = nil
 		}
 		l.tickers = kept
+		l.ticking.Store(len(kept) > 0)
 	}
 	return nil
 }

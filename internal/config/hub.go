@@ -116,8 +116,9 @@ type Tunnel struct {
 
 // Timeouts holds stream and process timeouts of the hub.
 type Timeouts struct {
-	// Idle closes a stream with no traffic either way for this long. Default
-	// 0s: never.
+	// Idle closes a stream with no traffic either way for this long (checked
+	// once a second; the client is reset and the agent gets RST(idle)).
+	// Default 0s: never.
 	Idle Duration `toml:"idle"`
 	// ShutdownGrace is how long a stopping hub lets streams drain. Default 30s.
 	ShutdownGrace Duration `toml:"shutdown_grace"`
