@@ -40,18 +40,24 @@ func pollUntil(t testing.TB, p *poller, what string, cond func() bool) {
 	t.Fatalf("poller: %s: not after 1000 passes", what)
 }
 
+// pollerSession returns a bare session whose tunnel is drained by a
+// goroutine (waited for at cleanup) and a poller the test drives.
+func pollerSession(t *testing.T) (*session, *poller, *net.TCPConn) {
+	t.Helper()
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // runs after the connections' cleanups
+	tun, hubEnd := tcpPair(t)
+	drain(&wg, hubEnd)
+	return newBareSession(t, tun), newTestPoller(t), tun
+}
+
 // TestDataPathNoAllocs: a target→hub DATA frame (the poller's epoll_wait,
 // the read from the socket into a pooled buffer, framing in place, queueing,
 // the writev) and the control frames allocate nothing in steady state.
 func TestDataPathNoAllocs(t *testing.T) {
 	skipAllocsUnderRace(t)
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait) // runs after the connections' cleanups
-	tun, hubEnd := tcpPair(t)
-	drain(&wg, hubEnd)
-	s := newBareSession(t, tun)
+	s, p, tun := pollerSession(t)
 	target, peerEnd := tcpPair(t)
-	p := newTestPoller(t)
 	st := newStream(s, 9, s.a.connectors["c"])
 	st.target = target
 	st.raw, _ = target.SyscallConn()
@@ -94,7 +100,6 @@ func TestDataPathNoAllocs(t *testing.T) {
 	}
 	_ = peerEnd.Close()
 	_ = tun.Close()
-	_ = hubEnd.Close()
 }
 
 // registered returns a stream of s reading target through p.
@@ -121,12 +126,7 @@ func creditUsed(st *stream, from int) int {
 // reads per pass, so a small response on another stream of the same poller
 // goes out in the same pass.
 func TestPollerFairness(t *testing.T) {
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
-	tun, hubEnd := tcpPair(t)
-	drain(&wg, hubEnd)
-	s := newBareSession(t, tun)
-	p := newTestPoller(t)
+	s, p, tun := pollerSession(t)
 	bigT, bigPeer := tcpPair(t)
 	smallT, smallPeer := tcpPair(t)
 	big := registered(t, s, p, 1, bigT)
@@ -169,12 +169,7 @@ func TestPollerFairness(t *testing.T) {
 // TestPollerStaleEvent: after a stream ends its slot may be reused; an
 // event registered under the old generation finds nothing.
 func TestPollerStaleEvent(t *testing.T) {
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
-	tun, hubEnd := tcpPair(t)
-	drain(&wg, hubEnd)
-	s := newBareSession(t, tun)
-	p := newTestPoller(t)
+	s, p, tun := pollerSession(t)
 	t1, _ := tcpPair(t)
 	t2, _ := tcpPair(t)
 	a := registered(t, s, p, 1, t1)
