@@ -34,6 +34,14 @@ const (
 	maxCtrlBytes = 1 << 20
 	// maxBatch bounds the frames written in one writev.
 	maxBatch = 512
+	// stageLen is the coalescing buffer of a tunnel without writev (wss://):
+	// a batch is copied into it and written in Writes of up to this size,
+	// so small frames share TLS records instead of one record and one
+	// syscall each.
+	stageLen = 64 << 10
+	// maxTLSRecord is the largest TLS record payload: a slice this long is
+	// written as it is rather than copied into the stage.
+	maxTLSRecord = 16 << 10
 )
 
 // frameBuf is a pooled buffer holding one outgoing DATA frame: header room
@@ -87,8 +95,9 @@ type outItem struct {
 // stay in their pooled buffers, which go back to the pool once written.
 type sender struct {
 	// set at construction
-	conn net.Conn
-	wake chan struct{} // cap 1: work is pending
+	conn     net.Conn
+	wake     chan struct{} // cap 1: work is pending
+	coalesce bool          // conn is not a *net.TCPConn (TLS): no writev
 
 	mu sync.Mutex
 	// guarded by mu
@@ -101,11 +110,14 @@ type sender struct {
 	wCtrl  []byte
 	iov    [][]byte
 	nb     net.Buffers // kept here so WriteTo does not allocate
+	stage  []byte      // coalescing buffer when coalesce, stageLen, allocated on first use
 }
 
 func (w *sender) init(conn net.Conn) {
 	w.conn = conn
 	w.wake = make(chan struct{}, 1)
+	_, tcp := conn.(*net.TCPConn)
+	w.coalesce = !tcp
 }
 
 func (w *sender) signal() {
@@ -195,8 +207,12 @@ func (w *sender) writeBatch() error {
 		}
 		iov = mergeAdjacent(iov)
 		w.iov = iov
-		w.nb = iov
-		_, err = w.nb.WriteTo(w.conn)
+		if w.coalesce {
+			err = w.writeStaged(iov)
+		} else {
+			w.nb = iov
+			_, err = w.nb.WriteTo(w.conn)
+		}
 		for _, it := range items[:k] {
 			if it.fb != nil {
 				putFrameBuf(it.fb)
@@ -214,6 +230,49 @@ func (w *sender) writeBatch() error {
 	w.wItems = w.wItems[:0]
 	w.wCtrl = w.wCtrl[:0]
 	return err
+}
+
+// writeStaged writes iov through the coalescing buffer: one Write per
+// stageLen bytes instead of one per slice (net.Buffers falls back to a
+// Write per slice on a conn without writev, and tls.Conn seals every Write
+// into records of its own).
+func (w *sender) writeStaged(iov [][]byte) error {
+	if w.stage == nil {
+		w.stage = make([]byte, 0, stageLen)
+	}
+	st := w.stage[:0]
+	for _, b := range iov {
+		if len(b) >= maxTLSRecord {
+			// A whole frame fills records on its own: no copy.
+			if len(st) > 0 {
+				if _, err := w.conn.Write(st); err != nil {
+					return err
+				}
+				st = st[:0]
+			}
+			if _, err := w.conn.Write(b); err != nil {
+				return err
+			}
+			continue
+		}
+		for len(b) > 0 {
+			n := copy(st[len(st):cap(st)], b)
+			st = st[:len(st)+n]
+			b = b[n:]
+			if len(st) == cap(st) {
+				if _, err := w.conn.Write(st); err != nil {
+					return err
+				}
+				st = st[:0]
+			}
+		}
+	}
+	if len(st) > 0 {
+		if _, err := w.conn.Write(st); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // mergeAdjacent joins slices that are contiguous in memory (control frames
