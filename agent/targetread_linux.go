@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -157,10 +158,15 @@ func newPoller() (*poller, error) {
 	}
 	p := &poller{file: os.NewFile(uintptr(epfd), "epoll"), epfd: epfd, evfd: evfd}
 	p.raw, err = p.file.SyscallConn()
+	if err == nil {
+		// Only a descriptor in Go's netpoller takes deadlines: without it
+		// the poller could not park, and no target would ever be read.
+		err = p.file.SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		_ = p.file.Close()
 		_ = unix.Close(evfd)
-		return nil, fmt.Errorf("agent: epoll fd: %w", err)
+		return nil, fmt.Errorf("agent: epoll fd not pollable: %w", err)
 	}
 	p.pollFn, p.readFn = p.poll, p.rawRead
 	return p, nil
