@@ -7,10 +7,13 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nowconnect/nowconnect/codec"
 )
@@ -292,7 +295,7 @@ func TestWindowExceeded(t *testing.T) {
 	checkLeaks(t)
 	sink := newTarget(t, nil) // accepts and never reads
 	hub := newTestHub(t, hubOpts{})
-	cfg := testConfig([]string{hub.url}, map[string]string{"sink": sink.addr()}, nil)
+	cfg := testConfig([]string{hub.url}, map[string]string{"sink": sink.addr(), "stuck": unacceptingAddr(t)}, nil)
 	cfg.Window = 4096
 	a := newAgent(t, cfg)
 	runAgent(t, a)
@@ -302,28 +305,47 @@ func TestWindowExceeded(t *testing.T) {
 	p.data(2, make([]byte, 4097))
 	p.expectReason(t, codec.FrameRst, 2, codec.ReasonWindowExceeded)
 	waitFor(t, "stream reset", func() bool { return a.ActiveStreams() == 0 })
-	// Pipelined, before OPEN_ACK, the same bound applies.
+	// Pipelined, before OPEN_ACK, the same bound applies. The connector's
+	// dial hangs, so no byte can reach the target and no credit can come
+	// back between the two DATA frames: their sum must trip the window.
 	var b []byte
-	f, _ := codec.AppendOpen(nil, 4, "sink", "x")
+	f, _ := codec.AppendOpen(nil, 4, "stuck", "x")
 	b = append(codec.AppendWSHeader(b, codec.BinaryHeader(len(f))), f...)
 	f = append(codec.AppendHeader(nil, codec.FrameData, 4), make([]byte, 3000)...)
 	b = append(codec.AppendWSHeader(b, codec.BinaryHeader(len(f))), f...)
 	b = append(codec.AppendWSHeader(b, codec.BinaryHeader(len(f))), f...)
 	p.sendRaw(b)
-	for {
-		f := p.next(t)
-		if f.h.Type == codec.FrameOpenAck {
-			continue
-		}
-		if f.h.Type != codec.FrameRst || f.h.CID != 4 {
-			t.Fatalf("got %v, want RST cid 4", f)
-		}
-		if r, _, _ := codec.ParseReason(f.p); r != codec.ReasonWindowExceeded {
-			t.Fatalf("reason %s", r)
-		}
-		break
-	}
+	p.expectReason(t, codec.FrameRst, 4, codec.ReasonWindowExceeded) // no OPEN_ACK first: the dial hangs
 	waitFor(t, "stream reset", func() bool { return a.ActiveStreams() == 0 })
+}
+
+// unacceptingAddr returns a loopback address whose accept queue is full
+// (backlog 0 and one connection never accepted): the kernel drops further
+// SYNs, so dialing it hangs until the dialer gives up or is cancelled.
+func unacceptingAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+	filler, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = filler.Close() })
+	return addr
 }
 
 // TestHalfCloseHubFirst: the client sends a request and FIN; the target
