@@ -337,9 +337,24 @@ func (st *stream) addCredit(n int) {
 	st.mu.Unlock()
 }
 
-// dialLoop dials the target, answers OPEN_ACK or OPEN_ERR, and on success
-// starts the stream's reader (and writer, for pipelined bytes). A fresh
-// goroutine reads, so the deep stack a dial may grow is not kept.
+// refuseOpen answers OPEN_ERR(r), ends the stream and closes its target if
+// one was set. A no-op on a stream that already ended.
+func (st *stream) refuseOpen(r codec.Reason, msg string) {
+	st.mu.Lock()
+	var t *net.TCPConn
+	if !st.closed {
+		st.sess.sendReason(codec.FrameOpenErr, st.cid, r, msg)
+		t = st.endLocked(true)
+	}
+	st.mu.Unlock()
+	if t != nil {
+		_ = t.Close()
+	}
+}
+
+// dialLoop dials the target and answers OPEN_ERR, or OPEN_ACK once the
+// target is registered with its reader; it writes bytes pipelined behind
+// the OPEN and starts a writer only for a rest or a FIN.
 func (st *stream) dialLoop() {
 	s := st.sess
 	c := st.conn
@@ -356,12 +371,7 @@ func (st *stream) dialLoop() {
 		} else {
 			c.dialFailed.inc()
 		}
-		st.mu.Lock()
-		if !st.closed {
-			s.sendReason(codec.FrameOpenErr, st.cid, r, msg)
-			st.endLocked(true)
-		}
-		st.mu.Unlock()
+		st.refuseOpen(r, msg)
 		if debugOn(s.log) {
 			s.log.Debug("target dial failed", "cid", st.cid, "connector", c.name, "reason", r.String(), "error", err)
 		}
@@ -377,7 +387,7 @@ func (st *stream) dialLoop() {
 	}
 	if !ok || err != nil {
 		_ = nc.Close()
-		st.abort(codec.ReasonDialFailed, true, "target connection unusable")
+		st.refuseOpen(codec.ReasonDialFailed, "target connection unusable")
 		return
 	}
 	st.mu.Lock()
@@ -387,11 +397,15 @@ func (st *stream) dialLoop() {
 		return
 	}
 	st.target, st.raw = tc, raw
+	// The reader takes st.mu before it reads, so nothing it reads can
+	// overtake the OPEN_ACK queued below under the same lock.
+	if err := st.startReaderLocked(); err != nil {
+		st.mu.Unlock()
+		st.refuseOpen(codec.ReasonDialFailed, "target not pollable") // closes the target
+		return
+	}
 	st.open = true
 	s.sendEmpty(codec.FrameOpenAck, st.cid)
-	// Bytes pipelined behind the OPEN (a client that speaks first): write
-	// what the fresh socket takes from here, and start a writer only for a
-	// rest or a FIN.
 	if err := st.flushQueueLocked(); err != nil {
 		st.mu.Unlock()
 		st.abort(codec.ReasonTargetReset, true, shortErr(err)) // closes the target
@@ -400,11 +414,7 @@ func (st *stream) dialLoop() {
 	if !st.q.Empty() || st.finRecv {
 		st.startWriterLocked()
 	}
-	err = st.startReaderLocked()
 	st.mu.Unlock()
-	if err != nil {
-		st.abort(codec.ReasonDialFailed, true, "target not pollable")
-	}
 }
 
 // dialReason maps a dial error to an OPEN_ERR reason and a short message

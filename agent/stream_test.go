@@ -324,7 +324,7 @@ func TestWindowExceeded(t *testing.T) {
 // SYNs, so dialing it hangs until the dialer gives up or is cancelled.
 func unacceptingAddr(t *testing.T) string {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,7 @@ import (
 // one goroutine per stream (targetReadLoop), parked in the netpoller without
 // a buffer while the target is idle.
 type readState struct {
-	wake    sync.Cond // L is &st.mu; signalled when credit arrives or the stream ends
-	started bool
+	wake sync.Cond // L is &st.mu; signalled when credit arrives or the stream ends
 	// owned by targetReadLoop
 	readFn func(fd uintptr) bool // rawRead, bound once
 	want   int
@@ -38,7 +37,6 @@ func (st *stream) initReader() {
 // startReaderLocked starts targetReadLoop. Called with mu held once the
 // target is connected.
 func (st *stream) startReaderLocked() error {
-	st.rd.started = true
 	st.sess.wg.Go(st.targetReadLoop)
 	return nil
 }
