@@ -178,15 +178,13 @@ const (
 )
 
 // tickFor returns the engine's slow tick: a quarter of the shortest timer
-// the hub enforces, within [minTick, maxTick]. The defaults (15s pings, 10s
+// the tick enforces, within [minTick, maxTick]. The defaults (15s pings, 10s
 // timeouts) give maxTick: 4 wake-ups a second per loop, which keeps an idle
 // hub near 0.4% of a core (it was ~2% at a fixed 50ms). Short timers, as in
-// tests, get a finer tick.
+// tests, get a finer tick. The idle timeout is not among them: the streams
+// are walked once a second (streamScan) whatever the tick.
 func tickFor(cfg Config) time.Duration {
 	d := min(cfg.PingInterval, cfg.PingTimeout, cfg.HandshakeTimeout, cfg.RequestTimeout)
-	if cfg.IdleTimeout > 0 {
-		d = min(d, cfg.IdleTimeout)
-	}
 	return max(minTick, min(maxTick, d/4))
 }
 

@@ -11,7 +11,7 @@ func TestTickFor(t *testing.T) {
 	short := def
 	short.PingInterval = 200 * time.Millisecond
 	idle := def
-	idle.IdleTimeout = 400 * time.Millisecond
+	idle.IdleTimeout = 400 * time.Millisecond // walked by streamScan, not the tick
 	tiny := def
 	tiny.RequestTimeout = time.Millisecond
 	for _, tc := range []struct {
@@ -21,7 +21,7 @@ func TestTickFor(t *testing.T) {
 	}{
 		{"defaults", def, maxTick},
 		{"short pings", short, 50 * time.Millisecond},
-		{"idle timeout", idle, 100 * time.Millisecond},
+		{"idle timeout", idle, maxTick},
 		{"floor", tiny, minTick},
 	} {
 		if got := tickFor(tc.cfg); got != tc.want {
