@@ -496,6 +496,20 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 	// The echo stream's teardown after both FINs is asynchronous; the
 	// stalled stream must outlive it.
 	waitFor(t, "echo stream finished, stalled one left", func() bool { return a.ActiveStreams() == 1 })
+	// The one left is the stalled stream: an RST or FIN for it would have
+	// been queued before it left the count (a bounded negative check).
+	for {
+		f, ok := p.nextWithin(200 * time.Millisecond)
+		if !ok {
+			break
+		}
+		if f.h.CID != 1 || f.h.Type != codec.FrameWindow {
+			t.Fatalf("unexpected %v after the echo finished", f)
+		}
+	}
+	if n := a.ActiveStreams(); n != 1 {
+		t.Fatalf("ActiveStreams = %d, want the stalled one", n)
+	}
 }
 
 func TestDuplicateOpen(t *testing.T) {
