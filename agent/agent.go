@@ -1,9 +1,13 @@
 // Package agent is the premise side of NowConnect: it dials out to a cloud
-// hub over one WebSocket tunnel, announces the connectors it serves, and for
-// every stream the hub opens it dials the connector's target and relays the
-// bytes both ways under the per-stream credit windows of the tunnel protocol
-// (see package codec). It reconnects with capped, jittered exponential
-// backoff and rotates through several hub URLs.
+// hub over WebSocket tunnels (Config.Tunnels of them, default 2, so that
+// one TCP connection's loss recovery stalls only its share of the streams
+// and the hub can spread one agent over several cores), announces the
+// connectors it serves, and for every stream the hub opens it dials the
+// connector's target and relays the bytes both ways under the credit
+// windows of the tunnel protocol (package codec; the rules are
+// internal/flow's). Each tunnel reconnects with capped, jittered
+// exponential backoff; all of them use the same hub URL and move to the
+// next of several together.
 //
 // Files, one per stage: agent.go (config, Run loop, backoff), session.go
 // (tunnel handshake and reader), send.go (the tunnel writer and frame
@@ -11,10 +15,11 @@
 // targetread_linux.go (the epoll pollers that read targets),
 // targetread_other.go (a reader goroutine per stream elsewhere), metrics.go.
 //
-// Goroutines. Run's own goroutine reads the tunnel; Run also owns one target
-// poller per P (Linux), which reads every stream's target without a
-// goroutine per stream. Per tunnel: tunnelWriteLoop (batches frames into one
-// writev) and pingLoop (PING, liveness, context cancellation). Per stream:
+// Goroutines. Run owns one tunnelLoop per tunnel, each of which reads its
+// tunnel on its own goroutine, and one target poller per P (Linux), which
+// reads every stream's target without a goroutine per stream. Per tunnel:
+// tunnelWriteLoop (batches frames into one writev) and pingLoop (PING,
+// liveness, context cancellation). Per stream:
 // dialLoop while the target is being dialed, plus targetWriteLoop only while
 // bytes wait for the target. An idle stream has no goroutine. Each is
 // tracked by the session's WaitGroup (the pollers by Run's); Run returns only
@@ -38,16 +43,21 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/flow"
 )
 
 // Defaults of Config.
 const (
 	DefaultDialTimeout      = 5 * time.Second
-	DefaultWindow           = 256 << 10
+	DefaultWindow           = flow.DefaultStreamWindow
+	DefaultMaxWindow        = flow.DefaultMaxStreamWindow
+	DefaultTunnelWindow     = flow.DefaultTunnelWindow
+	DefaultTunnels          = 2
+	MaxTunnels              = 16
 	DefaultReconnectMin     = 500 * time.Millisecond
 	DefaultReconnectMax     = 30 * time.Second
-	DefaultPingInterval     = 15 * time.Second
-	DefaultPingTimeout      = 45 * time.Second
+	DefaultPingInterval     = 2 * time.Second
+	DefaultPingTimeout      = 6 * time.Second
 	DefaultHandshakeTimeout = 10 * time.Second
 )
 
@@ -76,6 +86,10 @@ type Config struct {
 	// Token is the JWT sent as "Authorization: Bearer <token>" on the
 	// WebSocket upgrade. It is never logged.
 	Token string
+	// TokenSource, when set, is asked for the token before every
+	// connection attempt (a token file that is rotated in place); Token is
+	// then only its fallback when it fails.
+	TokenSource func() (string, error)
 	// Connectors maps a connector name (1..255 bytes, at most 64) to its
 	// target host:port. At least one is required.
 	Connectors map[string]string
@@ -85,15 +99,28 @@ type Config struct {
 	// Certificates for mTLS). nil means the system roots.
 	TLSConfig *tls.Config
 	// Window is the per-stream credit this agent grants the hub (hub→agent
-	// bytes in flight per stream, announced in HELLO). It bounds the memory
-	// the agent spends on bytes waiting for a slow target. Default 256 KiB.
+	// bytes in flight per stream, announced in HELLO) when a stream starts.
+	// It bounds the memory the agent spends on bytes waiting for a slow
+	// target. Default 256 KiB.
 	Window int
+	// MaxWindow is the most a stream's window grows to while its hub side
+	// is limited by credit (protocol 2). Default 16 MiB.
+	MaxWindow int
+	// TunnelWindow bounds the hub→agent bytes in flight over all the
+	// streams of one tunnel (protocol 2). Default 64 MiB.
+	TunnelWindow int
+	// Tunnels is how many tunnels the agent keeps to its hub (1..16).
+	// Default 2.
+	Tunnels int
+	// MaxProtocol is the newest tunnel protocol offered: codec.Version
+	// (default) or codec.Version1 (fixed windows, as older agents).
+	MaxProtocol int
 	// ReconnectMin and ReconnectMax bound the reconnect backoff. Defaults
 	// 500ms and 30s.
 	ReconnectMin, ReconnectMax time.Duration
 	// PingInterval is how often the agent sends PING; PingTimeout closes
 	// the tunnel when nothing at all was received for that long. Defaults
-	// 15s and 45s.
+	// 2s and 6s.
 	PingInterval, PingTimeout time.Duration
 	// HandshakeTimeout bounds the WebSocket dial plus the wait for
 	// HELLO_ACK. Default 10s.
@@ -116,20 +143,20 @@ type Agent struct {
 	names      []string // sorted connector names, for HELLO
 	connectors map[string]*connector
 	dialer     net.Dialer
-	window     int // cfg.Window
-	quarter    int // credit is returned in WINDOW frames of at least this
-	qDepth     int // ring.Queue depth per stream
+	limits     flow.Limits // what the agent grants the hub with protocol 2
+	qDepth     int         // ring.Queue depth per stream
+	instance   uint64      // random id of this process, in HELLO
 	m          agentMetrics
 
-	// owned by Run (one session at a time)
-	rbuf    []byte
+	// owned by Run
 	pollers pollers // target readers, started and stopped by Run
 
-	connected atomic.Bool
-	connects  atomic.Uint64
-	active    atomic.Int64
-	draining  atomic.Bool
-	idle      chan struct{} // cap 1: a stream ended while draining
+	up       atomic.Int32 // tunnels up (HELLO_ACK received)
+	urlIdx   atomic.Int32 // the hub URL every tunnel uses (see tunnelLoop)
+	connects atomic.Uint64
+	active   atomic.Int64
+	draining atomic.Bool
+	idle     chan struct{} // cap 1: a stream ended while draining
 
 	mu sync.Mutex
 	// guarded by mu
@@ -166,8 +193,27 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Window == 0 {
 		cfg.Window = DefaultWindow
 	}
-	if cfg.Window < 1 || cfg.Window > codec.MaxWindow {
-		bad("Window: %d out of range 1..%d", cfg.Window, codec.MaxWindow)
+	if cfg.MaxWindow == 0 {
+		cfg.MaxWindow = max(cfg.Window, DefaultMaxWindow)
+	}
+	if cfg.TunnelWindow == 0 {
+		cfg.TunnelWindow = max(cfg.MaxWindow, DefaultTunnelWindow)
+	}
+	limits := flow.Limits{Stream: cfg.Window, MaxStream: cfg.MaxWindow, Tunnel: cfg.TunnelWindow}
+	if err := limits.Validate(); err != nil {
+		bad("Window, MaxWindow, TunnelWindow: %v", err)
+	}
+	if cfg.Tunnels == 0 {
+		cfg.Tunnels = DefaultTunnels
+	}
+	if cfg.Tunnels < 1 || cfg.Tunnels > MaxTunnels {
+		bad("Tunnels: %d out of range 1..%d", cfg.Tunnels, MaxTunnels)
+	}
+	if cfg.MaxProtocol == 0 {
+		cfg.MaxProtocol = codec.Version
+	}
+	if cfg.MaxProtocol != codec.Version && cfg.MaxProtocol != codec.Version1 {
+		bad("MaxProtocol: %d is not %d or %d", cfg.MaxProtocol, codec.Version1, codec.Version)
 	}
 	if l := len(cfg.AgentID); l == 0 || l > 255 {
 		bad("AgentID: length %d out of range 1..255", l)
@@ -221,9 +267,9 @@ func New(cfg Config) (*Agent, error) {
 		names:      names,
 		connectors: make(map[string]*connector, len(names)),
 		dialer:     net.Dialer{Timeout: cfg.DialTimeout},
-		window:     cfg.Window,
-		quarter:    max(1, cfg.Window/4),
+		limits:     limits,
 		qDepth:     cfg.Window/queueChunk + 3,
+		instance:   rand.Uint64(),
 		idle:       make(chan struct{}, 1),
 	}
 	for _, name := range names {
@@ -233,9 +279,12 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// Connected reports whether the tunnel is up (HELLO_ACK received). Safe
+// Connected reports whether a tunnel is up (HELLO_ACK received). Safe
 // from any goroutine.
-func (a *Agent) Connected() bool { return a.connected.Load() }
+func (a *Agent) Connected() bool { return a.up.Load() > 0 }
+
+// TunnelsUp returns how many tunnels are up. Safe from any goroutine.
+func (a *Agent) TunnelsUp() int { return int(a.up.Load()) }
 
 // ActiveStreams returns the number of live streams. Safe from any goroutine.
 func (a *Agent) ActiveStreams() int { return int(a.active.Load()) }
@@ -244,10 +293,10 @@ func (a *Agent) ActiveStreams() int { return int(a.active.Load()) }
 // so far. Safe from any goroutine.
 func (a *Agent) Connects() uint64 { return a.connects.Load() }
 
-// Run connects to the hub, serves streams and reconnects until ctx is done
-// or Shutdown stops it. It then closes every stream and the tunnel and
-// returns nil once all its goroutines have exited. It returns ErrRunning if
-// the agent already runs, and nil at once after Shutdown.
+// Run connects the tunnels to the hub, serves streams and reconnects until
+// ctx is done or Shutdown stops it. It then closes every stream and tunnel
+// and returns nil once all its goroutines have exited. It returns
+// ErrRunning if the agent already runs, and nil at once after Shutdown.
 func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	if a.running {
@@ -270,19 +319,32 @@ func (a *Agent) Run(ctx context.Context) error {
 		close(done)
 	}()
 
-	if a.rbuf == nil {
-		a.rbuf = make([]byte, readBufLen)
-	}
 	if err := a.pollers.start(); err != nil {
 		return fmt.Errorf("agent: start target pollers: %w", err)
 	}
 	defer a.pollers.stop() // after every session ended: no stream is left
+	var wg sync.WaitGroup
+	for i := range a.cfg.Tunnels {
+		wg.Go(func() { a.tunnelLoop(ctx, i) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// tunnelLoop keeps tunnel number idx up until ctx ends. Every tunnel uses
+// the hub URL a.urlIdx names; a tunnel whose attempt failed, or whose
+// tunnel dropped, moves that index on (once: the others follow), so the
+// tunnels of one agent stay on one hub.
+func (a *Agent) tunnelLoop(ctx context.Context, idx int) {
+	rbuf := make([]byte, readBufLen)
 	attempt := 0
-	for i := 0; ; i = (i + 1) % len(a.urls) {
-		up := a.runSession(ctx, i)
+	for {
+		i := int(a.urlIdx.Load())
+		up := a.runSession(ctx, i, idx, rbuf)
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
+		a.urlIdx.CompareAndSwap(int32(i), int32((i+1)%len(a.urls)))
 		if up >= stableAfter {
 			attempt = 0
 		}
@@ -293,7 +355,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil
+			return
 		case <-t.C:
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/flow"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -48,7 +49,9 @@ func newBareSession(t testing.TB, conn net.Conn) *session {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &session{a: a, conn: conn, streams: make(map[uint32]*stream), hubWindow: 1 << 20, readMin: 16 << 10, acked: true}
+	s := &session{a: a, conn: conn, streams: make(map[uint32]*stream), readMin: 16 << 10, acked: true,
+		peer: flow.Fixed(1 << 20), local: flow.Fixed(a.limits.Stream), version: codec.Version1}
+	s.fc = flow.NewTunnel(s.peer, s.local)
 	s.ctx, s.cancel = t.Context(), func() {}
 	s.log = a.log
 	s.snd.init(conn)
@@ -92,12 +95,7 @@ func TestHubDataNoAllocs(t *testing.T) {
 		}
 		st.mu.Lock()
 		st.q.Discard(int(n))
-		st.acc += int(n)
-		if st.acc >= s.a.quarter {
-			st.inflight -= st.acc
-			s.sendWindow(st.cid, st.acc)
-			st.acc = 0
-		}
+		st.wroteLocked(int(n))
 		st.mu.Unlock()
 		for s.snd.takeBatch() {
 			if err := s.snd.writeBatch(); err != nil {

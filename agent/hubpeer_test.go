@@ -165,7 +165,7 @@ func (h *testHub) serveLoop(c net.Conn) {
 	}
 	p.hello = hello
 	if !h.opts.noAck {
-		p.send(codec.AppendHelloAck(nil, codec.Version, h.opts.window))
+		p.send(codec.AppendHelloAck(nil, codec.HelloAck{Version: codec.Version1, Window: uint32(h.opts.window)}))
 	}
 	h.conns <- p
 	p.readLoop()
@@ -433,6 +433,7 @@ func testConfig(urls []string, connectors map[string]string, logs io.Writer) Con
 		ReconnectMin:     5 * time.Millisecond,
 		ReconnectMax:     50 * time.Millisecond,
 		HandshakeTimeout: 5 * time.Second,
+		Tunnels:          1, // the fake hub speaks to one tunnel at a time
 		Logger:           slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 }

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -12,14 +14,38 @@ import (
 // is nil and updates are no-ops). Handles are created once in New; nothing
 // is looked up per frame.
 //
-//	nowconnect_agent_tunnel_up                            gauge    1 while the tunnel is up
+//	nowconnect_agent_tunnel_up                            gauge    1 while a tunnel is up
+//	nowconnect_agent_tunnels_up                           gauge    tunnels up (of Config.Tunnels)
+//	nowconnect_agent_tunnel_rtt_seconds                   histogram tunnel ping round trip
+//	nowconnect_agent_tunnel_closes_total{reason}          counter  tunnels closed, by codec reason name
+//	nowconnect_agent_stream_resets_total{connector,reason} counter streams that ended without both FINs
+//	nowconnect_agent_stream_window_growths_total          counter  stream receive windows doubled (auto-tuning)
 //	nowconnect_agent_reconnects_total                     counter  reconnect attempts after a failure or drop
 //	nowconnect_agent_streams_active                       gauge    live streams
 //	nowconnect_agent_dial_seconds{connector}              histogram target dial latency (successes)
 //	nowconnect_agent_dial_errors_total{connector,reason}  counter  reason dial_failed | dial_timeout
 //	nowconnect_agent_bytes_total{direction,connector}     counter  c2a: hub→target, a2c: target→hub
 type agentMetrics struct {
-	reconnects counter
+	reconnects    counter
+	windowGrowths counter
+	rttHist       *metrics.PrometheusHistogram // nil without metrics
+	closes        [codec.NumReasons + 1]counter
+}
+
+// rttBuckets suit tunnel round trips from a LAN to an intercontinental WAN.
+var rttBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
+
+func (m *agentMetrics) rtt(d time.Duration) {
+	if m.rttHist != nil {
+		m.rttHist.Update(d.Seconds())
+	}
+}
+
+func (m *agentMetrics) tunnelClose(r codec.Reason) {
+	if !r.Known() {
+		r = codec.Reason(codec.NumReasons)
+	}
+	m.closes[r].inc()
 }
 
 func newAgentMetrics(set *metrics.Set, a *Agent) agentMetrics {
@@ -27,17 +53,28 @@ func newAgentMetrics(set *metrics.Set, a *Agent) agentMetrics {
 		return agentMetrics{}
 	}
 	set.GetOrCreateGauge("nowconnect_agent_tunnel_up", func() float64 {
-		if a.connected.Load() {
+		if a.Connected() {
 			return 1
 		}
 		return 0
 	})
+	set.GetOrCreateGauge("nowconnect_agent_tunnels_up", func() float64 { return float64(a.TunnelsUp()) })
 	set.GetOrCreateGauge("nowconnect_agent_streams_active", func() float64 {
 		return float64(a.active.Load())
 	})
-	return agentMetrics{
-		reconnects: counter{set.GetOrCreateCounter("nowconnect_agent_reconnects_total")},
+	m := agentMetrics{
+		reconnects:    counter{set.GetOrCreateCounter("nowconnect_agent_reconnects_total")},
+		windowGrowths: counter{set.GetOrCreateCounter("nowconnect_agent_stream_window_growths_total")},
+		rttHist:       set.GetOrCreatePrometheusHistogramExt("nowconnect_agent_tunnel_rtt_seconds", rttBuckets),
 	}
+	for r := range codec.NumReasons + 1 {
+		name := "unknown"
+		if r < codec.NumReasons {
+			name = codec.Reason(r).String()
+		}
+		m.closes[r] = counter{set.GetOrCreateCounter(`nowconnect_agent_tunnel_closes_total{reason="` + name + `"}`)}
+	}
+	return m
 }
 
 // connector is one served connector with its cached metric handles.
@@ -51,6 +88,28 @@ type connector struct {
 	dialTimeout counter
 	bytesC2A    counter
 	bytesA2C    counter
+
+	set    *metrics.Set // nil without metrics
+	label  string
+	resets [codec.NumReasons + 1]atomic.Pointer[metrics.Counter] // created on first use
+}
+
+// reset counts a stream of this connector that ended without both FINs.
+// Safe from any goroutine.
+func (c *connector) reset(r codec.Reason) {
+	if c.set == nil {
+		return
+	}
+	i, name := int(r), r.String()
+	if !r.Known() {
+		i, name = codec.NumReasons, "unknown"
+	}
+	m := c.resets[i].Load()
+	if m == nil {
+		m = c.set.GetOrCreateCounter(`nowconnect_agent_stream_resets_total{` + c.label + `,reason="` + name + `"}`)
+		c.resets[i].Store(m)
+	}
+	m.Inc()
 }
 
 func newConnector(set *metrics.Set, name, addr string) *connector {
@@ -59,6 +118,7 @@ func newConnector(set *metrics.Set, name, addr string) *connector {
 		return c
 	}
 	l := `connector="` + labelEscape(name) + `"`
+	c.set, c.label = set, l
 	c.dialSeconds = set.GetOrCreatePrometheusHistogram("nowconnect_agent_dial_seconds{" + l + "}")
 	c.dialFailed = counter{set.GetOrCreateCounter("nowconnect_agent_dial_errors_total{" + l +
 		`,reason="` + codec.ReasonDialFailed.String() + `"}`)}

@@ -10,7 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,73 +19,100 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/flow"
 )
-
-// recentCIDs is how many quietly ended CIDs a session remembers: streams
-// that finished with both FINs, and OPENs answered with OPEN_ERR. Frames the
-// hub sent before it learnt the end (WINDOW returning credit for our last
-// DATA, DATA pipelined behind an OPEN whose dial failed) are then ignored
-// rather than answered with RST(unknown_cid), which could abort the hub's
-// side of a stream that is still delivering its last bytes.
-const recentCIDs = 1024
 
 // closeCause says why a tunnel closed.
 type closeCause struct {
-	msg  string
-	code ws.StatusCode // WebSocket close status to send; 0: send none (the connection failed)
+	msg    string
+	code   ws.StatusCode // WebSocket close status to send; 0: send none (the connection failed)
+	reason codec.Reason  // for metrics; ReasonNone: derived from code
 }
 
 func protoErr(format string, args ...any) closeCause {
-	return closeCause{msg: fmt.Sprintf(format, args...), code: ws.StatusProtocolError}
+	return closeCause{msg: fmt.Sprintf(format, args...), code: ws.StatusProtocolError, reason: codec.ReasonProtocol}
 }
 
 // session is one tunnel: a WebSocket to one hub URL from dial to close.
+//
+// Lock order: stream.mu, then session.fcMu or session.mu (never both).
 type session struct {
 	// set at construction
-	a      *Agent
-	conn   net.Conn
-	parent context.Context // Run's context
-	ctx    context.Context // done when the session closes
-	cancel context.CancelFunc
-	log    *slog.Logger // carries url
-	start  time.Time
-	snd    sender
-	wg     sync.WaitGroup // every goroutine of the session and its streams
+	a       *Agent
+	index   int // which of the agent's tunnels
+	version int // protocol settled by the upgrade
+	conn    net.Conn
+	rbuf    []byte          // the tunnel read buffer, the tunnelLoop's
+	parent  context.Context // Run's context
+	ctx     context.Context // done when the session closes
+	cancel  context.CancelFunc
+	log     *slog.Logger // carries url and tunnel
+	start   time.Time
+	snd     sender
+	wg      sync.WaitGroup // every goroutine of the session and its streams
 
 	// set by the reader at HELLO_ACK, before any stream exists; read-only after
-	hubWindow int // W_hub: credit per stream for agent→hub DATA
-	readMin   int // read a target only with at least this much credit
-	ackedAt   time.Time
+	peer     flow.Limits // what the hub grants agent→hub DATA
+	local    flow.Limits // what we grant hub→agent DATA
+	readMin  int         // read a target only with at least this much credit
+	tunnelFC bool        // a tunnel-level window is in force (protocol 2)
+	ackedAt  time.Time
 
-	// owned by the reader (Run's goroutine)
+	// owned by the reader
 	acked bool
 
 	ackedFlag atomic.Bool  // acked, for pingLoop
 	lastRecv  atomic.Int64 // when bytes last arrived, ns since start
+	minRTT    atomic.Int64 // recent minimum ping RTT (ns), for window growth
+
+	fcMu sync.Mutex
+	// guarded by fcMu
+	fc      flow.Tunnel // tunnel-level credit and window, RTT
+	waiters []*stream   // streams waiting for tunnel-level credit
 
 	mu sync.Mutex
 	// guarded by mu
-	closed     bool
-	cause      closeCause
-	streams    map[uint32]*stream // live streams by CID
-	head       *stream            // every stream of the session (also detached ones)
-	recent     [recentCIDs]uint32 // quietly ended CIDs, a ring
-	recentNext int
-	snap       []*stream // scratch for closeStreams
+	closed  bool
+	cause   closeCause
+	streams map[uint32]*stream // live streams by CID
+	head    *stream            // every stream of the session (also detached ones)
+	recent  flow.Recent        // streams that ended lately (late frames are ignored)
+	snap    []*stream          // scratch for closeStreams
 }
 
-// runSession dials url i, serves the tunnel until it drops and returns how
-// long it was up (0 if HELLO_ACK never arrived). Called by Run only.
-func (a *Agent) runSession(ctx context.Context, i int) time.Duration {
-	log := a.log.With("url", a.logURLs[i])
+// token returns the token for the next attempt: from TokenSource when set.
+func (a *Agent) token(log *slog.Logger) string {
+	if a.cfg.TokenSource == nil {
+		return a.cfg.Token
+	}
+	tok, err := a.cfg.TokenSource()
+	if err != nil {
+		log.Warn("token unreadable, using the previous one", "agent_id", a.cfg.AgentID, "error", err.Error())
+		return a.cfg.Token
+	}
+	return tok
+}
+
+// runSession dials url i as tunnel idx, serves the tunnel until it drops
+// and returns how long it was up (0 if HELLO_ACK never arrived). Called by
+// tunnelLoop only; rbuf is its read buffer.
+func (a *Agent) runSession(ctx context.Context, i, idx int, rbuf []byte) time.Duration {
+	log := a.log.With("url", a.logURLs[i], "tunnel", idx)
 	log.Info("connecting to cloud")
 	start := time.Now()
+	hdr := http.Header{
+		"Authorization":     {"Bearer " + a.token(log)},
+		"Nowconnect-Tunnel": {strconv.Itoa(idx)},
+	}
 	d := ws.Dialer{
-		Header:    ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + a.cfg.Token}}),
+		Header:    ws.HandshakeHeaderHTTP(hdr),
 		TLSConfig: a.cfg.TLSConfig,
 		Timeout:   a.cfg.HandshakeTimeout,
 	}
-	conn, br, _, err := d.Dial(ctx, a.urls[i])
+	if a.cfg.MaxProtocol >= codec.Version {
+		d.Protocols = []string{codec.Subprotocol}
+	}
+	conn, br, hs, err := d.Dial(ctx, a.urls[i])
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0
@@ -108,11 +135,17 @@ func (a *Agent) runSession(ctx context.Context, i int) time.Duration {
 	}
 	s := &session{
 		a:       a,
+		index:   idx,
+		version: codec.Version1,
 		conn:    conn,
+		rbuf:    rbuf,
 		parent:  ctx,
 		log:     log,
 		start:   start,
 		streams: make(map[uint32]*stream),
+	}
+	if hs.Protocol == codec.Subprotocol {
+		s.version = codec.Version
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.snd.init(conn)
@@ -125,12 +158,16 @@ func (s *session) serve(br *bufio.Reader, deadline time.Time) time.Duration {
 	a := s.a
 	s.wg.Go(s.tunnelWriteLoop)
 	s.wg.Go(s.pingLoop)
-	hello, err := codec.AppendHello(nil, codec.Hello{
-		Version:    codec.Version,
-		Window:     uint32(a.window),
+	h := codec.Hello{
+		Version:    uint8(s.version),
+		Window:     uint32(a.limits.Stream),
 		AgentID:    a.cfg.AgentID,
 		Connectors: a.names,
-	})
+	}
+	if s.version >= codec.Version {
+		h.MaxWindow, h.TunnelWindow, h.Instance = uint32(a.limits.MaxStream), uint32(a.limits.Tunnel), a.instance
+	}
+	hello, err := codec.AppendHello(nil, h)
 	if err == nil {
 		_ = s.conn.SetReadDeadline(deadline)
 		s.send(hello)
@@ -139,7 +176,9 @@ func (s *session) serve(br *bufio.Reader, deadline time.Time) time.Duration {
 	} else {
 		s.close(closeCause{msg: "encode HELLO: " + err.Error(), code: ws.StatusInternalServerError})
 	}
-	a.connected.Store(false)
+	if s.acked {
+		a.up.Add(-1)
+	}
 	s.closeStreams()
 	s.wg.Wait()
 	s.mu.Lock()
@@ -149,6 +188,7 @@ func (s *session) serve(br *bufio.Reader, deadline time.Time) time.Duration {
 	if s.acked {
 		up = time.Since(s.ackedAt)
 	}
+	a.m.tunnelClose(cause.metricReason())
 	level := slog.LevelWarn
 	if s.parent.Err() != nil {
 		level = slog.LevelInfo
@@ -165,15 +205,28 @@ func readCause(err error, acked bool) closeCause {
 	case errors.As(err, &c):
 		return c
 	case errors.Is(err, io.EOF):
-		return closeCause{msg: "hub closed the connection"}
+		return closeCause{msg: "hub closed the connection", reason: codec.ReasonPeerClosed}
 	case !acked && errors.Is(err, os.ErrDeadlineExceeded):
-		return closeCause{msg: "handshake: no HELLO_ACK in time"}
+		return closeCause{msg: "handshake: no HELLO_ACK in time", reason: codec.ReasonHandshake}
 	default:
-		return closeCause{msg: "read: " + err.Error()}
+		return closeCause{msg: "read: " + err.Error(), reason: codec.ReasonIOError}
 	}
 }
 
 func (c closeCause) Error() string { return c.msg }
+
+// metricReason names the cause for nowconnect_agent_tunnel_closes_total.
+func (c closeCause) metricReason() codec.Reason {
+	switch {
+	case c.reason != codec.ReasonNone:
+		return c.reason
+	case c.code == ws.StatusProtocolError, c.code == ws.StatusUnsupportedData, c.code == ws.StatusMessageTooBig:
+		return codec.ReasonProtocol
+	case c.code == 0:
+		return codec.ReasonIOError
+	}
+	return codec.ReasonPeerClosed
+}
 
 // close closes the tunnel once, recording the first cause. With a close
 // status, frames already queued (a last FIN, say) and a WebSocket close
@@ -223,6 +276,89 @@ func (s *session) sendWindow(cid uint32, n int) {
 	s.send(codec.AppendWindow(b[:0], cid, uint32(n)))
 }
 
+func (s *session) sendPing(t codec.FrameType, opaque uint64) {
+	var b [codec.HeaderLen + 8]byte
+	s.send(codec.AppendPing(b[:0], t, opaque))
+}
+
+// rtt returns the recent minimum round trip, 0 before the first PONG.
+func (s *session) rtt() time.Duration { return time.Duration(s.minRTT.Load()) }
+
+// releaseTunnel returns tunnel-level credit for n hub→agent bytes that left
+// the agent's buffers (written to a target, or dropped with a stream). Safe
+// from any goroutine; callers may hold a stream's mu.
+func (s *session) releaseTunnel(n int) {
+	if !s.tunnelFC || n <= 0 {
+		return
+	}
+	s.fcMu.Lock()
+	inc := s.fc.Recv.Release(n, time.Now(), s.fc.RTT.Min())
+	s.fcMu.Unlock()
+	if inc > 0 {
+		s.sendWindow(0, inc)
+	}
+}
+
+// reserveLocked takes up to n bytes of tunnel-level credit for one read of
+// st's target. Below least it takes nothing, queues st to be woken by the
+// next tunnel-level WINDOW and returns 0. Called with st.mu held.
+func (s *session) reserveLocked(st *stream, n, least int) int {
+	if !s.tunnelFC {
+		return n
+	}
+	s.fcMu.Lock()
+	defer s.fcMu.Unlock()
+	avail := s.fc.Send.Avail()
+	if avail < least {
+		if !st.tunnelWait {
+			st.tunnelWait = true
+			s.waiters = append(s.waiters, st)
+		}
+		return 0
+	}
+	n = min(n, avail)
+	s.fc.Send.Take(n)
+	return n
+}
+
+// refund gives back tunnel-level credit reserved for a read that took less.
+func (s *session) refund(n int) {
+	if !s.tunnelFC || n <= 0 {
+		return
+	}
+	s.fcMu.Lock()
+	s.fc.Send.Refund(n)
+	s.fcMu.Unlock()
+}
+
+// tunnelWindow applies a tunnel-level WINDOW and wakes the streams that
+// waited for it. Called by the reader.
+func (s *session) tunnelWindow(p []byte) error {
+	inc, err := codec.ParseWindow(p)
+	if err != nil {
+		return protoErr("tunnel WINDOW: %v", err)
+	}
+	if !s.tunnelFC {
+		return protoErr("tunnel-level WINDOW in protocol %d", s.version)
+	}
+	s.fcMu.Lock()
+	err = s.fc.Send.Grant(inc)
+	waiters := s.waiters
+	s.waiters = nil
+	s.fcMu.Unlock()
+	if err != nil {
+		return protoErr("tunnel WINDOW: %v", err)
+	}
+	for i, st := range waiters {
+		waiters[i] = nil
+		st.mu.Lock()
+		st.tunnelWait = false
+		st.creditLocked()
+		st.mu.Unlock()
+	}
+	return nil
+}
+
 // pingLoop sends PING every PingInterval, closes the tunnel when nothing
 // was received for PingTimeout, and closes it when Run's context ends.
 func (s *session) pingLoop() {
@@ -230,7 +366,6 @@ func (s *session) pingLoop() {
 	t := time.NewTicker(max(time.Millisecond, min(cfg.PingInterval, cfg.PingTimeout/4)))
 	defer t.Stop()
 	last := time.Now()
-	var opaque uint64
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -249,9 +384,7 @@ func (s *session) pingLoop() {
 			}
 			if now.Sub(last) >= cfg.PingInterval {
 				last = now
-				opaque++
-				var b [codec.HeaderLen + 8]byte
-				s.send(codec.AppendPing(b[:0], codec.FramePing, opaque))
+				s.sendPing(codec.FramePing, uint64(now.Sub(s.start)))
 			}
 		}
 	}
@@ -261,7 +394,7 @@ func (s *session) pingLoop() {
 // tunnel frames until an error. It runs on Run's goroutine. br holds bytes
 // the hub sent right after the handshake, if any.
 func (s *session) tunnelReadLoop(br *bufio.Reader) error {
-	buf := s.a.rbuf
+	buf := s.rbuf
 	r, w := 0, 0
 	if br != nil {
 		if n := br.Buffered(); n > 0 {
@@ -359,34 +492,48 @@ func (s *session) handleFrame(b []byte) error {
 		return s.handleHelloAck(p)
 	case codec.FramePing:
 		opaque, _ := codec.ParsePing(p)
-		var b [codec.HeaderLen + 8]byte
-		s.send(codec.AppendPing(b[:0], codec.FramePong, opaque))
+		s.sendPing(codec.FramePong, opaque)
 	case codec.FramePong:
+		s.pong(p)
 	case codec.FrameHello:
 		return protoErr("HELLO from hub")
 	case codec.FrameOpen:
 		s.handleOpen(h.CID, p)
 	case codec.FrameData:
+		// Every DATA byte counts at the tunnel level, also for a CID that
+		// has just ended (released at once below).
+		if s.tunnelFC {
+			s.fcMu.Lock()
+			err := s.fc.Recv.Receive(len(p))
+			s.fcMu.Unlock()
+			if err != nil {
+				return protoErr("tunnel: %v", err)
+			}
+		}
 		if st := s.lookup(h.CID); st != nil {
 			st.fromHub(p)
 		} else {
-			s.unknownCID(h.CID)
+			s.releaseTunnel(len(p))
+			s.unknownCID(h.CID, h.Type)
 		}
 	case codec.FrameFin:
 		if st := s.lookup(h.CID); st != nil {
 			st.finFromHub()
 		} else {
-			s.unknownCID(h.CID)
+			s.unknownCID(h.CID, h.Type)
 		}
 	case codec.FrameWindow:
+		if h.CID == 0 {
+			return s.tunnelWindow(p)
+		}
 		n, err := codec.ParseWindow(p)
 		switch st := s.lookup(h.CID); {
 		case st == nil:
-			s.unknownCID(h.CID)
+			s.unknownCID(h.CID, h.Type)
 		case err != nil:
 			st.abort(codec.ReasonProtocol, true, "bad WINDOW")
 		default:
-			st.addCredit(int(n))
+			st.addCredit(n)
 		}
 	case codec.FrameRst:
 		if st := s.lookup(h.CID); st != nil {
@@ -397,25 +544,54 @@ func (s *session) handleFrame(b []byte) error {
 		if st := s.lookup(h.CID); st != nil {
 			st.abort(codec.ReasonProtocol, true, h.Type.String()+" from hub")
 		} else {
-			s.sendReason(codec.FrameRst, h.CID, codec.ReasonUnknownCID, "")
+			s.unknownCID(h.CID, h.Type)
 		}
 	}
 	return nil
+}
+
+// pong takes an RTT sample from our PING's send time.
+func (s *session) pong(p []byte) {
+	v, err := codec.ParsePing(p)
+	if err != nil {
+		return
+	}
+	rtt := time.Since(s.start) - time.Duration(v)
+	if rtt <= 0 || rtt > time.Hour {
+		return // not one of ours
+	}
+	s.fcMu.Lock()
+	s.fc.RTT.Sample(rtt)
+	m := s.fc.RTT.Min()
+	s.fcMu.Unlock()
+	s.minRTT.Store(int64(m))
+	s.a.m.rtt(rtt)
 }
 
 func (s *session) handleHelloAck(p []byte) error {
 	if s.acked {
 		return protoErr("duplicate HELLO_ACK")
 	}
-	v, win, err := codec.ParseHelloAck(p)
+	ack, err := codec.ParseHelloAck(p)
 	if err != nil {
 		return protoErr("HELLO_ACK: %v", err)
 	}
-	if v != codec.Version {
-		return protoErr("hub speaks protocol version %d, agent %d", v, codec.Version)
+	if int(ack.Version) != s.version {
+		return protoErr("hub speaks protocol version %d, the upgrade settled %d", ack.Version, s.version)
 	}
-	s.hubWindow = int(win)
-	s.readMin = min(16<<10, max(1, s.hubWindow/4))
+	s.peer, s.local = flow.Fixed(int(ack.Window)), flow.Fixed(s.a.limits.Stream)
+	if s.version >= codec.Version {
+		s.peer = flow.Limits{Stream: int(ack.Window), MaxStream: int(ack.MaxWindow), Tunnel: int(ack.TunnelWindow)}
+		s.local = s.a.limits
+	}
+	if err := s.peer.Validate(); err != nil {
+		return protoErr("HELLO_ACK: %v", err)
+	}
+	s.fcMu.Lock()
+	s.fc = flow.NewTunnel(s.peer, s.local)
+	s.fcMu.Unlock()
+	s.tunnelFC = s.peer.Tunnel > 0 || s.local.Tunnel > 0
+	s.readMin = min(16<<10, max(1, s.peer.Stream/4))
 	s.acked = true
 	s.ackedAt = time.Now()
 	s.ackedFlag.Store(true)
@@ -424,8 +600,10 @@ func (s *session) handleHelloAck(p []byte) error {
 		return closeCause{msg: "clear read deadline: " + err.Error()}
 	}
 	s.a.connects.Add(1)
-	s.a.connected.Store(true)
-	s.log.Info("connection open", "agent_id", s.a.cfg.AgentID, "hub_window", s.hubWindow)
+	s.a.up.Add(1)
+	s.sendPing(codec.FramePing, uint64(time.Since(s.start))) // a first RTT sample for window growth
+	s.log.Info("connection open", "agent_id", s.a.cfg.AgentID, "protocol", s.version,
+		"hub_window", s.peer.Stream, "hub_max_window", s.peer.MaxStream, "hub_tunnel_window", s.peer.Tunnel)
 	return nil
 }
 
@@ -437,13 +615,13 @@ func (s *session) lookup(cid uint32) *stream {
 	return st
 }
 
-// unknownCID answers DATA, FIN or WINDOW for a CID without a stream: RST,
-// unless the CID ended quietly a moment ago (see recentCIDs).
-func (s *session) unknownCID(cid uint32) {
+// unknownCID applies the late-frame rule (internal/flow) to a frame for a
+// CID without a live stream: ignored if the CID ended lately, else RST.
+func (s *session) unknownCID(cid uint32, t codec.FrameType) {
 	s.mu.Lock()
-	recent := slices.Contains(s.recent[:], cid)
+	v := s.recent.Unknown(cid, t)
 	s.mu.Unlock()
-	if !recent {
+	if v == flow.Reset {
 		s.sendReason(codec.FrameRst, cid, codec.ReasonUnknownCID, "")
 	}
 }

@@ -12,12 +12,9 @@ import (
 	"time"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/flow"
 	"github.com/nowconnect/nowconnect/ring"
 )
-
-// maxCredit caps the agent→hub credit a stream accumulates from WINDOW
-// frames, so a hub that over-grants cannot overflow it.
-const maxCredit = 2 * codec.MaxWindow
 
 // maxStreams bounds the live streams of one tunnel; beyond it OPEN is
 // answered with OPEN_ERR(overload). (File descriptors usually run out
@@ -25,9 +22,19 @@ const maxCredit = 2 * codec.MaxWindow
 const maxStreams = 1 << 18
 
 // maxIOV is how many queue buffers one writev to a target carries
-// (4 × queueChunk = 64 KiB), so credit flows back in steps of about a
-// quarter window.
+// (4 × queueChunk = 64 KiB at the first window), so credit flows back in
+// steps of about a quarter window.
 const maxIOV = 4
+
+// queueChunkFor returns the buffer size that lets a queue of depth buffers
+// hold window bytes: queueChunk, doubled as the window grows.
+func queueChunkFor(window, depth int) int {
+	c := queueChunk
+	for c*(depth-3) < window && c < 1<<20 {
+		c *= 2
+	}
+	return c
+}
 
 // stream is one tunneled connection: a CID of the session and its target
 // TCP connection.
@@ -48,16 +55,13 @@ type stream struct {
 
 	mu sync.Mutex
 	// guarded by mu
-	rd         readState // the target reader's state (targetread_*.go)
-	open       bool      // target dialed, OPEN_ACK sent
-	closed     bool      // ended: forgotten by the session, target closed
-	writing    bool      // a targetWriteLoop runs
-	finRecv    bool      // FIN received from the hub
-	finWritten bool      // queue drained after FIN and target write side shut
-	finSent    bool      // target EOF, FIN sent to the hub
-	credit     int       // agent→hub bytes we may still send
-	inflight   int       // hub→agent bytes received, not yet credited back
-	acc        int       // bytes written to the target, not yet credited back
+	rd         readState   // the target reader's state (targetread_*.go)
+	fc         flow.Stream // credit (agent→hub), window (hub→agent), FIN state
+	open       bool        // target dialed, OPEN_ACK sent
+	closed     bool        // ended: forgotten by the session, target closed
+	writing    bool        // a targetWriteLoop runs
+	finWritten bool        // queue drained after the hub's FIN and target write side shut
+	tunnelWait bool        // in sess.waiters: out of tunnel-level credit
 	q          ring.Queue
 
 	// guarded by sess.mu
@@ -109,9 +113,9 @@ func (s *session) handleOpen(cid uint32, p []byte) {
 }
 
 func newStream(s *session, cid uint32, c *connector) *stream {
-	st := &stream{sess: s, cid: cid, conn: c, credit: s.hubWindow}
+	st := &stream{sess: s, cid: cid, conn: c, fc: flow.NewStream(s.peer, s.local, false)}
 	st.initReader()
-	st.q.Init(s.a.qDepth, s.a.window, queueChunk)
+	st.q.Init(s.a.qDepth, s.local.Stream, queueChunk)
 	return st
 }
 
@@ -121,7 +125,7 @@ func newStream(s *session, cid uint32, c *connector) *stream {
 func (st *stream) detachIfDone() bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.closed || !st.finSent || !st.finRecv {
+	if st.closed || !st.fc.Complete() {
 		return false
 	}
 	s := st.sess
@@ -133,9 +137,10 @@ func (st *stream) detachIfDone() bool {
 	return true
 }
 
-// forgetLocked removes st from its session; quiet remembers its CID (see
-// recentCIDs). Called once per stream, with st.mu held, by endLocked.
-func (st *stream) forgetLocked(quiet bool) {
+// forgetLocked removes st from its session and remembers its CID as ended
+// (late frames for it are then ignored, see internal/flow). Called once per
+// stream, with st.mu held, by endLocked.
+func (st *stream) forgetLocked() {
 	s := st.sess
 	s.mu.Lock()
 	if s.streams[st.cid] == st {
@@ -150,11 +155,10 @@ func (st *stream) forgetLocked(quiet bool) {
 		st.next.prev = st.prev
 	}
 	st.prev, st.next = nil, nil
-	if quiet {
-		s.recent[s.recentNext] = st.cid
-		s.recentNext = (s.recentNext + 1) % recentCIDs
-	}
+	s.recent.Add(st.cid)
 	s.mu.Unlock()
+	// Bytes received and never written give their tunnel-level credit back.
+	s.releaseTunnel(st.fc.Recv.Buffered())
 	s.a.streamGone()
 }
 
@@ -164,12 +168,12 @@ func (st *stream) forgetLocked(quiet bool) {
 // forgotten, and closes the returned target (if any) after unlocking. The
 // queue is recycled here unless a targetWriteLoop still writes from it;
 // that loop recycles it when it sees closed.
-func (st *stream) endLocked(quiet bool) *net.TCPConn {
+func (st *stream) endLocked() *net.TCPConn {
 	st.closed = true
 	if !st.writing {
 		st.q.Reset()
 	}
-	st.forgetLocked(quiet)
+	st.forgetLocked()
 	st.stopReaderLocked()
 	return st.target
 }
@@ -185,7 +189,8 @@ func (st *stream) abort(r codec.Reason, sendRST bool, why string) {
 	if sendRST {
 		st.sess.sendReason(codec.FrameRst, st.cid, r, why)
 	}
-	t := st.endLocked(false)
+	st.conn.reset(r)
+	t := st.endLocked()
 	st.mu.Unlock()
 	if t != nil {
 		_ = t.Close()
@@ -212,17 +217,16 @@ func (st *stream) fromHub(p []byte) {
 		st.mu.Unlock()
 		return
 	}
-	if st.finRecv {
+	if err := st.fc.Data(len(p)); err != nil {
 		st.mu.Unlock()
-		st.abort(codec.ReasonProtocol, true, "DATA after FIN")
+		st.sess.releaseTunnel(len(p)) // not counted by the stream: abort will not return it
+		r := codec.ReasonProtocol
+		if errors.Is(err, flow.ErrWindowExceeded) {
+			r = codec.ReasonWindowExceeded
+		}
+		st.abort(r, true, err.Error())
 		return
 	}
-	if st.inflight+len(p) > st.sess.a.window {
-		st.mu.Unlock()
-		st.abort(codec.ReasonWindowExceeded, true, "")
-		return
-	}
-	st.inflight += len(p)
 	st.conn.bytesC2A.add(len(p))
 	rest := p
 	if st.open && !st.writing && st.q.Empty() {
@@ -296,18 +300,22 @@ func (st *stream) flushQueueLocked() error {
 }
 
 // wroteLocked counts n bytes written to the target and returns credit to
-// the hub in quarter windows. Called with mu held.
+// the hub as the flow rules say (its window may grow; the queue grows with
+// it before the WINDOW goes out). Called with mu held.
 func (st *stream) wroteLocked(n int) {
 	if st.closed || n == 0 {
 		return
 	}
-	st.acc += n
-	if st.acc >= st.sess.a.quarter {
-		grant := st.acc
-		st.acc = 0
-		st.inflight -= grant
-		st.sess.sendWindow(st.cid, grant)
+	s := st.sess
+	before := st.fc.Recv.Size()
+	if inc := st.fc.Recv.Release(n, time.Now(), s.rtt()); inc > 0 {
+		if w := st.fc.Recv.Size(); w > before {
+			st.q.Grow(w, queueChunkFor(w, s.a.qDepth))
+			s.a.m.windowGrowths.inc()
+		}
+		s.sendWindow(st.cid, inc)
 	}
+	s.releaseTunnel(n)
 }
 
 // finFromHub records the hub's FIN; the writer shuts the target's write
@@ -318,23 +326,44 @@ func (st *stream) finFromHub() {
 		st.mu.Unlock()
 		return
 	}
-	if st.finRecv {
+	if err := st.fc.Fin(); err != nil {
 		st.mu.Unlock()
-		st.abort(codec.ReasonProtocol, true, "duplicate FIN")
+		st.abort(codec.ReasonProtocol, true, err.Error())
 		return
 	}
-	st.finRecv = true
 	st.startWriterLocked()
 	st.mu.Unlock()
 }
 
-// addCredit adds WINDOW credit and resumes the reader. Called by the tunnel
-// reader.
-func (st *stream) addCredit(n int) {
+// addCredit adds WINDOW credit and resumes the reader; an over-grant is a
+// protocol error (internal/flow). Called by the tunnel reader.
+func (st *stream) addCredit(inc uint32) {
 	st.mu.Lock()
-	st.credit = min(st.credit+n, maxCredit)
+	if st.closed {
+		st.mu.Unlock()
+		return
+	}
+	if err := st.fc.Window(inc); err != nil {
+		st.mu.Unlock()
+		st.abort(codec.ReasonProtocol, true, err.Error())
+		return
+	}
 	st.creditLocked()
 	st.mu.Unlock()
+}
+
+// readableLocked returns how much the reader may read now: the stream's
+// credit, capped at readChunk and by the tunnel-level credit it reserves
+// (0, with st queued for the tunnel's next WINDOW, when that is short).
+// The reader gives back what it did not use (sess.refund). Called with mu
+// held.
+func (st *stream) readableLocked() int {
+	s := st.sess
+	c := st.fc.Send.Avail()
+	if c < s.readMin {
+		return 0
+	}
+	return s.reserveLocked(st, min(c, readChunk), s.readMin)
 }
 
 // refuseOpen answers OPEN_ERR(r), ends the stream and closes its target if
@@ -344,7 +373,8 @@ func (st *stream) refuseOpen(r codec.Reason, msg string) {
 	var t *net.TCPConn
 	if !st.closed {
 		st.sess.sendReason(codec.FrameOpenErr, st.cid, r, msg)
-		t = st.endLocked(true)
+		st.conn.reset(r)
+		t = st.endLocked()
 	}
 	st.mu.Unlock()
 	if t != nil {
@@ -411,7 +441,7 @@ func (st *stream) dialLoop() {
 		st.abort(codec.ReasonTargetReset, true, shortErr(err)) // closes the target
 		return
 	}
-	if !st.q.Empty() || st.finRecv {
+	if !st.q.Empty() || st.fc.FinRecv() {
 		st.startWriterLocked()
 	}
 	st.mu.Unlock()
@@ -439,17 +469,19 @@ func dialReason(err error) (codec.Reason, string) {
 }
 
 // deliver sends n bytes the reader read from the target into fb as DATA
-// and takes them from the credit. It reports false (and recycles fb) when
-// the stream ended meanwhile.
+// and takes them from the stream's credit (the tunnel-level credit was
+// reserved before the read). It reports false (and recycles fb) when the
+// stream ended meanwhile.
 func (st *stream) deliver(n int, fb *frameBuf) bool {
 	off, end := prepareData(fb, st.cid, n)
 	st.mu.Lock()
 	if st.closed {
 		st.mu.Unlock()
 		putFrameBuf(fb)
+		st.sess.refund(n)
 		return false
 	}
-	st.credit -= n
+	st.fc.Send.Take(n)
 	st.sess.snd.enqueueData(fb, off, end)
 	st.mu.Unlock()
 	st.conn.bytesA2C.add(n)
@@ -464,11 +496,14 @@ func (st *stream) targetEOF() {
 		st.mu.Unlock()
 		return
 	}
-	st.finSent = true
+	if !st.fc.SendFin() {
+		st.mu.Unlock()
+		return
+	}
 	st.sess.sendEmpty(codec.FrameFin, st.cid)
 	var t *net.TCPConn
 	if st.finWritten {
-		t = st.endLocked(true)
+		t = st.endLocked()
 	}
 	st.mu.Unlock()
 	if t != nil {
@@ -509,10 +544,10 @@ func (st *stream) targetWriteLoop() {
 			st.writing = false
 			st.q.Reset() // drop the slot array too: idle streams hold nothing
 			var t *net.TCPConn
-			if st.finRecv && !st.finWritten {
+			if st.fc.FinRecv() && !st.finWritten {
 				st.finWritten = true
-				if st.finSent {
-					t = st.endLocked(true)
+				if st.fc.FinSent() {
+					t = st.endLocked()
 				} else {
 					_ = st.target.CloseWrite()
 				}

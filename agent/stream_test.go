@@ -115,14 +115,14 @@ func TestEcho1MiB(t *testing.T) {
 	p.open(7, "ldap")
 	p.expect(t, codec.FrameOpenAck, 7)
 	out := randBytes(1 << 20)
-	r := &relay{t: t, p: p, cid: 7, agentWin: a.window, hubWin: 64 << 10}
+	r := &relay{t: t, p: p, cid: 7, agentWin: a.limits.Stream, hubWin: 64 << 10}
 	r.run(out)
 	if !bytes.Equal(r.got, out) {
 		t.Fatalf("echo differs: got %d bytes, want %d", len(r.got), len(out))
 	}
 	for _, w := range r.windows {
-		if w < a.window/4 {
-			t.Fatalf("WINDOW increment %d below a quarter window %d", w, a.window/4)
+		if w < a.limits.Stream/4 {
+			t.Fatalf("WINDOW increment %d below a quarter window %d", w, a.limits.Stream/4)
 		}
 	}
 	waitFor(t, "stream finished", func() bool { return a.ActiveStreams() == 0 })
@@ -368,7 +368,7 @@ func TestHalfCloseHubFirst(t *testing.T) {
 	req := randBytes(50000)
 	p.open(21, "svc")
 	p.expect(t, codec.FrameOpenAck, 21)
-	r := &relay{t: t, p: p, cid: 21, agentWin: a.window, hubWin: 256 << 10}
+	r := &relay{t: t, p: p, cid: 21, agentWin: a.limits.Stream, hubWin: 256 << 10}
 	r.run(req)
 	want := slices.Clone(req)
 	slices.Reverse(want)
@@ -465,7 +465,7 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 	p.expect(t, codec.FrameOpenAck, 1)
 	// Fill the kernel buffers and the agent's queue: keep sending as credit
 	// comes back until no WINDOW arrives for a while.
-	credit := a.window
+	credit := a.limits.Stream
 	for {
 		if credit > 0 {
 			p.data(1, make([]byte, credit))
@@ -484,7 +484,7 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 	p.open(2, "echo")
 	p.expect(t, codec.FrameOpenAck, 2)
 	out := randBytes(1 << 20)
-	r := &relay{t: t, p: p, cid: 2, agentWin: a.window, hubWin: 256 << 10}
+	r := &relay{t: t, p: p, cid: 2, agentWin: a.limits.Stream, hubWin: 256 << 10}
 	// The quiet period above is a heuristic: on a loaded machine a last
 	// WINDOW for the stalled stream may still come. Anything else for cid 1
 	// (a FIN, an RST) fails the test.

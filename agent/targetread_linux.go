@@ -302,22 +302,27 @@ func (p *poller) serve(st *stream, events uint32) {
 		st.rd.queued = false
 	}
 	st.mu.Unlock()
-	minCredit := st.sess.readMin
+	s := st.sess
 	for range readBudget {
 		st.mu.Lock()
-		if st.closed || st.finSent || !st.rd.readable || st.credit < minCredit {
-			// Without credit the socket stays unread (and readable):
-			// creditLocked queues it when WINDOW arrives.
+		if st.closed || st.fc.FinSent() || !st.rd.readable {
 			st.mu.Unlock()
 			return
 		}
-		p.want = min(st.credit, readChunk)
+		// Without credit (the stream's or the tunnel's) the socket stays
+		// unread (and readable): creditLocked queues it when WINDOW arrives.
+		want := st.readableLocked()
 		st.mu.Unlock()
+		if want == 0 {
+			return
+		}
+		p.want = want
 
 		p.rn, p.rb, p.rerr, p.again = 0, nil, nil, false
 		if err := st.raw.Read(p.readFn); err != nil {
 			p.rerr = err
 		}
+		s.refund(want - p.rn)
 		switch {
 		case p.again:
 			st.mu.Lock()
@@ -402,7 +407,8 @@ func (st *stream) startReaderLocked() error {
 // mu held after credit grew.
 func (st *stream) creditLocked() {
 	rd := &st.rd
-	if rd.p != nil && rd.readable && !rd.queued && !st.closed && !st.finSent && st.credit >= st.sess.readMin {
+	if rd.p != nil && rd.readable && !rd.queued && !st.closed && !st.fc.FinSent() && !st.tunnelWait &&
+		st.fc.Send.Avail() >= st.sess.readMin {
 		rd.queued = true
 		rd.p.push(st)
 	}

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/flow"
 )
 
 // newTestPoller returns a poller whose goroutine is not started: the test
@@ -70,12 +71,12 @@ func TestDataPathNoAllocs(t *testing.T) {
 	sent := func() bool {
 		st.mu.Lock()
 		defer st.mu.Unlock()
-		return st.credit == 1<<20-len(src)
+		return st.fc.Send.Avail() == 1<<20-len(src)
 	}
 
 	step := func() {
 		st.mu.Lock()
-		st.credit = 1 << 20
+		st.fc.Send = flow.NewCredit(1<<20, 1<<20)
 		st.mu.Unlock()
 		// target → hub
 		if _, err := peerEnd.Write(src); err != nil {
@@ -119,7 +120,7 @@ func registered(t *testing.T, s *session, p *poller, cid uint32, target *net.TCP
 func creditUsed(st *stream, from int) int {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return from - st.credit
+	return from - st.fc.Send.Avail()
 }
 
 // TestPollerFairness: a target that keeps its socket full gets readBudget
@@ -132,7 +133,7 @@ func TestPollerFairness(t *testing.T) {
 	big := registered(t, s, p, 1, bigT)
 	small := registered(t, s, p, 2, smallT)
 	const win = 4 << 20
-	big.credit, small.credit = win, win
+	big.fc.Send, small.fc.Send = flow.NewCredit(win, win), flow.NewCredit(win, win)
 
 	// Fill the big target's socket beyond what one pass may read.
 	_ = bigPeer.SetWriteBuffer(4 << 20)

@@ -16,11 +16,12 @@ import (
 type readState struct {
 	wake sync.Cond // L is &st.mu; signalled when credit arrives or the stream ends
 	// owned by targetReadLoop
-	readFn func(fd uintptr) bool // rawRead, bound once
-	want   int
-	rn     int
-	rb     *frameBuf
-	rerr   error
+	readFn  func(fd uintptr) bool // rawRead, bound once
+	want    int                   // tunnel-level credit reserved for the read in progress
+	rn      int
+	rb      *frameBuf
+	rerr    error
+	starved bool // rawRead found no tunnel-level credit
 }
 
 // pollers is empty without epoll.
@@ -50,21 +51,23 @@ func (st *stream) targetReadLoop() {
 	s := st.sess
 	for {
 		st.mu.Lock()
-		for !st.closed && st.credit < s.readMin {
+		for !st.closed && (st.fc.Send.Avail() < s.readMin || st.tunnelWait) {
 			st.rd.wake.Wait()
 		}
 		if st.closed {
 			st.mu.Unlock()
 			return
 		}
-		st.rd.want = min(st.credit, readChunk)
 		st.mu.Unlock()
 
-		st.rd.rn, st.rd.rb, st.rd.rerr = 0, nil, nil
+		st.rd.rn, st.rd.rb, st.rd.rerr, st.rd.want, st.rd.starved = 0, nil, nil, 0, false
 		if err := st.raw.Read(st.rd.readFn); err != nil {
 			st.rd.rerr = err
 		}
+		s.refund(st.rd.want - st.rd.rn)
 		switch {
+		case st.rd.starved:
+			continue // waits above until the tunnel's WINDOW
 		case st.rd.rn > 0:
 			if !st.deliver(st.rd.rn, st.rd.rb) {
 				return
@@ -83,6 +86,15 @@ func (st *stream) targetReadLoop() {
 // the socket is readable and returns false on EAGAIN so the runtime parks
 // the goroutine until it is.
 func (st *stream) rawRead(fd uintptr) bool {
+	// Credit is reserved only now that the socket is (likely) readable, so
+	// an idle stream holds no tunnel-level credit while it waits.
+	st.mu.Lock()
+	st.rd.want = st.readableLocked()
+	st.mu.Unlock()
+	if st.rd.want == 0 {
+		st.rd.starved = true
+		return true
+	}
 	fb := getFrameBuf()
 	for {
 		n, err := syscall.Read(int(fd), fb.b[hdrRoom:hdrRoom+st.rd.want])
@@ -91,6 +103,8 @@ func (st *stream) rawRead(fd uintptr) bool {
 		}
 		if err == syscall.EAGAIN {
 			putFrameBuf(fb)
+			st.sess.refund(st.rd.want)
+			st.rd.want = 0
 			return false
 		}
 		if n > 0 {

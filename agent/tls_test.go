@@ -76,7 +76,7 @@ func TestWSSCustomCA(t *testing.T) {
 	p.open(1, "ldap")
 	p.expect(t, codec.FrameOpenAck, 1)
 	out := randBytes(200 << 10)
-	r := &relay{t: t, p: p, cid: 1, agentWin: a.window, hubWin: 256 << 10}
+	r := &relay{t: t, p: p, cid: 1, agentWin: a.limits.Stream, hubWin: 256 << 10}
 	r.run(out)
 	if string(r.got) != string(out) {
 		t.Fatal("echo over wss differs")

@@ -32,7 +32,7 @@ func TestHelloAndToken(t *testing.T) {
 	a := newAgent(t, cfg)
 	stop := runAgent(t, a)
 	p := hub.nextPeer(t)
-	if p.hello.Version != codec.Version || p.hello.Window != 12345 || p.hello.AgentID != "agent-1" {
+	if p.hello.Version != codec.Version1 || p.hello.Window != 12345 || p.hello.AgentID != "agent-1" {
 		t.Fatalf("HELLO = %+v", p.hello)
 	}
 	if want := []string{"alpha", "mid", "zeta"}; !slices.Equal(p.hello.Connectors, want) {
@@ -124,7 +124,7 @@ func TestMalformedClosesTunnel(t *testing.T) {
 		},
 		{
 			name: "duplicate HELLO_ACK",
-			raw:  wsMsg(codec.BinaryHeader(0), codec.AppendHelloAck(nil, codec.Version, 1000)),
+			raw:  wsMsg(codec.BinaryHeader(0), codec.AppendHelloAck(nil, codec.HelloAck{Version: codec.Version1, Window: 1000})),
 			log:  "duplicate HELLO_ACK",
 		},
 		{
@@ -410,7 +410,7 @@ func TestHandshakeTimeout(t *testing.T) {
 // response, so the bytes may land in Dial's bufio.Reader.
 func TestHelloAckInUpgradeBuffer(t *testing.T) {
 	checkLeaks(t)
-	ack := codec.AppendHelloAck(nil, codec.Version, 4096)
+	ack := codec.AppendHelloAck(nil, codec.HelloAck{Version: codec.Version1, Window: 4096})
 	hub := newTestHub(t, hubOpts{noAck: true, sendBefore: append(codec.AppendWSHeader(nil, codec.BinaryHeader(len(ack))), ack...)})
 	a := newAgent(t, testConfig([]string{hub.url}, map[string]string{"ldap": "127.0.0.1:1"}, nil))
 	runAgent(t, a)
@@ -454,7 +454,7 @@ func TestMetrics(t *testing.T) {
 	p.expect(t, codec.FrameOpenAck, 1)
 	p.open(2, "dead")
 	p.expectReason(t, codec.FrameOpenErr, 2, codec.ReasonDialFailed)
-	r := &relay{t: t, p: p, cid: 1, agentWin: a.window, hubWin: 256 << 10}
+	r := &relay{t: t, p: p, cid: 1, agentWin: a.limits.Stream, hubWin: 256 << 10}
 	r.run([]byte("hello"))
 	waitFor(t, "stream done", func() bool { return a.ActiveStreams() == 0 })
 	var b bytes.Buffer

@@ -182,11 +182,24 @@ func streamFrames(seed []byte) []frame {
 		switch f.Type {
 		case FrameHello:
 			f.Hello = Hello{Version: r.byte(), Window: r.window(), AgentID: r.str(1)}
+			if f.Hello.Version >= 2 {
+				f.Hello.MaxWindow = max(f.Hello.Window, r.window())
+				if r.byte()%2 == 0 {
+					f.Hello.TunnelWindow = max(f.Hello.MaxWindow, r.window())
+				}
+				f.Hello.Instance = uint64(r.cid())<<32 | uint64(r.cid())
+			}
 			for n := int(r.byte()) % (MaxConnectors + 1); n > 0; n-- {
 				f.Hello.Connectors = append(f.Hello.Connectors, r.str(1))
 			}
 		case FrameHelloAck:
-			f.Version, f.Window = r.byte(), r.window()
+			f.Ack = HelloAck{Version: r.byte(), Window: r.window()}
+			if f.Ack.Version >= 2 {
+				f.Ack.MaxWindow = max(f.Ack.Window, r.window())
+				if r.byte()%2 == 0 {
+					f.Ack.TunnelWindow = max(f.Ack.MaxWindow, r.window())
+				}
+			}
 		case FrameOpen:
 			f.CID, f.Connector, f.ClientAddr = r.cid(), r.str(1), r.str(0)
 		case FrameOpenAck, FrameFin:
@@ -460,7 +473,7 @@ func mustAppend(b []byte, err error) []byte {
 }
 
 func parseFrameSeeds() []seed {
-	helloHead := append([]byte{Version}, u32(64<<10)...)
+	helloHead := append([]byte{Version1}, u32(64<<10)...)
 	tooMany := append(bytes.Clone(helloHead), str("a")...)
 	tooMany = append(tooMany, MaxConnectors+1)
 	for i := 0; i < MaxConnectors+1; i++ {
@@ -468,9 +481,12 @@ func parseFrameSeeds() []seed {
 	}
 	return []seed{
 		// One valid frame of every type.
-		one("hello_no_connectors", mustAppend(AppendHello(nil, Hello{Version: Version, Window: 64 << 10, AgentID: "a"}))),
-		one("hello_two_connectors", mustAppend(AppendHello(nil, Hello{Version: Version, Window: MaxWindow, AgentID: "agent-1", Connectors: []string{"ssh", "rdp"}}))),
-		one("hello_ack", AppendHelloAck(nil, Version, 256<<10)),
+		one("hello_no_connectors", mustAppend(AppendHello(nil, Hello{Version: Version1, Window: 64 << 10, AgentID: "a"}))),
+		one("hello_v2", mustAppend(AppendHello(nil, Hello{Version: 2, Window: 256 << 10, AgentID: "a", Connectors: []string{"c"}, MaxWindow: 16 << 20, TunnelWindow: 64 << 20, Instance: 7}))),
+		one("hello_ack_v2", AppendHelloAck(nil, HelloAck{Version: 2, Window: 256 << 10, MaxWindow: 16 << 20, TunnelWindow: 64 << 20})),
+		one("window_tunnel", AppendWindow(nil, 0, 16<<20)),
+		one("hello_two_connectors", mustAppend(AppendHello(nil, Hello{Version: Version1, Window: MaxWindow, AgentID: "agent-1", Connectors: []string{"ssh", "rdp"}}))),
+		one("hello_ack", AppendHelloAck(nil, HelloAck{Version: Version1, Window: 256 << 10})),
 		one("open", mustAppend(AppendOpen(nil, 1, "ssh", "192.0.2.1:50000"))),
 		one("open_empty_addr", mustAppend(AppendOpen(nil, 0xffffffff, "c", ""))),
 		one("open_ack", AppendEmpty(nil, FrameOpenAck, 1)),
@@ -500,7 +516,7 @@ func parseFrameSeeds() []seed {
 		one("open_connector_overruns", frameBytes(FrameOpen, 1, []byte{9, 's', 's', 'h'})),
 		one("open_addr_overruns", frameBytes(FrameOpen, 1, str("ssh"), []byte{4, '1'})),
 		one("open_trailing", frameBytes(FrameOpen, 1, str("ssh"), str(""), []byte{0})),
-		one("hello_ack_window_0", frameBytes(FrameHelloAck, 0, []byte{Version}, u32(0))),
+		one("hello_ack_window_0", frameBytes(FrameHelloAck, 0, []byte{Version1}, u32(0))),
 		one("hello_agent_overruns", frameBytes(FrameHello, 0, helloHead, []byte{200, 'a'})),
 		one("hello_trailing", frameBytes(FrameHello, 0, helloHead, str("a"), []byte{1}, str("c"), []byte{0})),
 		one("hello_65_connectors", frameBytes(FrameHello, 0, tooMany)),
@@ -573,8 +589,8 @@ func cat(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
 
 func streamSeeds() []seed {
 	everyType := cat(
-		sType(FrameHello), []byte{Version}, u32(64<<10), []byte{5, 'a', 2, 3, 'c', 4, 'd'},
-		sType(FrameHelloAck), []byte{Version}, u32(256<<10),
+		sType(FrameHello), []byte{Version1}, u32(64<<10), []byte{5, 'a', 2, 3, 'c', 4, 'd'},
+		sType(FrameHelloAck), []byte{Version1}, u32(256<<10),
 		sType(FrameOpen), sCID(1), []byte{3, 's', 14, '1'},
 		sData(1, 10, 'x'),
 		sType(FrameOpenAck), sCID(1),
@@ -605,7 +621,7 @@ func streamSeeds() []seed {
 			sType(FrameOpenErr), sCID(4), []byte{byte(ReasonNotAllowed), 255, 'o'},
 		), {4}}},
 		{name: "hello_many_connectors", args: [][]byte{cat(
-			sType(FrameHello), []byte{Version}, u32(MaxWindow-1), []byte{255, 'i', MaxConnectors},
+			sType(FrameHello), []byte{Version1}, u32(MaxWindow-1), []byte{255, 'i', MaxConnectors},
 			bytes.Repeat([]byte{255, 'c'}, MaxConnectors),
 		), {0x82, 17}}},
 	}

@@ -34,12 +34,40 @@
 // a sender never has more unacknowledged DATA bytes for a CID than that
 // window, and the receiver returns credit with WINDOW once the bytes have left
 // its buffers (written to the socket). A stream ends when FIN has been sent
-// and received in both directions, or on RST. Frames for unknown CIDs are
-// answered with RST (except RST itself) and otherwise ignored.
+// and received in both directions, or on RST. Frames for CIDs that ended a
+// moment ago are ignored; frames for unknown CIDs are answered with RST
+// (except RST itself). The rules live in package internal/flow, which every
+// side applies.
+//
+// # Version negotiation
+//
+// The agent offers the WebSocket subprotocol Subprotocol ("nowconnect.v2")
+// in its upgrade request. A hub that speaks version 2 selects it in its 101
+// answer, and both sides then use the version 2 layouts of HELLO and
+// HELLO_ACK (whose version byte must say 2). Without it (an older hub, or an
+// older agent that offers nothing) both sides speak version 1: fixed
+// windows, no tunnel-level window. The version byte of HELLO must match what
+// the upgrade settled; anything else is a protocol error.
+//
+// # Version 2: auto-tuned windows and a tunnel-level window
+//
+// Each side announces, per direction it receives: the window every stream
+// starts with, the most a stream's window may grow to, and a tunnel-level
+// window that bounds the unacknowledged DATA bytes of all streams together.
+// The receiver grows a stream's window while the sender is limited by
+// credit (internal/flow); growth reaches the sender as larger WINDOW
+// increments, never above the announced maximum. WINDOW with CID 0 returns
+// tunnel-level credit. A sender needs both stream and tunnel credit to send
+// DATA, and every DATA byte counts at the tunnel level, also for a CID that
+// has just ended.
 //
 // # Version history
 //
 //	1: initial protocol.
+//	2: HELLO / HELLO_ACK carry the maximum stream window and the tunnel
+//	   window (and HELLO an instance id per agent process); WINDOW on CID 0
+//	   is tunnel-level credit; negotiated with the WebSocket subprotocol
+//	   "nowconnect.v2".
 package codec
 
 import (
@@ -48,8 +76,17 @@ import (
 	"slices"
 )
 
-// Version is the tunnel protocol version this build speaks.
-const Version = 1
+// Protocol versions this build speaks (see Version negotiation).
+const (
+	// Version is the newest version, offered and preferred.
+	Version = 2
+	// Version1 is the initial protocol, still spoken with older peers.
+	Version1 = 1
+)
+
+// Subprotocol is the WebSocket subprotocol that selects Version on the
+// upgrade of /tunnel.
+const Subprotocol = "nowconnect.v2"
 
 // FrameType identifies a tunnel frame.
 type FrameType uint8
@@ -58,11 +95,16 @@ type FrameType uint8
 // strings are a length byte followed by that many bytes.
 const (
 	// FrameHello (agent→hub, cid 0): version:1 window:4 agentID:str
-	// nconn:1 nconn×connector:str. window is the credit the agent grants
-	// the hub for every stream (hub→agent DATA bytes in flight).
+	// nconn:1 nconn×connector:str, and from version 2 on maxWindow:4
+	// tunnelWindow:4 instance:8. window is the credit the agent grants the
+	// hub for every stream (hub→agent DATA bytes in flight), maxWindow the
+	// most a stream's window grows to, tunnelWindow the credit for all
+	// streams together (0: none), instance a random id of the agent process
+	// (its tunnels share it).
 	FrameHello FrameType = 0x01
-	// FrameHelloAck (hub→agent, cid 0): version:1 window:4. window is the
-	// credit the hub grants the agent for every stream.
+	// FrameHelloAck (hub→agent, cid 0): version:1 window:4, and from
+	// version 2 on maxWindow:4 tunnelWindow:4: the hub's grants for
+	// agent→hub DATA, as in HELLO.
 	FrameHelloAck FrameType = 0x02
 	// FrameOpen (hub→agent): connector:str clientAddr:str.
 	FrameOpen FrameType = 0x03
@@ -77,7 +119,8 @@ const (
 	// FrameRst (both): reason:1 message:rest (≤ MaxReasonLen). The stream
 	// is gone in both directions.
 	FrameRst FrameType = 0x08
-	// FrameWindow (both): increment:4 (> 0). More credit for the CID.
+	// FrameWindow (both): increment:4 (> 0). More credit for the CID; on
+	// CID 0 (version 2), more tunnel-level credit.
 	FrameWindow FrameType = 0x09
 	// FramePing (both, cid 0): opaque:8. Answered with PONG.
 	FramePing FrameType = 0x0a
@@ -147,6 +190,15 @@ const (
 	ReasonUnknownCID       Reason = 11 // frame for a stream that does not exist
 	ReasonNotAllowed       Reason = 12 // policy refused the stream
 	ReasonOverload         Reason = 13 // a bounded resource is full
+	ReasonOpenTimeout      Reason = 14 // OPEN got neither OPEN_ACK nor OPEN_ERR in time
+	ReasonPingTimeout      Reason = 15 // the peer sent nothing for the ping timeout
+	ReasonHandshake        Reason = 16 // the handshake failed or timed out
+	ReasonPeerClosed       Reason = 17 // the peer closed the connection
+	ReasonIOError          Reason = 18 // a read or write on the connection failed
+	ReasonNotOwner         Reason = 19 // HA: another hub owns the agent
+	ReasonStaleEpoch       Reason = 20 // HA: the frame carries an outdated ownership epoch
+	ReasonSuperseded       Reason = 21 // a newer tunnel of the same agent took over
+	ReasonMeshDown         Reason = 22 // HA: no mesh link to the hub that owns the agent
 )
 
 var reasonNames = [...]string{
@@ -156,7 +208,18 @@ var reasonNames = [...]string{
 	ReasonTargetReset: "target_reset", ReasonAgentGone: "agent_gone",
 	ReasonShutdown: "shutdown", ReasonIdle: "idle", ReasonUnknownCID: "unknown_cid",
 	ReasonNotAllowed: "not_allowed", ReasonOverload: "overload",
+	ReasonOpenTimeout: "open_timeout", ReasonPingTimeout: "ping_timeout",
+	ReasonHandshake: "handshake", ReasonPeerClosed: "peer_closed", ReasonIOError: "io_error",
+	ReasonNotOwner: "not_owner", ReasonStaleEpoch: "stale_epoch", ReasonSuperseded: "superseded",
+	ReasonMeshDown: "mesh_down",
 }
+
+// NumReasons bounds the Reason values with a name: metrics keep one series
+// per known reason and count the rest as "unknown".
+const NumReasons = int(ReasonMeshDown) + 1
+
+// Known reports whether r has a name.
+func (r Reason) Known() bool { return int(r) < len(reasonNames) && reasonNames[r] != "" }
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) && reasonNames[r] != "" {
@@ -198,7 +261,7 @@ func ParseFrame(b []byte) (Header, []byte, error) {
 		return h, nil, ErrUnknownType
 	}
 	connLevel := h.Type == FrameHello || h.Type == FrameHelloAck || h.Type == FramePing || h.Type == FramePong
-	if connLevel != (h.CID == 0) {
+	if connLevel != (h.CID == 0) && h.Type != FrameWindow { // WINDOW on CID 0 is tunnel-level
 		return h, nil, ErrBadCID
 	}
 	p := b[HeaderLen:]
@@ -251,21 +314,42 @@ func checkWindow(w uint32) error {
 	return nil
 }
 
-// Hello is the payload of HELLO.
+// Hello is the payload of HELLO. MaxWindow, TunnelWindow and Instance are
+// sent from version 2 on.
 type Hello struct {
-	Version    uint8
-	Window     uint32
-	AgentID    string
-	Connectors []string
+	Version      uint8
+	Window       uint32
+	AgentID      string
+	Connectors   []string
+	MaxWindow    uint32 // version ≥ 2: ≥ Window
+	TunnelWindow uint32 // version ≥ 2: 0 (none) or ≥ MaxWindow
+	Instance     uint64 // version ≥ 2: the agent process
 }
 
-// AppendHello appends a whole HELLO frame to dst.
+// checkV2Windows checks the version 2 window fields.
+func checkV2Windows(window, maxWindow, tunnel uint32) error {
+	if err := checkWindow(maxWindow); err != nil || maxWindow < window {
+		return ErrBadWindow
+	}
+	if tunnel != 0 && (tunnel > MaxWindow || tunnel < maxWindow) {
+		return ErrBadWindow
+	}
+	return nil
+}
+
+// AppendHello appends a whole HELLO frame to dst, in the layout of
+// h.Version.
 func AppendHello(dst []byte, h Hello) ([]byte, error) {
 	if len(h.Connectors) > MaxConnectors {
 		return dst, ErrBadPayload
 	}
 	if err := checkWindow(h.Window); err != nil {
 		return dst, err
+	}
+	if h.Version >= 2 {
+		if err := checkV2Windows(h.Window, h.MaxWindow, h.TunnelWindow); err != nil {
+			return dst, err
+		}
 	}
 	if len(h.AgentID) == 0 || slices.Contains(h.Connectors, "") {
 		return dst, ErrBadPayload // ParseHello rejects empty strings
@@ -284,11 +368,16 @@ func AppendHello(dst []byte, h Hello) ([]byte, error) {
 			return dst[:orig], err
 		}
 	}
+	if h.Version >= 2 {
+		dst = binary.BigEndian.AppendUint32(dst, h.MaxWindow)
+		dst = binary.BigEndian.AppendUint32(dst, h.TunnelWindow)
+		dst = binary.BigEndian.AppendUint64(dst, h.Instance)
+	}
 	return dst, nil
 }
 
-// ParseHello parses the payload of HELLO. It allocates (strings), which is
-// fine once per tunnel.
+// ParseHello parses the payload of HELLO in the layout its version byte
+// names. It allocates (strings), which is fine once per tunnel.
 func ParseHello(p []byte) (Hello, error) {
 	var h Hello
 	if len(p) < 5 {
@@ -317,26 +406,68 @@ func ParseHello(p []byte) (Hello, error) {
 		}
 		h.Connectors = append(h.Connectors, string(c))
 	}
+	if h.Version >= 2 {
+		if len(rest) != 16 {
+			return h, ErrBadPayload
+		}
+		h.MaxWindow = binary.BigEndian.Uint32(rest)
+		h.TunnelWindow = binary.BigEndian.Uint32(rest[4:])
+		h.Instance = binary.BigEndian.Uint64(rest[8:])
+		return h, checkV2Windows(h.Window, h.MaxWindow, h.TunnelWindow)
+	}
 	if len(rest) != 0 {
 		return h, ErrBadPayload
 	}
 	return h, nil
 }
 
-// AppendHelloAck appends a whole HELLO_ACK frame to dst.
-func AppendHelloAck(dst []byte, version uint8, window uint32) []byte {
-	dst = AppendHeader(dst, FrameHelloAck, 0)
-	dst = append(dst, version)
-	return binary.BigEndian.AppendUint32(dst, window)
+// HelloAck is the payload of HELLO_ACK. MaxWindow and TunnelWindow are sent
+// from version 2 on.
+type HelloAck struct {
+	Version      uint8
+	Window       uint32
+	MaxWindow    uint32 // version ≥ 2: ≥ Window
+	TunnelWindow uint32 // version ≥ 2: 0 (none) or ≥ MaxWindow
 }
 
-// ParseHelloAck parses the payload of HELLO_ACK.
-func ParseHelloAck(p []byte) (version uint8, window uint32, err error) {
-	if len(p) != 5 {
-		return 0, 0, ErrBadPayload
+// AppendHelloAck appends a whole HELLO_ACK frame to dst, in the layout of
+// a.Version. The caller passes valid windows (the hub's own config).
+func AppendHelloAck(dst []byte, a HelloAck) []byte {
+	dst = AppendHeader(dst, FrameHelloAck, 0)
+	dst = append(dst, a.Version)
+	dst = binary.BigEndian.AppendUint32(dst, a.Window)
+	if a.Version >= 2 {
+		dst = binary.BigEndian.AppendUint32(dst, a.MaxWindow)
+		dst = binary.BigEndian.AppendUint32(dst, a.TunnelWindow)
 	}
-	window = binary.BigEndian.Uint32(p[1:])
-	return p[0], window, checkWindow(window)
+	return dst
+}
+
+// ParseHelloAck parses the payload of HELLO_ACK in the layout its version
+// byte names.
+func ParseHelloAck(p []byte) (HelloAck, error) {
+	var a HelloAck
+	if len(p) < 1 {
+		return a, ErrBadPayload
+	}
+	a.Version = p[0]
+	want := 5
+	if a.Version >= 2 {
+		want = 13
+	}
+	if len(p) != want {
+		return a, ErrBadPayload
+	}
+	a.Window = binary.BigEndian.Uint32(p[1:])
+	if err := checkWindow(a.Window); err != nil {
+		return a, err
+	}
+	if a.Version >= 2 {
+		a.MaxWindow = binary.BigEndian.Uint32(p[5:])
+		a.TunnelWindow = binary.BigEndian.Uint32(p[9:])
+		return a, checkV2Windows(a.Window, a.MaxWindow, a.TunnelWindow)
+	}
+	return a, nil
 }
 
 // AppendOpen appends a whole OPEN frame to dst.

@@ -15,15 +15,15 @@ type frame struct {
 	Type FrameType
 	CID  uint32
 
-	Hello      Hello  // HELLO
-	Version    uint8  // HELLO_ACK
-	Window     uint32 // HELLO_ACK window, WINDOW increment
-	Connector  string // OPEN
-	ClientAddr string // OPEN
-	Reason     Reason // OPEN_ERR, RST
-	Msg        string // OPEN_ERR, RST
-	Opaque     uint64 // PING, PONG
-	Data       []byte // DATA
+	Hello      Hello    // HELLO
+	Ack        HelloAck // HELLO_ACK
+	Window     uint32   // WINDOW increment
+	Connector  string   // OPEN
+	ClientAddr string   // OPEN
+	Reason     Reason   // OPEN_ERR, RST
+	Msg        string   // OPEN_ERR, RST
+	Opaque     uint64   // PING, PONG
+	Data       []byte   // DATA
 }
 
 // appendFrame encodes f with the Append* function of its type.
@@ -32,7 +32,7 @@ func appendFrame(dst []byte, f frame) ([]byte, error) {
 	case FrameHello:
 		return AppendHello(dst, f.Hello)
 	case FrameHelloAck:
-		return AppendHelloAck(dst, f.Version, f.Window), nil
+		return AppendHelloAck(dst, f.Ack), nil
 	case FrameOpen:
 		return AppendOpen(dst, f.CID, f.Connector, f.ClientAddr)
 	case FrameOpenAck, FrameFin:
@@ -69,7 +69,7 @@ func decodeFrame(b []byte) (frame, error) {
 			f.Hello.Connectors = nil
 		}
 	case FrameHelloAck:
-		if f.Version, f.Window, err = ParseHelloAck(p); err != nil {
+		if f.Ack, err = ParseHelloAck(p); err != nil {
 			return frame{}, err
 		}
 	case FrameOpen:
@@ -138,20 +138,36 @@ func TestRoundTrip(t *testing.T) {
 			name: "HELLO no connectors",
 			in: frame{
 				Type:  FrameHello,
-				Hello: Hello{Version: Version, Window: 256 << 10, AgentID: "a1"},
+				Hello: Hello{Version: Version1, Window: 256 << 10, AgentID: "a1"},
 			},
 			wire: "01 00000000 01 00040000 02 6131 00",
+		},
+		{
+			name: "HELLO version 2",
+			in: frame{
+				Type: FrameHello,
+				Hello: Hello{Version: 2, Window: 256 << 10, AgentID: "a1", Connectors: []string{"c"},
+					MaxWindow: 16 << 20, TunnelWindow: 64 << 20, Instance: 0x0102030405060708},
+			},
+			wire: "01 00000000 02 00040000 02 6131 01 0163 01000000 04000000 0102030405060708",
+		},
+		{
+			name: "HELLO version 2 without tunnel window",
+			in: frame{
+				Type:  FrameHello,
+				Hello: Hello{Version: 2, Window: 4096, AgentID: "a", MaxWindow: 4096},
+			},
 		},
 		{
 			name: "HELLO two connectors",
 			in: frame{
 				Type: FrameHello,
 				Hello: Hello{
-					Version: 7, Window: 1, AgentID: "agent-7",
+					Version: 1, Window: 1, AgentID: "agent-7",
 					Connectors: []string{"ssh", "rdp"},
 				},
 			},
-			wire: "01 00000000 07 00000001 07 6167656e742d37 02 03 737368 03 726470",
+			wire: "01 00000000 01 00000001 07 6167656e742d37 02 03 737368 03 726470",
 		},
 		{
 			name: "HELLO MaxConnectors of 255 bytes",
@@ -169,12 +185,22 @@ func TestRoundTrip(t *testing.T) {
 		},
 		{
 			name: "HELLO_ACK",
-			in:   frame{Type: FrameHelloAck, Version: 1, Window: 0x00010000},
+			in:   frame{Type: FrameHelloAck, Ack: HelloAck{Version: 1, Window: 0x00010000}},
 			wire: "02 00000000 01 00010000",
 		},
 		{
+			name: "HELLO_ACK version 2",
+			in:   frame{Type: FrameHelloAck, Ack: HelloAck{Version: 2, Window: 0x00040000, MaxWindow: 1 << 24, TunnelWindow: 1 << 26}},
+			wire: "02 00000000 02 00040000 01000000 04000000",
+		},
+		{
 			name: "HELLO_ACK max window",
-			in:   frame{Type: FrameHelloAck, Version: 255, Window: MaxWindow},
+			in:   frame{Type: FrameHelloAck, Ack: HelloAck{Version: 255, Window: MaxWindow, MaxWindow: MaxWindow}},
+		},
+		{
+			name: "WINDOW on cid 0 (tunnel-level)",
+			in:   frame{Type: FrameWindow, CID: 0, Window: 64 << 20},
+			wire: "09 00000000 04000000",
 		},
 		{
 			name: "OPEN",
@@ -349,7 +375,10 @@ func u32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >
 func str(s string) []byte { return append([]byte{byte(len(s))}, s...) }
 
 func TestMalformed(t *testing.T) {
-	helloHead := func(window uint32) []byte { return append([]byte{Version}, u32(window)...) }
+	helloHead := func(window uint32) []byte { return append([]byte{Version1}, u32(window)...) }
+	v2 := func(window, maxWindow, tunnel uint32) []byte {
+		return cat(u32(maxWindow), u32(tunnel), make([]byte, 8))
+	}
 	tooMany := []byte{MaxConnectors + 1}
 	for i := 0; i < MaxConnectors+1; i++ {
 		tooMany = append(tooMany, str("c")...)
@@ -374,7 +403,6 @@ func TestMalformed(t *testing.T) {
 		{name: "DATA cid 0", in: frameBytes(FrameData, 0, []byte("x")), want: ErrBadCID},
 		{name: "FIN cid 0", in: frameBytes(FrameFin, 0), want: ErrBadCID},
 		{name: "RST cid 0", in: frameBytes(FrameRst, 0, []byte{1}), want: ErrBadCID},
-		{name: "WINDOW cid 0", in: frameBytes(FrameWindow, 0, u32(1)), want: ErrBadCID},
 		{name: "HELLO cid 1", in: frameBytes(FrameHello, 1, helloHead(1), str("a"), []byte{0}), want: ErrBadCID},
 		{name: "HELLO_ACK cid 1", in: frameBytes(FrameHelloAck, 1, helloHead(1)), want: ErrBadCID},
 		{name: "PING cid 1", in: frameBytes(FramePing, 1, make([]byte, 8)), want: ErrBadCID},
@@ -407,6 +435,14 @@ func TestMalformed(t *testing.T) {
 		{name: "HELLO_ACK window 0", in: frameBytes(FrameHelloAck, 0, helloHead(0)), want: ErrBadWindow},
 		{name: "HELLO_ACK window MaxWindow+1", in: frameBytes(FrameHelloAck, 0, helloHead(MaxWindow+1)), want: ErrBadWindow},
 		{name: "HELLO empty", in: frameBytes(FrameHello, 0), want: ErrBadPayload},
+		{name: "HELLO v2 without its fields", in: frameBytes(FrameHello, 0, []byte{2}, u32(4096), str("a"), []byte{0}), want: ErrBadPayload},
+		{name: "HELLO v2 short fields", in: frameBytes(FrameHello, 0, []byte{2}, u32(4096), str("a"), []byte{0}, v2(0, 4096, 0)[:15]), want: ErrBadPayload},
+		{name: "HELLO v2 trailing byte", in: frameBytes(FrameHello, 0, []byte{2}, u32(4096), str("a"), []byte{0}, v2(0, 4096, 0), []byte{0}), want: ErrBadPayload},
+		{name: "HELLO v2 max below window", in: frameBytes(FrameHello, 0, []byte{2}, u32(8192), str("a"), []byte{0}, v2(0, 4096, 0)), want: ErrBadWindow},
+		{name: "HELLO v2 tunnel below max", in: frameBytes(FrameHello, 0, []byte{2}, u32(4096), str("a"), []byte{0}, v2(0, 8192, 4096)), want: ErrBadWindow},
+		{name: "HELLO v2 max over MaxWindow", in: frameBytes(FrameHello, 0, []byte{2}, u32(4096), str("a"), []byte{0}, v2(0, MaxWindow+1, 0)), want: ErrBadWindow},
+		{name: "HELLO_ACK v2 in v1 length", in: frameBytes(FrameHelloAck, 0, []byte{2}, u32(4096)), want: ErrBadPayload},
+		{name: "HELLO_ACK v2 max below window", in: frameBytes(FrameHelloAck, 0, []byte{2}, u32(8192), u32(4096), u32(0)), want: ErrBadWindow},
 		{name: "HELLO 4 bytes", in: frameBytes(FrameHello, 0, helloHead(1)[:4]), want: ErrBadPayload},
 		{name: "HELLO window 0", in: frameBytes(FrameHello, 0, helloHead(0), str("a"), []byte{0}), want: ErrBadWindow},
 		{name: "HELLO window MaxWindow+1", in: frameBytes(FrameHello, 0, helloHead(MaxWindow+1), str("a"), []byte{0}), want: ErrBadWindow},
@@ -443,7 +479,7 @@ func TestParseBoundaries(t *testing.T) {
 	if _, msg, err := ParseReason(append([]byte{1}, make([]byte, MaxReasonLen)...)); err != nil || len(msg) != MaxReasonLen {
 		t.Fatalf("reason of MaxReasonLen: %d bytes, %v", len(msg), err)
 	}
-	hello := append([]byte{Version}, u32(1)...)
+	hello := append([]byte{Version1}, u32(1)...)
 	hello = append(hello, str("a")...)
 	hello = append(hello, MaxConnectors)
 	for i := 0; i < MaxConnectors; i++ {
@@ -554,7 +590,10 @@ func TestStrings(t *testing.T) {
 		t.Errorf("FrameType(0xff) = %q, valid %v", FrameType(0xff), FrameType(0xff).Valid())
 	}
 	seen := map[string]Reason{}
-	for r := ReasonNone; r <= ReasonOverload; r++ {
+	for r := ReasonNone; int(r) < NumReasons; r++ {
+		if !r.Known() {
+			t.Errorf("Reason(%d) is not Known", r)
+		}
 		s := r.String()
 		if s == "unknown" {
 			t.Errorf("Reason(%d) has no name", r)
@@ -564,8 +603,8 @@ func TestStrings(t *testing.T) {
 		}
 		seen[s] = r
 	}
-	if s := (ReasonOverload + 1).String(); s != "unknown" {
-		t.Errorf("Reason(%d) = %q, want unknown", ReasonOverload+1, s)
+	if r := Reason(NumReasons); r.String() != "unknown" || r.Known() {
+		t.Errorf("Reason(%d) = %q, want unknown", r, r.String())
 	}
 }
 
@@ -609,7 +648,9 @@ func TestZeroAlloc(t *testing.T) {
 		{name: "AppendOpen", f: func() { buf, sinkErr = AppendOpen(buf[:0], 7, "ssh", "192.0.2.1:22") }},
 		{name: "AppendReason", f: func() { buf = AppendReason(buf[:0], FrameRst, 7, ReasonIdle, "idle timeout") }},
 		{name: "AppendPing", f: func() { buf = AppendPing(buf[:0], FramePong, 42) }},
-		{name: "AppendHelloAck", f: func() { buf = AppendHelloAck(buf[:0], Version, 1<<20) }},
+		{name: "AppendHelloAck", f: func() {
+			buf = AppendHelloAck(buf[:0], HelloAck{Version: Version, Window: 1 << 20, MaxWindow: 16 << 20, TunnelWindow: 64 << 20})
+		}},
 		{name: "AppendEmpty", f: func() { buf = AppendEmpty(buf[:0], FrameFin, 7) }},
 	}
 	for _, tt := range tests {

@@ -1,9 +1,23 @@
-// Package engine is the gnet reactor glue of the hub: one gnet engine serves
-// the control port (HTTP and WebSocket) and every TCP listener; per-loop
-// state holds scratch buffers and the timers that gnet lacks (write drain
-// polling, periodic ticks); fd-level helpers park, unpark and migrate
-// connections, and write to sockets directly so that no byte is ever lost in
-// gnet's outbound buffer (see ENGINE_NOTES.md).
+// Package engine is the gnet reactor glue of the hub: one gnet engine runs
+// the event loops that carry every connection (control-port HTTP and
+// WebSocket, client streams); per-loop state holds scratch buffers and the
+// timers that gnet lacks (write drain polling, periodic ticks); fd-level
+// helpers park, unpark and migrate connections, and write to sockets
+// directly so that no byte is ever lost in gnet's outbound buffer (see
+// ENGINE_NOTES.md).
+//
+// Accepting happens outside gnet. gnet's acceptor treats any accept error
+// but EAGAIN as fatal, EMFILE included, and the whole engine stops: a hub
+// out of descriptors would live on, deaf. So every TCP listener (the
+// control port and each client listener) is a Go net.Listener with its own
+// acceptLoop, which survives descriptor exhaustion (shedding the waiting
+// connection with a reserve descriptor, counting and logging it at a
+// limited rate, backing off) and hands each accepted connection to the loop
+// its owner chooses (Loop.Adopt): a client straight to the loop of the
+// tunnel that will carry it, with no migration. gnet itself listens only on
+// a private Unix socket that is unlinked once the loops are known, so its
+// acceptor can never fail. Should the engine stop anyway, Done is closed
+// and the process is expected to exit.
 //
 // Threading: every callback of a connection runs on that connection's event
 // loop. Code outside a loop reaches it only through Loop.Execute.
@@ -11,10 +25,13 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
+	"os"
+	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,25 +46,19 @@ type Handler interface {
 	OnClose(c gnet.Conn, err error)
 }
 
-// Opener is a Handler placed in a connection's context before it was
-// enrolled (a migrated or unparked connection): OnOpen runs on the loop the
-// connection was enrolled on.
+// Opener is a Handler placed in a connection's context before gnet adopted
+// it (Loop.Adopt, Enroll): exactly one of OnOpen (on the loop the
+// connection joined) and EnrollFailed (when gnet could not adopt it; on
+// that loop, or on a goroutine of the server once the engine is gone) runs.
 type Opener interface {
 	Handler
 	OnOpen(c gnet.Conn) gnet.Action
-}
-
-// Acceptor decides what to do with a connection accepted on a TCP listener.
-// It runs on the accepting loop and must set a Handler as the context or
-// return gnet.Close.
-type Acceptor interface {
-	Accept(c gnet.Conn, listener int) gnet.Action
+	EnrollFailed(err error)
 }
 
 // Options configure a Server.
 type Options struct {
 	Control          string        // control-port address (HTTP + WebSocket)
-	Listeners        []string      // TCP listener addresses, in the order Acceptor sees them
 	EventLoops       int           // 0 = one per CPU
 	ReadBufferBytes  int           // gnet read buffer per loop, default 64 KiB
 	SocketRecvBuffer int           // 0 = kernel default
@@ -58,29 +69,46 @@ type Options struct {
 	Logger           *slog.Logger
 }
 
-// Server runs one gnet engine over the control port and the listeners.
+// Errors of the server.
+var (
+	// ErrEngineStopped reports that the gnet engine ended without Stop.
+	ErrEngineStopped = errors.New("engine: event loops stopped unexpectedly")
+	// ErrStopped is returned for work handed to a stopped server.
+	ErrStopped = errors.New("engine: stopped")
+)
+
+// Server runs one gnet engine and the listeners that feed it.
 type Server struct {
 	// set at construction
-	opts     Options
-	router   Router
-	acceptor Acceptor
-	log      *slog.Logger
-	ports    map[int]int // local port -> listener index, -1 for control
+	opts   Options
+	router Router
+	log    *slog.Logger
 
 	booted  chan struct{}
-	stopped chan struct{}
-	runErr  error
+	stopped chan struct{} // the gnet engine has returned
+	runErr  error         // set before stopped is closed
+	done    chan struct{} // closed on a fatal error (see Done)
+	doneErr atomic.Pointer[error]
+	fatal   sync.Once
 
-	mu    sync.Mutex // guards loops and eng
-	loops map[gnet.EventLoop]*Loop
-	eng   gnet.Engine
+	mu      sync.Mutex // guards the fields below
+	loops   []*Loop    // every loop, in discovery order
+	byEL    map[gnet.EventLoop]*Loop
+	eng     gnet.Engine
+	sock    string // the private gnet listener, removed once the loops are known
+	control *Listener
 
-	workers sync.WaitGroup // off-loop work (metrics rendering)
-	closing atomic.Bool
+	next     atomic.Uint32  // round robin over loops for control-port connections
+	shedMu   sync.Mutex     // guards reserve
+	reserve  *os.File       // spare descriptor given up to shed a connection at EMFILE
+	workers  sync.WaitGroup // off-loop work: metrics rendering, decisions, enroll watchers
+	closing  atomic.Bool
+	probing  atomic.Bool
+	probeSig chan struct{} // a probe connection reached a loop
 }
 
 // NewServer prepares a server; Start runs it.
-func NewServer(opts Options, router Router, acceptor Acceptor) (*Server, error) {
+func NewServer(opts Options, router Router) (*Server, error) {
 	if opts.ReadBufferBytes <= 0 {
 		opts.ReadBufferBytes = 64 << 10
 	}
@@ -96,83 +124,155 @@ func NewServer(opts Options, router Router, acceptor Acceptor) (*Server, error) 
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{
-		opts: opts, router: router, acceptor: acceptor, log: opts.Logger,
-		ports:   make(map[int]int),
-		booted:  make(chan struct{}),
-		stopped: make(chan struct{}),
-		loops:   make(map[gnet.EventLoop]*Loop),
+	if _, _, err := net.SplitHostPort(opts.Control); err != nil {
+		return nil, fmt.Errorf("engine: control address %q: %w", opts.Control, err)
 	}
-	addrs := append([]string{opts.Control}, opts.Listeners...)
-	for i, a := range addrs {
-		_, p, err := net.SplitHostPort(a)
-		if err != nil {
-			return nil, fmt.Errorf("engine: address %q: %w", a, err)
-		}
-		port, err := strconv.Atoi(p)
-		if err != nil || port <= 0 {
-			return nil, fmt.Errorf("engine: address %q: port must be a number > 0", a)
-		}
-		if _, dup := s.ports[port]; dup {
-			return nil, fmt.Errorf("engine: port %d used twice", port)
-		}
-		s.ports[port] = i - 1
-	}
-	return s, nil
+	return &Server{
+		opts: opts, router: router, log: opts.Logger,
+		booted:   make(chan struct{}),
+		stopped:  make(chan struct{}),
+		done:     make(chan struct{}),
+		byEL:     make(map[gnet.EventLoop]*Loop),
+		probeSig: make(chan struct{}, 64),
+	}, nil
 }
 
-// Start binds every address and serves until Stop. It returns once the
-// engine has booted or failed to.
+// numLoops is how many event loops gnet runs with these options.
+func (s *Server) numLoops() int {
+	if s.opts.EventLoops > 0 {
+		return s.opts.EventLoops
+	}
+	return runtime.NumCPU()
+}
+
+// Start binds the control port, starts the event loops and learns them. It
+// returns once the control port accepts, or the first error. Client
+// listeners are added with Listen afterwards.
 func (s *Server) Start() error {
-	addrs := make([]string, 0, 1+len(s.opts.Listeners))
-	for _, a := range append([]string{s.opts.Control}, s.opts.Listeners...) {
-		addrs = append(addrs, "tcp://"+a)
+	ctl, err := s.bind(s.opts.Control)
+	if err != nil {
+		return fmt.Errorf("control port: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "nowconnect-engine-")
+	if err != nil {
+		_ = ctl.Close()
+		return fmt.Errorf("engine: %w", err)
+	}
+	s.sock = filepath.Join(dir, "loops.sock")
+	if s.reserve, err = os.Open(os.DevNull); err != nil {
+		_ = ctl.Close()
+		_ = os.RemoveAll(dir)
+		return fmt.Errorf("engine: reserve descriptor: %w", err)
 	}
 	gopts := []gnet.Option{
-		gnet.WithMulticore(s.opts.EventLoops != 1),
+		gnet.WithMulticore(s.numLoops() != 1),
+		gnet.WithNumEventLoop(s.numLoops()),
 		gnet.WithReadBufferCap(s.opts.ReadBufferBytes),
 		gnet.WithTicker(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithLogger(gnetLogger{s.log}),
-		gnet.WithReusePort(false),
-		// As net.Listen does: a restarted hub binds at once even while
-		// connections of the previous process linger in TIME_WAIT.
-		gnet.WithReuseAddr(true),
 	}
-	if s.opts.EventLoops > 0 {
-		gopts = append(gopts, gnet.WithNumEventLoop(s.opts.EventLoops))
-	}
-	if s.opts.SocketRecvBuffer > 0 {
-		gopts = append(gopts, gnet.WithSocketRecvBuffer(s.opts.SocketRecvBuffer))
-	}
-	if s.opts.SocketSendBuffer > 0 {
-		gopts = append(gopts, gnet.WithSocketSendBuffer(s.opts.SocketSendBuffer))
-	}
-	go s.runLoop(addrs, gopts)
+	go s.runLoop([]string{"unix://" + s.sock}, gopts) // engineRunLoop: its end closes s.stopped
 	select {
 	case <-s.booted:
-		return nil
 	case <-s.stopped:
+		_ = ctl.Close()
+		_ = os.RemoveAll(dir)
 		return s.runErr
+	}
+	err = s.discoverLoops()
+	_ = os.RemoveAll(dir) // nobody can reach gnet's own listener any more
+	if err != nil {
+		_ = ctl.Close()
+		_ = s.Stop(context.Background())
+		return err
+	}
+	s.control = s.serve(ctl, "control", controlAcceptor{s})
+	return nil
+}
+
+// discoverLoops connects to gnet's private listener until every event loop
+// got a probe connection: gnet hands accepted connections to its loops in
+// turn, and OnOpen records each loop it sees.
+func (s *Server) discoverLoops() error {
+	want := s.numLoops()
+	s.probing.Store(true)
+	defer s.probing.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for attempt := 0; s.loopCount() < want; attempt++ {
+		if attempt >= 8*want || time.Now().After(deadline) {
+			return fmt.Errorf("engine: found %d of %d event loops", s.loopCount(), want)
+		}
+		c, err := net.Dial("unix", s.sock)
+		if err != nil {
+			return fmt.Errorf("engine: probe the event loops: %w", err)
+		}
+		select {
+		case <-s.probeSig:
+		case <-time.After(time.Until(deadline)):
+		}
+		_ = c.Close()
+	}
+	return nil
+}
+
+func (s *Server) loopCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.loops)
+}
+
+// runLoop owns the gnet engine; it ends when the engine stops. An end that
+// Stop did not ask for is fatal.
+func (s *Server) runLoop(addrs []string, gopts []gnet.Option) {
+	defer close(s.stopped)
+	err := gnet.Rotate(&handler{s}, addrs, gopts...)
+	if err != nil {
+		s.runErr = fmt.Errorf("engine: %w", err)
+	}
+	if !s.closing.Load() {
+		if err == nil {
+			err = ErrEngineStopped
+		}
+		s.fail(fmt.Errorf("%w: %v", ErrEngineStopped, err))
 	}
 }
 
-// runLoop owns the gnet engine; it ends when the engine stops.
-func (s *Server) runLoop(addrs []string, gopts []gnet.Option) {
-	defer close(s.stopped)
-	if err := gnet.Rotate(&handler{s}, addrs, gopts...); err != nil {
-		s.runErr = fmt.Errorf("engine: %w", err)
+// fail records a fatal error and closes Done, once.
+func (s *Server) fail(err error) {
+	s.fatal.Do(func() {
+		s.doneErr.Store(&err)
+		s.log.Error("engine_failed", "err", err.Error())
+		close(s.done)
+	})
+}
+
+// Done is closed when the server can no longer serve (its event loops
+// stopped, or a listener died) without Stop being called: the process
+// should exit non-zero so that its supervisor restarts it. Err says why.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// Err returns the fatal error once Done is closed, else nil.
+func (s *Server) Err() error {
+	if p := s.doneErr.Load(); p != nil {
+		return *p
 	}
+	return nil
 }
 
 // Stop closes the listeners and every connection gnet owns, then waits for
 // the engine and its off-loop workers. Connections the caller parked or
-// handed over are the caller's to close.
+// handed over are the caller's to close. Calling it again is a no-op.
 func (s *Server) Stop(ctx context.Context) error {
-	s.closing.Store(true)
+	if s.closing.Swap(true) {
+		return nil
+	}
 	s.mu.Lock()
-	eng := s.eng
+	eng, ctl := s.eng, s.control
 	s.mu.Unlock()
+	if ctl != nil {
+		ctl.Close()
+	}
 	var err error
 	select {
 	case <-s.booted:
@@ -185,31 +285,27 @@ func (s *Server) Stop(ctx context.Context) error {
 		return ctx.Err()
 	}
 	s.workers.Wait()
+	s.shedMu.Lock()
+	if s.reserve != nil {
+		_ = s.reserve.Close()
+		s.reserve = nil
+	}
+	s.shedMu.Unlock()
 	return err
 }
 
-// Loops returns the loops seen so far.
+// Loops returns every event loop.
 func (s *Server) Loops() []*Loop {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*Loop, 0, len(s.loops))
-	for _, l := range s.loops {
-		out = append(out, l)
-	}
-	return out
+	return append([]*Loop(nil), s.loops...)
 }
 
-// LoopOf returns the per-loop state of c's event loop. Call it on that loop.
-func (s *Server) LoopOf(c gnet.Conn) *Loop {
-	el := c.EventLoop()
+// NextLoop returns a loop, round robin.
+func (s *Server) NextLoop() *Loop {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	l := s.loops[el]
-	if l == nil {
-		l = newLoop(s, el)
-		s.loops[el] = l
-	}
-	return l
+	return s.loops[int(s.next.Add(1))%len(s.loops)]
 }
 
 // handler adapts gnet's callbacks; it dispatches on the context.
@@ -229,23 +325,23 @@ func (h *handler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if o, ok := c.Context().(Opener); ok {
 		return nil, o.OnOpen(c)
 	}
-	if h.s.closing.Load() {
-		return nil, gnet.Close
+	// Anything else came through gnet's private listener: a probe.
+	s := h.s
+	if s.probing.Load() {
+		s.mu.Lock()
+		el := c.EventLoop()
+		if s.byEL[el] == nil {
+			l := newLoop(s, el)
+			s.byEL[el] = l
+			s.loops = append(s.loops, l)
+		}
+		s.mu.Unlock()
+		select {
+		case s.probeSig <- struct{}{}:
+		default:
+		}
 	}
-	la, ok := c.LocalAddr().(*net.TCPAddr)
-	if !ok {
-		return nil, gnet.Close
-	}
-	idx, ok := h.s.ports[la.Port]
-	if !ok {
-		return nil, gnet.Close
-	}
-	if idx < 0 {
-		hc := newHTTPConn(h.s, c)
-		c.SetContext(hc)
-		return nil, gnet.None
-	}
-	return nil, h.s.acceptor.Accept(c, idx)
+	return nil, gnet.Close
 }
 
 func (h *handler) OnClose(c gnet.Conn, err error) gnet.Action {

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -112,30 +111,25 @@ func Park(c gnet.Conn) (int, error) {
 	return fd, nil
 }
 
-// Enroll hands the socket fd (a dup the caller keeps owning) to the loop el;
-// gnet takes its own copy and calls OnOpen there with ctx as the context.
-// The returned channel reports gnet's result.
-func Enroll(el gnet.EventLoop, fd int, ctx Opener) (<-chan gnet.RegisteredResult, error) {
+// Enroll hands the socket fd to loop l (see Loop.Adopt): gnet takes its own
+// descriptor and calls o.OnOpen there, or o.EnrollFailed. The caller keeps
+// owning fd and may close it as soon as Enroll returns.
+func Enroll(l *Loop, fd int, o Opener) error {
 	nfd, err := unix.Dup(fd)
 	if err != nil {
-		return nil, fmt.Errorf("enroll: dup: %w", err)
+		return fmt.Errorf("enroll: dup: %w", err)
 	}
 	f := os.NewFile(uintptr(nfd), "enroll")
 	nc, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
-		return nil, fmt.Errorf("enroll: %w", err)
+		return fmt.Errorf("enroll: %w", err)
 	}
 	// gnet dereferences the peer address while adopting the socket; a
 	// socket whose both directions ended has none (getpeername: ENOTCONN).
 	if nc.RemoteAddr() == nil {
 		nc.Close()
-		return nil, ErrNotConnected
+		return ErrNotConnected
 	}
-	ch, err := el.Enroll(gnet.NewContext(context.Background(), ctx), nc)
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("enroll: %w", err)
-	}
-	return ch, nil
+	return l.Adopt(nc, o)
 }

@@ -25,8 +25,21 @@ type Request struct {
 	Method        string
 	Path          string // without the query
 	Authorization []byte // valid only during Route
+	Protocols     []byte // Sec-WebSocket-Protocol as sent (comma-separated); valid only during Route
+	Tunnel        []byte // Nowconnect-Tunnel: the agent's tunnel index; valid only during Route
 	Upgrade       bool   // a valid WebSocket upgrade request
 	RemoteAddr    net.Addr
+}
+
+// OffersProtocol reports whether the request's Sec-WebSocket-Protocol
+// lists p.
+func (r *Request) OffersProtocol(p string) bool {
+	for _, tok := range bytes.Split(r.Protocols, []byte(",")) {
+		if string(bytes.TrimSpace(tok)) == p {
+			return true
+		}
+	}
+	return false
 }
 
 // Response answers a Request. Exactly one of Decide, Body, Render and
@@ -36,12 +49,19 @@ type Request struct {
 // the body off the event loop (metrics), else Body is sent. A Decide
 // closure must copy what it needs from the Request: the request's slices
 // are gone once Route returns.
+//
+// With Upgrade, Subprotocol (if set) is selected in the 101 answer, and Loop
+// (if set and not the connection's own) moves the connection to that loop
+// before answering: the WebSocket then lives there (the client sends
+// nothing before the 101, so nothing is in flight while it moves).
 type Response struct {
 	Status      int
 	ContentType string
 	Body        []byte
 	Render      func() []byte
 	Upgrade     WSHandler
+	Subprotocol string
+	Loop        *Loop
 	Decide      func() Response
 }
 
@@ -55,20 +75,30 @@ type Router interface {
 type httpConn struct {
 	// set at construction
 	s    *Server
-	c    gnet.Conn
 	loop *Loop
 
 	// owned by the loop
+	c        gnet.Conn // set by OnOpen
 	deadline time.Time
 	busy     bool // a rendered response is being produced off the loop
 	done     bool // closed or upgraded
 }
 
-func newHTTPConn(s *Server, c gnet.Conn) *httpConn {
-	h := &httpConn{s: s, c: c, loop: s.LoopOf(c), deadline: time.Now().Add(s.opts.RequestTimeout)}
-	h.loop.AddTicker(h)
-	return h
+// newHTTPConn returns the context of a control-port connection about to
+// join loop (Loop.Adopt).
+func newHTTPConn(s *Server, loop *Loop) *httpConn {
+	return &httpConn{s: s, loop: loop, deadline: time.Now().Add(s.opts.RequestTimeout)}
 }
+
+// OnOpen runs on the loop once gnet adopted the connection.
+func (h *httpConn) OnOpen(c gnet.Conn) gnet.Action {
+	h.c = c
+	h.loop.AddTicker(h)
+	return gnet.None
+}
+
+// EnrollFailed: gnet closed the connection; nothing is held.
+func (h *httpConn) EnrollFailed(error) { h.done = true }
 
 // Tick closes connections whose request did not arrive in time.
 func (h *httpConn) Tick(now time.Time) bool {
@@ -120,7 +150,7 @@ func (h *httpConn) OnTraffic(c gnet.Conn) gnet.Action {
 			return gnet.None
 		case resp.Upgrade != nil && req.Upgrade:
 			h.done = true
-			return h.upgrade(c, wsKey, resp.Upgrade)
+			return h.upgrade(c, wsKey, resp)
 		case resp.Render != nil:
 			h.busy = true
 			h.renderOffLoop(resp, keepAlive)
@@ -182,7 +212,7 @@ func (h *httpConn) decideLoop(decide func() Response, upgrade bool, wsKey string
 		switch {
 		case resp.Upgrade != nil && upgrade:
 			h.done = true
-			action = h.upgrade(h.c, wsKey, resp.Upgrade)
+			action = h.upgrade(h.c, wsKey, resp)
 		default:
 			h.reply(resp.Status, resp.ContentType, resp.Body, keepAlive)
 			if !keepAlive {
@@ -201,18 +231,43 @@ func (h *httpConn) decideLoop(decide func() Response, upgrade bool, wsKey string
 	}
 }
 
-func (h *httpConn) upgrade(c gnet.Conn, key string, wh WSHandler) gnet.Action {
+// upgrade answers 101 and switches c to WebSocket, on this loop or, with
+// resp.Loop, on that one. It returns the action for c.
+func (h *httpConn) upgrade(c gnet.Conn, key string, resp Response) gnet.Action {
+	if resp.Loop == nil || resp.Loop == h.loop {
+		return acceptWS(c, h.loop, key, resp)
+	}
+	fd, err := c.Dup()
+	if err != nil {
+		h.s.log.Warn("upgrade_move_failed", "err", err.Error())
+		return gnet.Close
+	}
+	c.SetContext(detached{})
+	err = Enroll(resp.Loop, fd, &movedUpgrade{loop: resp.Loop, key: key, resp: resp})
+	CloseFD(fd, false) // gnet holds its own descriptor now (or none: the move failed)
+	if err != nil {
+		h.s.log.Warn("upgrade_move_failed", "err", err.Error())
+	}
+	return gnet.Close // the original descriptor; the socket lives on in the moved one
+}
+
+// acceptWS writes the 101 on c and installs the WebSocket handler.
+func acceptWS(c gnet.Conn, loop *Loop, key string, resp Response) gnet.Action {
 	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	var b []byte
 	b = append(b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	b = base64.StdEncoding.AppendEncode(b, sum[:])
+	if resp.Subprotocol != "" {
+		b = append(b, "\r\nSec-WebSocket-Protocol: "...)
+		b = append(b, resp.Subprotocol...)
+	}
 	b = append(b, "\r\n\r\n"...)
 	if _, err := c.Write(b); err != nil {
 		return gnet.Close
 	}
-	w := &WSConn{c: c, loop: h.loop, h: wh}
+	w := &WSConn{c: c, loop: loop, h: resp.Upgrade}
 	c.SetContext(w)
-	wh.OnOpen(w)
+	resp.Upgrade.OnOpen(w)
 	if w.closed {
 		return gnet.Close
 	}
@@ -222,6 +277,26 @@ func (h *httpConn) upgrade(c gnet.Conn, key string, wh WSHandler) gnet.Action {
 	}
 	return gnet.None
 }
+
+// movedUpgrade is the context of an upgrading connection moving to another
+// loop; OnOpen answers the upgrade there.
+type movedUpgrade struct {
+	loop *Loop
+	key  string
+	resp Response
+}
+
+func (m *movedUpgrade) OnOpen(c gnet.Conn) gnet.Action  { return acceptWS(c, m.loop, m.key, m.resp) }
+func (m *movedUpgrade) EnrollFailed(error)              {}
+func (m *movedUpgrade) OnTraffic(gnet.Conn) gnet.Action { return gnet.Close }
+func (m *movedUpgrade) OnClose(gnet.Conn, error)        {}
+
+// detached is the context of a connection whose socket moved on: gnet's
+// close of the old descriptor is expected and ignored.
+type detached struct{}
+
+func (detached) OnTraffic(gnet.Conn) gnet.Action { return gnet.Close }
+func (detached) OnClose(gnet.Conn, error)        {}
 
 var statusText = map[int]string{
 	200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -308,6 +383,10 @@ func parseRequest(head []byte) (req Request, wsKey string, keepAlive bool, ok bo
 					keepAlive = true
 				}
 			}
+		case bytes.EqualFold(name, []byte("Sec-WebSocket-Protocol")):
+			req.Protocols = val
+		case bytes.EqualFold(name, []byte("Nowconnect-Tunnel")):
+			req.Tunnel = val
 		case bytes.EqualFold(name, []byte("Sec-WebSocket-Key")):
 			wsKey = string(val)
 		case bytes.EqualFold(name, []byte("Sec-WebSocket-Version")):

@@ -28,6 +28,9 @@ var (
 	ErrWSFragmented = errors.New("websocket: fragmented or text message")
 	ErrWSTooLarge   = errors.New("websocket: message too large")
 	ErrWSClosed     = errors.New("websocket: closed by peer")
+	// ErrWSClosedLocally is the reason of a connection closed by this side
+	// without one of its own (the engine stopping).
+	ErrWSClosedLocally = errors.New("websocket: closed locally")
 )
 
 // WSConn is a server-side WebSocket connection on the control port. Each
@@ -130,10 +133,10 @@ func (w *WSConn) OnTraffic(c gnet.Conn) gnet.Action {
 // OnClose tells the handler once.
 func (w *WSConn) OnClose(_ gnet.Conn, err error) {
 	if w.err == nil {
-		w.err = err
+		w.err = err // gnet's: io.EOF when the peer closed, a socket error, or nil
 	}
 	if w.err == nil {
-		w.err = ErrWSClosed
+		w.err = ErrWSClosedLocally // gnet reports our own closes (engine stop) without an error
 	}
 	w.closed = true
 	h := w.h

@@ -3,11 +3,18 @@
 // carries every client connection as a stream over an agent's tunnel.
 //
 // Every stream lives on the event loop of the tunnel that carries it: a
-// client accepted on another loop is migrated there before its first byte
-// is read, so a stream's state, its client socket and its tunnel are only
-// ever touched from one goroutine and bytes move between them without locks
-// or extra copies. The routing table (connector → tunnels) is the only state
-// shared between loops.
+// client is handed straight from its listener's accept goroutine to that
+// loop, so a stream's state, its client socket and its tunnel are only ever
+// touched from one goroutine and bytes move between them without locks or
+// extra copies. The routing table (connector → agents → tunnels) is the
+// only state shared between loops. An agent may hold several tunnels; the
+// hub places them on different loops, so one agent's traffic uses several
+// cores, and routes by agent first (fewest streams), then by tunnel.
+//
+// Files: hub.go (config, start, stop, accept), router.go (routing),
+// tunnel.go (an agent's tunnel: handshake, frames, liveness), stream.go (a
+// client stream), pdp.go (policy checks), metrics.go, limits.go
+// (descriptor budget and rate-limited logs).
 package hub
 
 import (
@@ -15,16 +22,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"net"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	"github.com/panjf2000/gnet/v2"
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/engine"
+	"github.com/nowconnect/nowconnect/internal/flow"
 )
 
 // Claims is what a verified agent token grants.
@@ -54,18 +64,25 @@ type Listener struct {
 type Config struct {
 	Control          string        // control port, default "0.0.0.0:8765"
 	Listeners        []Listener    // at least one
-	Window           int           // per-stream credit granted to agents, default 256 KiB
+	Window           int           // initial per-stream window granted to agents (stream_window), default 256 KiB
+	MaxWindow        int           // most a stream's window grows to (max_stream_window), default 16 MiB
+	TunnelWindow     int           // tunnel-level window granted to agents (tunnel_window), default 64 MiB
+	MaxFramePayload  int           // largest DATA payload the hub sends, default and at most codec.MaxPayload
+	MaxProtocol      int           // newest tunnel protocol spoken, default codec.Version (1: fixed windows)
 	QueueDepth       int           // buffers per stream queue (queue_depth_per_cid), default 64
-	PingInterval     time.Duration // default 15s
-	PingTimeout      time.Duration // default 45s
+	PingInterval     time.Duration // default 2s
+	PingTimeout      time.Duration // default 6s: a frozen agent is closed within about that
 	HandshakeTimeout time.Duration // default 10s
+	OpenTimeout      time.Duration // an OPEN without OPEN_ACK/OPEN_ERR closes its client, default 5s
 	EventLoops       int           // default one per CPU
 	ReadBufferBytes  int           // default 64 KiB
 	SocketRecvBuffer int
 	SocketSendBuffer int
+	MaxConnections   int           // client connections held at once; default from RLIMIT_NOFILE (see limits.go)
 	Verifier         TokenVerifier // required
 	Logger           *slog.Logger  // default slog.Default()
 	MaskClientAddr   bool          // log client addresses as x.x.x.0/24
+	ConnLogRate      int           // "connection open"/"connection closed" lines per second at info, default 100; -1: debug only
 	Metrics          *metrics.Set  // default: a new set
 	Ready            func() bool   // extra readiness condition (HA); nil = always ready
 	IdleTimeout      time.Duration // close streams idle this long; 0 = never
@@ -73,10 +90,18 @@ type Config struct {
 	RequestTimeout   time.Duration // control-port request head deadline, default 10s
 }
 
+// Defaults of Config.
+const (
+	DefaultPingInterval = 2 * time.Second
+	DefaultPingTimeout  = 6 * time.Second
+	DefaultOpenTimeout  = 5 * time.Second
+)
+
 // Errors returned by New and Start.
 var (
 	ErrNoListeners = errors.New("hub: no listeners configured")
 	ErrNoVerifier  = errors.New("hub: no token verifier configured")
+	ErrConfig      = errors.New("hub: invalid config")
 )
 
 // Hub is a running cloud hub.
@@ -88,15 +113,23 @@ type Hub struct {
 	lis      []*listener
 	router   router
 	met      *hubMetrics
-	pdp      *pdp // nil without a PDP
+	pdp      *pdp        // nil without a PDP
+	limits   flow.Limits // what the hub grants agents (protocol 2)
+	maxConns int64
+	connLog  *rateLimit // connection open/closed lines; nil: debug only
 	shutdown atomic.Bool
 	stopped  atomic.Bool // Stop ran
 	debug    bool        // per-connection debug lines enabled
+
+	conns atomic.Int64 // client connections held (accepted, not yet closed)
 }
 
 type listener struct {
 	Listener
-	met *connMetrics
+	h       *Hub
+	met     *connMetrics
+	eng     *engine.Listener // set by Start
+	refused *rateLimit       // connection_refused lines
 }
 
 // New validates cfg and prepares a hub.
@@ -111,22 +144,41 @@ func New(cfg Config) (*Hub, error) {
 		return nil, ErrNoVerifier
 	}
 	if cfg.Window <= 0 {
-		cfg.Window = 256 << 10
+		cfg.Window = flow.DefaultStreamWindow
 	}
-	if cfg.Window < 4096 || cfg.Window > codec.MaxWindow {
-		return nil, fmt.Errorf("hub: window %d out of range", cfg.Window)
+	if cfg.MaxWindow <= 0 {
+		cfg.MaxWindow = max(cfg.Window, flow.DefaultMaxStreamWindow)
+	}
+	if cfg.TunnelWindow <= 0 {
+		cfg.TunnelWindow = max(cfg.MaxWindow, flow.DefaultTunnelWindow)
+	}
+	if cfg.MaxProtocol == 0 {
+		cfg.MaxProtocol = codec.Version
+	}
+	if cfg.MaxProtocol != codec.Version1 && cfg.MaxProtocol != codec.Version {
+		return nil, fmt.Errorf("%w: protocol version %d (have %d, %d)", ErrConfig, cfg.MaxProtocol, codec.Version1, codec.Version)
+	}
+	limits := flow.Limits{Stream: cfg.Window, MaxStream: cfg.MaxWindow, Tunnel: cfg.TunnelWindow}
+	if err := limits.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if cfg.MaxFramePayload <= 0 || cfg.MaxFramePayload > codec.MaxPayload {
+		cfg.MaxFramePayload = codec.MaxPayload
 	}
 	if cfg.QueueDepth <= 0 {
 		cfg.QueueDepth = 64
 	}
 	if cfg.PingInterval <= 0 {
-		cfg.PingInterval = 15 * time.Second
+		cfg.PingInterval = DefaultPingInterval
 	}
 	if cfg.PingTimeout <= 0 {
-		cfg.PingTimeout = 45 * time.Second
+		cfg.PingTimeout = DefaultPingTimeout
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.OpenTimeout <= 0 {
+		cfg.OpenTimeout = DefaultOpenTimeout
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 10 * time.Second
@@ -140,21 +192,30 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.NewSet()
 	}
-	h := &Hub{cfg: cfg, log: cfg.Logger, met: newHubMetrics(cfg.Metrics)}
+	if cfg.ConnLogRate == 0 {
+		cfg.ConnLogRate = 100
+	}
+	h := &Hub{cfg: cfg, log: cfg.Logger, met: newHubMetrics(cfg.Metrics), limits: limits}
+	h.maxConns = int64(cfg.MaxConnections)
+	if h.maxConns <= 0 {
+		h.maxConns = defaultMaxConnections()
+	}
 	h.met.queueSize = h.queueSize
+	h.met.tunnels = h.router.tunnelCount
 	h.debug = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
+	if cfg.ConnLogRate > 0 {
+		h.connLog = newRateLimit(cfg.ConnLogRate, time.Second, h.met.logSuppressed("connection"))
+	}
 	h.router.init()
 	if cfg.PDP != nil && cfg.PDP.URL != "" {
 		h.pdp = newPDP(h, *cfg.PDP)
 	}
-	binds := make([]string, 0, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
-		h.lis = append(h.lis, &listener{Listener: l, met: h.met.connector(l.Connector)})
-		binds = append(binds, l.Bind)
+		h.lis = append(h.lis, &listener{Listener: l, h: h, met: h.met.connector(l.Connector),
+			refused: newRateLimit(1, time.Second, h.met.logSuppressed("connection_refused"))})
 	}
 	srv, err := engine.NewServer(engine.Options{
 		Control:          cfg.Control,
-		Listeners:        binds,
 		EventLoops:       cfg.EventLoops,
 		ReadBufferBytes:  cfg.ReadBufferBytes,
 		SocketRecvBuffer: cfg.SocketRecvBuffer,
@@ -162,7 +223,7 @@ func New(cfg Config) (*Hub, error) {
 		RequestTimeout:   cfg.RequestTimeout,
 		TickInterval:     tickFor(cfg),
 		Logger:           cfg.Logger,
-	}, h, h)
+	}, h)
 	if err != nil {
 		return nil, err
 	}
@@ -170,35 +231,57 @@ func New(cfg Config) (*Hub, error) {
 	return h, nil
 }
 
-// Bounds of the engine's slow tick (pings, handshake, ping and request
-// timeouts, the stream walk).
+// Bounds of the engine's slow tick (pings, handshake, open, ping and
+// request timeouts, the stream walk).
 const (
 	minTick = 10 * time.Millisecond
 	maxTick = 250 * time.Millisecond
 )
 
 // tickFor returns the engine's slow tick: a quarter of the shortest timer
-// the tick enforces, within [minTick, maxTick]. The defaults (15s pings, 10s
-// timeouts) give maxTick: 4 wake-ups a second per loop, which keeps an idle
-// hub near 0.4% of a core (it was ~2% at a fixed 50ms). Short timers, as in
-// tests, get a finer tick. The idle timeout is not among them: the streams
-// are walked once a second (streamScan) whatever the tick.
+// the tick enforces, within [minTick, maxTick]. The defaults give maxTick:
+// 4 wake-ups a second per loop, which keeps an idle hub near 0.4% of a core
+// (it was ~2% at a fixed 50ms). Short timers, as in tests, get a finer
+// tick. The idle timeout is not among them: the streams are walked once a
+// second (streamScan) whatever the tick.
 func tickFor(cfg Config) time.Duration {
 	d := min(cfg.PingInterval, cfg.PingTimeout, cfg.HandshakeTimeout, cfg.RequestTimeout)
+	if cfg.OpenTimeout > 0 {
+		d = min(d, cfg.OpenTimeout)
+	}
 	return max(minTick, min(maxTick, d/4))
 }
 
-// Start binds the control port and the listeners.
+// Start binds the control port and the listeners. A bind error names the
+// listener and its address.
 func (h *Hub) Start() error {
 	if err := h.srv.Start(); err != nil {
 		return err
 	}
-	h.log.Info("control_started", "listen", h.cfg.Control)
+	h.log.Info("control_started", "listen", h.cfg.Control, "max_connections", h.maxConns,
+		"protocol", h.cfg.MaxProtocol, "stream_window", h.cfg.Window, "max_stream_window", h.cfg.MaxWindow,
+		"tunnel_window", h.cfg.TunnelWindow)
 	for _, l := range h.lis {
+		el, err := h.srv.Listen(l.Name, l.Bind, l)
+		if err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = h.Stop(sctx)
+			return fmt.Errorf("listener %s (bind %s): %w", l.Name, l.Bind, err)
+		}
+		l.eng = el
 		h.log.Info("listener_started", "name", l.Name, "bind", l.Bind, "connector", l.Connector)
 	}
 	return nil
 }
+
+// Done is closed when the hub can no longer serve without Stop having been
+// called (its event loops stopped, or a listener died): the process should
+// exit non-zero at once, so that a supervisor restarts it. Err says why.
+func (h *Hub) Done() <-chan struct{} { return h.srv.Done() }
+
+// Err returns why Done was closed, else nil.
+func (h *Hub) Err() error { return h.srv.Err() }
 
 // Shutdown stops taking new clients and agents (readiness turns 503, new
 // clients are refused), lets the streams in flight finish until ctx ends,
@@ -243,13 +326,18 @@ func (h *Hub) Stop(ctx context.Context) error {
 	if h.stopped.Swap(true) {
 		return nil
 	}
+	for _, l := range h.lis {
+		if l.eng != nil {
+			l.eng.Close()
+		}
+	}
 	if h.pdp != nil {
 		h.pdp.stop()
 	}
 	// Tunnels close on their loops, which closes every stream, including
 	// the parked and half-closed sockets gnet does not know about.
 	var done []<-chan struct{}
-	for _, t := range h.router.all() {
+	for _, t := range h.router.everyTunnel() {
 		done = append(done, t.closeAsync(errShutdown))
 	}
 	for _, d := range done {
@@ -265,8 +353,12 @@ func (h *Hub) Stop(ctx context.Context) error {
 // Metrics returns the hub's metric set.
 func (h *Hub) Metrics() *metrics.Set { return h.cfg.Metrics }
 
-// Agents returns the number of connected agents.
-func (h *Hub) Agents() int { return len(h.router.all()) }
+// Agents returns the number of connected agents (an agent with several
+// tunnels counts once).
+func (h *Hub) Agents() int { return h.router.agentCount() }
+
+// Tunnels returns the number of agent tunnels.
+func (h *Hub) Tunnels() int { return h.router.tunnelCount() }
 
 // ActiveStreams returns the number of live streams across agents.
 func (h *Hub) ActiveStreams() int {
@@ -277,80 +369,77 @@ func (h *Hub) ActiveStreams() int {
 	return n
 }
 
+// Connections returns the client connections the hub holds a descriptor
+// for (streams, and clients waiting for a PDP decision).
+func (h *Hub) Connections() int { return int(h.conns.Load()) }
+
 var errShutdown = errors.New("hub shutting down")
 
-// Accept runs on the accepting loop for every client connection.
-func (h *Hub) Accept(c gnet.Conn, idx int) gnet.Action {
-	l := h.lis[idx]
+// Accept runs on the listener's accept goroutine for every client
+// connection: refuse, check, then hand it to the loop of the tunnel that
+// carries it.
+func (l *listener) Accept(conn *net.TCPConn) {
+	h := l.h
 	if h.shutdown.Load() {
-		_ = c.SetLinger(0) // refused: the client sees a reset, not a stream
-		return gnet.Close
+		_ = conn.SetLinger(0) // refused: the client sees a reset, not a stream
+		_ = conn.Close()
+		return
 	}
-	addr := c.RemoteAddr()
-	ap := addrPort(addr)
+	ap := addrPort(conn.RemoteAddr())
+	if h.conns.Add(1) > h.maxConns {
+		h.conns.Add(-1)
+		l.met.acceptErr.Inc()
+		if n, ok := l.refused.allow(); ok {
+			h.log.Warn("connection_refused", "listener", l.Name, "connector", l.Connector,
+				"client", h.maskAddr(ap), "reason", "max_connections", "max_connections", h.maxConns, "suppressed", n)
+		}
+		_ = conn.SetLinger(0)
+		_ = conn.Close()
+		return
+	}
 	if len(l.Allow) > 0 && !allowed(l.Allow, ap.Addr()) {
+		h.conns.Add(-1)
 		l.met.cidrBlocked.Inc()
 		h.log.Warn("cidr_blocked", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
-		return gnet.Close
+		_ = conn.Close()
+		return
 	}
 	if l.PDP && h.pdp != nil {
-		return h.pdp.check(c, l, ap)
+		h.pdp.check(conn, l, ap)
+		return
 	}
-	return h.route(c, l, ap)
+	h.route(conn, l, ap)
 }
 
-// route picks the tunnel for a new client and moves the client to the
-// tunnel's loop (or opens the stream at once when it is already there).
-// It runs on the accepting loop.
-func (h *Hub) route(c gnet.Conn, l *listener, ap netip.AddrPort) gnet.Action {
+// AcceptFailed counts accept errors (descriptors exhausted); the engine
+// logs them at a limited rate.
+func (l *listener) AcceptFailed(error) { l.met.acceptErr.Inc() }
+
+// route picks the tunnel for a new client and hands the client to the
+// tunnel's loop, where the stream opens. It owns conn and one count of
+// h.conns. Safe from any goroutine.
+func (h *Hub) route(conn *net.TCPConn, l *listener, ap netip.AddrPort) {
+	if h.shutdown.Load() {
+		h.conns.Add(-1)
+		_ = conn.SetLinger(0)
+		_ = conn.Close()
+		return
+	}
 	t := h.pick(l, ap)
 	if t == nil {
-		return gnet.Close
+		h.conns.Add(-1)
+		_ = conn.Close()
+		return
 	}
 	s := newStream(h, l, t, ap)
-	if c.EventLoop() == t.loop.EventLoop() {
-		return s.OnOpen(c)
-	}
-	fd, err := engine.Park(c)
-	if err != nil {
-		t.active.Add(-1)
+	if err := t.loop.Adopt(conn, s); err != nil {
+		s.release()
 		l.met.sessionErr.Inc()
-		return gnet.Close
-	}
-	c.SetContext(migrated{})
-	h.enroll(s, t, fd)
-	return gnet.Close
-}
-
-// routeFD is route for a socket already detached from gnet (after a PDP
-// decision); fd is ours. Safe from any goroutine.
-func (h *Hub) routeFD(fd int, l *listener, ap netip.AddrPort) {
-	if h.shutdown.Load() {
-		engine.CloseFD(fd, true)
-		return
-	}
-	t := h.pick(l, ap)
-	if t == nil {
-		engine.CloseFD(fd, false)
-		return
-	}
-	h.enroll(newStream(h, l, t, ap), t, fd)
-}
-
-// enroll hands fd to t's loop, where s.OnOpen takes over (and closes fd).
-func (h *Hub) enroll(s *stream, t *tunnel, fd int) {
-	s.dup = fd
-	if _, err := engine.Enroll(t.loop.EventLoop(), fd, s); err != nil {
-		engine.CloseFD(fd, true)
-		t.active.Add(-1)
-		if !errors.Is(err, engine.ErrNotConnected) {
-			s.lis.met.sessionErr.Inc()
-			h.log.Warn("migrate failed", "connector", s.lis.Connector, "err", err)
-		}
+		h.log.Warn("enroll_failed", "connector", l.Connector, "err", err.Error())
 	}
 }
 
-// pick chooses the agent for a new stream, logging when there is none.
+// pick chooses the tunnel for a new stream, logging when there is none.
 func (h *Hub) pick(l *listener, ap netip.AddrPort) *tunnel {
 	t := h.router.pick(l.Connector)
 	if t == nil {
@@ -359,13 +448,6 @@ func (h *Hub) pick(l *listener, ap netip.AddrPort) *tunnel {
 	}
 	return t
 }
-
-// migrated is the context of a client connection that moved to another
-// loop; gnet's close of the original descriptor is expected and ignored.
-type migrated struct{}
-
-func (migrated) OnTraffic(gnet.Conn) gnet.Action { return gnet.Close }
-func (migrated) OnClose(gnet.Conn, error)        {}
 
 // Route answers the control port.
 func (h *Hub) Route(req *engine.Request) engine.Response {
@@ -392,6 +474,11 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 		// Verification may fetch keys (JWKS): decide off the event loop.
 		authz := bytes.Clone(req.Authorization)
 		remote := req.RemoteAddr.String()
+		version := codec.Version1
+		if h.cfg.MaxProtocol >= codec.Version && req.OffersProtocol(codec.Subprotocol) {
+			version = codec.Version
+		}
+		index, _ := strconv.Atoi(string(req.Tunnel))
 		return engine.Response{Decide: func() engine.Response {
 			id, conns, err := h.cfg.Verifier.VerifyBearer(authz)
 			if err != nil {
@@ -399,8 +486,28 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 				h.log.Warn("agent_auth_failed", "remote", remote, "err", err.Error())
 				return engine.Response{Status: 401, Body: []byte("unauthorized\n")}
 			}
-			return engine.Response{Upgrade: newTunnel(h, Claims{AgentID: id, Connectors: conns})}
+			resp := engine.Response{
+				Upgrade: newTunnel(h, Claims{AgentID: id, Connectors: conns}, version),
+				Loop:    h.tunnelLoop(id, index),
+			}
+			if version == codec.Version {
+				resp.Subprotocol = codec.Subprotocol
+			}
+			return resp
 		}}
 	}
 	return engine.Response{Status: 404, Body: []byte("not found\n")}
+}
+
+// tunnelLoop places tunnel index of an agent: the agent's tunnels go to
+// consecutive loops from a start that depends on its id, so one agent's
+// tunnels use different cores and different agents spread over them.
+func (h *Hub) tunnelLoop(agentID string, index int) *engine.Loop {
+	loops := h.srv.Loops()
+	if len(loops) == 0 {
+		return nil
+	}
+	f := fnv.New32a()
+	_, _ = f.Write([]byte(agentID))
+	return loops[(int(f.Sum32()%uint32(len(loops)))+max(index, 0))%len(loops)]
 }

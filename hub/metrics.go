@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/valyala/bytebufferpool"
+
+	"github.com/nowconnect/nowconnect/codec"
 )
 
 // Metric names and labels are a public contract (SPEC §6): dashboards and
@@ -30,15 +34,21 @@ var durationBuckets = []float64{
 
 type hubMetrics struct {
 	// set at construction
-	set          *metrics.Set
-	authFailures *metrics.Counter
-	pingRTT      *metrics.PrometheusHistogram
-	unknownCID   *metrics.Counter
-	parks        *metrics.Counter
+	set               *metrics.Set
+	authFailures      *metrics.Counter
+	pingRTT           *metrics.PrometheusHistogram
+	unknownCID        *metrics.Counter
+	parks             *metrics.Counter
+	tunnelCreditWaits *metrics.Counter
+	windowGrowths     *metrics.Counter
+	tunnelCloses      [codec.NumReasons + 1]*metrics.Counter // the last counts unknown reasons
+	openTimeoutLog    *rateLimit
 
 	// queueSize reports the largest per-CID agent→client queue of a
-	// connector, in buffers; set by the hub before any connector exists.
+	// connector, in buffers; tunnels the number of tunnels. Both are set by
+	// the hub before any scrape.
 	queueSize func(connector string) int64
+	tunnels   func() int
 
 	mu    sync.Mutex // guards conns
 	conns map[string]*connMetrics
@@ -68,17 +78,67 @@ type connMetrics struct {
 	pdpError       *metrics.Counter
 	pdpListenerErr *metrics.Counter // listener_errors_total{type="pdp"}
 	pdpCacheHits   *metrics.Counter
+	acceptErr      *metrics.Counter // listener_errors_total{type="accept"}
+	openTimeout    *metrics.Counter // listener_errors_total{type="open_timeout"}
+
+	// resets counts streams that ended without both FINs, by reason;
+	// handles are created on first use.
+	set    *metrics.Set
+	label  string
+	resets [codec.NumReasons + 1]atomic.Pointer[metrics.Counter]
+}
+
+// reset counts one stream reset for reason r.
+func (c *connMetrics) reset(r codec.Reason) {
+	i := int(r)
+	if !r.Known() {
+		i = codec.NumReasons
+	}
+	m := c.resets[i].Load()
+	if m == nil {
+		name := "unknown"
+		if i < codec.NumReasons {
+			name = r.String()
+		}
+		m = c.set.GetOrCreateCounter(`nowconnect_stream_resets_total{` + c.label + `,reason="` + name + `"}`)
+		c.resets[i].Store(m)
+	}
+	m.Inc()
+}
+
+// tunnelClose counts a closed tunnel by reason.
+func (m *hubMetrics) tunnelClose(r codec.Reason) {
+	if !r.Known() {
+		m.tunnelCloses[codec.NumReasons].Inc()
+		return
+	}
+	m.tunnelCloses[r].Inc()
+}
+
+// logSuppressed returns the counter of log lines of event dropped by rate
+// limiting.
+func (m *hubMetrics) logSuppressed(event string) *metrics.Counter {
+	return m.set.GetOrCreateCounter(`nowconnect_log_suppressed_total{event="` + event + `"}`)
 }
 
 func newHubMetrics(set *metrics.Set) *hubMetrics {
-	return &hubMetrics{
-		set:          set,
-		authFailures: set.GetOrCreateCounter(`nowconnect_agent_auth_failures_total`),
-		pingRTT:      set.GetOrCreatePrometheusHistogramExt(`nowconnect_tunnel_rtt_seconds`, latencyBuckets),
-		unknownCID:   set.GetOrCreateCounter(`nowconnect_tunnel_unknown_cid_total`),
-		parks:        set.GetOrCreateCounter(`nowconnect_stream_parks_total`),
-		conns:        make(map[string]*connMetrics),
+	m := &hubMetrics{
+		set:               set,
+		authFailures:      set.GetOrCreateCounter(`nowconnect_agent_auth_failures_total`),
+		pingRTT:           set.GetOrCreatePrometheusHistogramExt(`nowconnect_tunnel_rtt_seconds`, latencyBuckets),
+		unknownCID:        set.GetOrCreateCounter(`nowconnect_tunnel_unknown_cid_total`),
+		parks:             set.GetOrCreateCounter(`nowconnect_stream_parks_total`),
+		tunnelCreditWaits: set.GetOrCreateCounter(`nowconnect_tunnel_credit_waits_total`),
+		windowGrowths:     set.GetOrCreateCounter(`nowconnect_stream_window_growths_total`),
+		conns:             make(map[string]*connMetrics),
 	}
+	for r := range codec.NumReasons {
+		m.tunnelCloses[r] = set.GetOrCreateCounter(`nowconnect_tunnel_closes_total{reason="` + codec.Reason(r).String() + `"}`)
+	}
+	m.tunnelCloses[codec.NumReasons] = set.GetOrCreateCounter(`nowconnect_tunnel_closes_total{reason="unknown"}`)
+	set.GetOrCreateGauge(`nowconnect_tunnels_connected`, func() float64 { return float64(m.tunnels()) })
+	m.openTimeoutLog = newRateLimit(10, time.Second, m.logSuppressed("open_timeout"))
+	return m
 }
 
 // connector returns the cached handles of a connector, creating them once.
@@ -113,6 +173,10 @@ func (m *hubMetrics) connector(name string) *connMetrics {
 		pdpError:       s.GetOrCreateCounter(`nowconnect_pdp_decisions_total{` + l + `,result="error"}`),
 		pdpListenerErr: s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="pdp"}`),
 		pdpCacheHits:   s.GetOrCreateCounter(`nowconnect_pdp_cache_hits_total{` + l + `}`),
+		acceptErr:      s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="accept"}`),
+		openTimeout:    s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="open_timeout"}`),
+		set:            s,
+		label:          l,
 	}
 	s.GetOrCreateGauge(`nowconnect_inbound_queue_size{`+l+`}`, func() float64 {
 		return float64(m.queueSize(name))
@@ -132,7 +196,7 @@ var catalog = map[string][2]string{
 	"nowconnect_connection_duration_seconds": {"histogram", "Lifetime of streams."},
 	"nowconnect_write_drain_seconds":         {"histogram", "Socket write time (write) and time until a queued response drained into the client's socket (drain)."},
 	"nowconnect_inbound_queue_size":          {"gauge", "Largest per-stream agent-to-client queue, in buffers (bounded by queue_depth_per_cid)."},
-	"nowconnect_listener_errors_total":       {"counter", "Listener and session errors by type (cidr, no_agent, session, write, dial, pdp)."},
+	"nowconnect_listener_errors_total":       {"counter", "Listener and session errors by type (cidr, no_agent, session, write, dial, pdp, accept, open_timeout)."},
 	"nowconnect_pdp_decisions_total":         {"counter", "Policy decisions by result (allow, deny, error)."},
 	"nowconnect_pdp_cache_hits_total":        {"counter", "Policy decisions answered from the cache."},
 	"nowconnect_agents_connected":            {"gauge", "Agent tunnels serving the connector."},
@@ -140,6 +204,12 @@ var catalog = map[string][2]string{
 	"nowconnect_tunnel_rtt_seconds":          {"histogram", "Round-trip time of tunnel pings."},
 	"nowconnect_tunnel_unknown_cid_total":    {"counter", "Frames from agents for streams that do not exist (answered with RST)."},
 	"nowconnect_stream_parks_total":          {"counter", "Times a client was parked (not read) because its stream ran out of credit."},
+	"nowconnect_stream_resets_total":         {"counter", "Streams that ended without both FINs, by reason (codec reason names)."},
+	"nowconnect_tunnel_closes_total":         {"counter", "Agent tunnels closed, by reason (codec reason names)."},
+	"nowconnect_tunnels_connected":           {"gauge", "Agent tunnels up (an agent may hold several)."},
+	"nowconnect_tunnel_credit_waits_total":   {"counter", "Times a stream waited for tunnel-level credit (the tunnel window was full)."},
+	"nowconnect_stream_window_growths_total": {"counter", "Times a stream's receive window doubled (auto-tuning)."},
+	"nowconnect_log_suppressed_total":        {"counter", "Log lines dropped by rate limiting, by event."},
 }
 
 // renderBufs recycles exposition buffers between scrapes.

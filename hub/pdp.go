@@ -7,14 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"sync"
 	"time"
-
-	"github.com/panjf2000/gnet/v2"
-
-	"github.com/nowconnect/nowconnect/engine"
 )
 
 // PDPConfig configures the per-connection policy decision point, asked
@@ -50,8 +47,8 @@ type pdpEntry struct {
 }
 
 // pdp asks the decision point off the event loop. A connection waiting for
-// a decision is parked (a dup we own, nothing read); the decision either
-// hands it to its tunnel's loop or closes it.
+// a decision is held by its askLoop, unread; the decision either hands it
+// to its tunnel's loop or closes it.
 type pdp struct {
 	// set at construction
 	h   *Hub
@@ -112,19 +109,23 @@ func (p *pdp) store(k pdpKey, allow bool) {
 	p.cache[k] = pdpEntry{allow: allow, expires: time.Now().Add(p.cfg.CacheTTL)}
 }
 
-// check runs on the accepting loop. It decides from the cache, or parks c
-// and asks the PDP on a goroutine. It returns the action for c.
-func (p *pdp) check(c gnet.Conn, l *listener, client netip.AddrPort) gnet.Action {
+// check runs on the listener's accept goroutine. It decides from the
+// cache, or asks the PDP on a goroutine that then routes or closes conn.
+// It owns conn and one count of h.conns.
+func (p *pdp) check(conn *net.TCPConn, l *listener, client netip.AddrPort) {
 	k := pdpKey{client: client.Addr().Unmap(), connector: l.Connector}
 	if allow, ok := p.cached(k); ok {
 		l.met.pdpCacheHits.Inc()
 		if !allow {
 			l.met.pdpDeny.Inc()
 			p.h.log.Warn("pdp_denied", "listener", l.Name, "connector", l.Connector, "client", p.h.maskAddr(client), "cached", true)
-			return gnet.Close
+			p.h.conns.Add(-1)
+			_ = conn.Close()
+			return
 		}
 		l.met.pdpAllow.Inc()
-		return p.h.route(c, l, client)
+		p.h.route(conn, l, client)
+		return
 	}
 	p.mu.Lock()
 	full := p.pending >= p.cfg.MaxPending
@@ -137,19 +138,15 @@ func (p *pdp) check(c gnet.Conn, l *listener, client netip.AddrPort) gnet.Action
 		l.met.pdpListenerErr.Inc()
 		p.h.log.Warn("pdp_error", "listener", l.Name, "connector", l.Connector, "err", ErrPDPOverload.Error())
 		if p.cfg.FailOpen {
-			return p.h.route(c, l, client)
+			p.h.route(conn, l, client)
+			return
 		}
-		return gnet.Close
+		p.h.conns.Add(-1)
+		_ = conn.Close()
+		return
 	}
-	fd, err := engine.Park(c)
-	if err != nil {
-		p.done()
-		return gnet.Close
-	}
-	c.SetContext(migrated{})
 	p.wg.Add(1)
-	go p.askLoop(fd, l, client, k)
-	return gnet.Close
+	go p.askLoop(conn, l, client, k)
 }
 
 func (p *pdp) done() {
@@ -159,8 +156,8 @@ func (p *pdp) done() {
 }
 
 // askLoop asks the PDP for one connection and acts on the answer. It owns
-// fd until it hands it to a loop or closes it.
-func (p *pdp) askLoop(fd int, l *listener, client netip.AddrPort, k pdpKey) {
+// conn until it hands it to a loop or closes it.
+func (p *pdp) askLoop(conn *net.TCPConn, l *listener, client netip.AddrPort, k pdpKey) {
 	defer p.wg.Done()
 	defer p.done()
 	allow, err := p.ask(l, client)
@@ -182,10 +179,11 @@ func (p *pdp) askLoop(fd int, l *listener, client netip.AddrPort, k pdpKey) {
 		if err == nil {
 			p.h.log.Warn("pdp_denied", "listener", l.Name, "connector", l.Connector, "client", p.h.maskAddr(client))
 		}
-		engine.CloseFD(fd, false)
+		p.h.conns.Add(-1)
+		_ = conn.Close()
 		return
 	}
-	p.h.routeFD(fd, l, client)
+	p.h.route(conn, l, client)
 }
 
 type authzenRequest struct {

@@ -10,58 +10,84 @@ import (
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/engine"
+	"github.com/nowconnect/nowconnect/internal/flow"
 	"github.com/nowconnect/nowconnect/ring"
 )
 
 // stream is one client connection carried over a tunnel. All of it is owned
-// by the tunnel's loop (a client accepted elsewhere is migrated first).
+// by the tunnel's loop (the client is handed to that loop when accepted).
 //
 // The client socket is read through gnet and written directly with writev
 // on its descriptor, so we always know exactly which bytes the kernel took:
 // nothing is lost when gnet closes or parks the connection. The descriptor
 // is gnet's while the connection is attached, or our own dup while it is
-// migrating, parked (client→agent credit exhausted: not read at all, so the
-// client's kernel window closes), or read-closed (the client sent FIN and
+// parked (client→agent credit exhausted: not read at all, so the client's
+// kernel window closes), unparking, or read-closed (the client sent FIN and
 // still receives the response).
+//
+// The flow rules (credit, windows and their growth, FIN legality) are
+// internal/flow's: s.fc for the stream, t.fc for the tunnel level.
+//
+// States, as the fields tell them:
+//
+//	handed over ──OnOpen──▶ open (OPEN sent, awaiting OPEN_ACK: opening)
+//	open ──credit low──▶ parked ──credit back──▶ unparking ──OnOpen──▶ open
+//	open ──client FIN──▶ read-closed (FIN sent; the dup is written to)
+//	any ──both FINs done / kill──▶ dead (end ran once; slot released)
 type stream struct {
 	// set at construction
-	h          *Hub
-	lis        *listener
-	t          *tunnel
-	client     netip.AddrPort
-	start      time.Time
-	parkBelow  int // park when credit falls under this
-	resumeFrom int // unpark once credit reaches this
+	h      *Hub
+	lis    *listener
+	t      *tunnel
+	client netip.AddrPort
+	start  time.Time
 
 	// owned by the tunnel's loop
-	cid        uint32
-	c          gnet.Conn // attached connection, nil otherwise
-	dup        int       // our descriptor while not attached, else -1
-	parked     bool      // detached from gnet for backpressure
-	unparking  bool      // enrolled again, OnOpen pending
-	credit     int       // client→agent bytes we may still send
-	pend       ring.Queue
-	out        ring.Queue // agent→client bytes the socket has not taken
-	unacked    int        // agent→client bytes written, not yet credited back
-	draining   bool       // registered with the loop's drain poller
-	drainStart time.Time  // when the queue last became non-empty
-	readEOF    bool       // the client sent FIN; FIN sent to the agent
-	finRecv    bool       // the agent sent FIN
-	shut       bool       // we shut the client's write side
-	opened     bool       // stream registered on the tunnel
-	dead       bool
-	lastAct    time.Time
+	cid           uint32
+	c             gnet.Conn // attached connection, nil otherwise
+	dup           int       // our descriptor while not attached, else -1
+	fc            flow.Stream
+	openAt        time.Time
+	parked        bool // detached from gnet for backpressure
+	unparking     bool // enrolled again, OnOpen pending
+	waitingTunnel bool // in t.waiting: parked for tunnel-level credit
+	pend          ring.Queue
+	out           ring.Queue // agent→client bytes the socket has not taken
+	draining      bool       // registered with the loop's drain poller
+	drainStart    time.Time  // when the queue last became non-empty
+	shut          bool       // we shut the client's write side
+	opened        bool       // stream registered on the tunnel
+	counted       bool       // holds a slot (t.active, its agent's, h.conns) until release
+	dead          bool
+	lastAct       time.Time
+	up, down      int64 // bytes client→agent, agent→client
 }
 
 // pendChunk is the buffer size of the client→agent overflow queue.
 const pendChunk = 16 << 10
 
+// Chunks of the agent→client queue: a quarter of queue_depth_per_cid's
+// share of the window, so that a queue of depth D holds a whole window in
+// at most D buffers, from 16 KiB (a 256 KiB window at depth 64) up to
+// maxOutChunk for grown windows.
+const (
+	minOutChunk = 16 << 10
+	maxOutChunk = 1 << 20
+)
+
+// outChunk returns the buffer size that lets depth buffers hold window
+// bytes, a power of two within [minOutChunk, maxOutChunk].
+func outChunk(window, depth int) int {
+	c := minOutChunk
+	for c*depth < window && c < maxOutChunk {
+		c *= 2
+	}
+	return c
+}
+
+// newStream returns a stream picked for t (router.pick counted it).
 func newStream(h *Hub, l *listener, t *tunnel, client netip.AddrPort) *stream {
-	s := &stream{h: h, lis: l, t: t, client: client, start: time.Now(), dup: -1}
-	rb := h.cfg.ReadBufferBytes
-	s.parkBelow = min(rb, max(t.window/4, 1))
-	s.resumeFrom = max(s.parkBelow, t.window/2)
-	return s
+	return &stream{h: h, lis: l, t: t, client: client, start: time.Now(), dup: -1, counted: true}
 }
 
 // fd is the descriptor to write the client's bytes to.
@@ -72,8 +98,11 @@ func (s *stream) fd() int {
 	return s.dup
 }
 
-// OnOpen runs on the tunnel's loop for a client accepted there, migrated
-// there, or unparked.
+// sendable returns the client→agent bytes the stream may send now: its own
+// credit and the tunnel's.
+func (s *stream) sendable() int { return s.t.fc.SendAvail(&s.fc.Send) }
+
+// OnOpen runs on the tunnel's loop for a client handed to it, or unparked.
 func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
 	if s.dup >= 0 {
 		engine.CloseFD(s.dup, false) // gnet holds its own copy now
@@ -81,8 +110,8 @@ func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
 	}
 	if s.dead || s.t.closed {
 		if !s.opened {
-			s.t.active.Add(-1)
 			s.dead = true
+			s.release()
 		}
 		return gnet.Close
 	}
@@ -92,37 +121,57 @@ func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
 	if s.unparking {
 		s.unparking, s.parked = false, false
 		if s.h.debug {
-			s.h.log.Debug("stream unparked", "cid", s.cid, "credit", s.credit, "inbound", c.InboundBuffered())
+			s.h.log.Debug("stream unparked", "cid", s.cid, "credit", s.sendable(), "inbound", c.InboundBuffered())
 		}
 		return gnet.None
 	}
 	// A new stream.
+	t := s.t
 	s.opened = true
-	s.cid = s.t.newCID()
-	s.t.streams[s.cid] = s
-	s.credit = s.t.window
+	s.cid = t.newCID()
+	t.streams[s.cid] = s
+	s.fc = t.fc.NewStream(true)
+	s.openAt = s.lastAct
+	t.opening = append(t.opening, s)
 	// pend holds at most one read beyond credit (a read is at most the
 	// read buffer); depth follows from the byte bound.
 	pendMax := s.h.cfg.ReadBufferBytes + codec.MaxPayload
 	s.pend.Init((pendMax+pendChunk-1)/pendChunk, pendMax, pendChunk)
-	s.out.Init(s.h.cfg.QueueDepth, s.h.cfg.Window, max(16<<10, s.h.cfg.Window/s.h.cfg.QueueDepth))
+	w := s.fc.Recv.Size()
+	s.out.Init(s.h.cfg.QueueDepth, w, outChunk(w, s.h.cfg.QueueDepth))
 	m := s.lis.met
 	m.connections.Inc()
 	m.active.Inc()
-	if s.h.debug {
-		s.h.log.Debug("connection open", "connector", s.lis.Connector, "cid", s.cid,
-			"client", s.h.maskAddr(s.client), "agent_id", s.t.agentID)
-	}
-	b, err := codec.AppendOpen(s.t.ctl[:0], s.cid, s.lis.Connector, s.client.String())
+	s.logOpen()
+	b, err := codec.AppendOpen(t.ctl[:0], s.cid, s.lis.Connector, s.client.String())
 	if err != nil {
 		s.kill(codec.ReasonProtocol, false, true)
 		return gnet.Close
 	}
-	s.t.write(b, nil)
+	t.asked(s.lastAct)
+	t.write(b, nil)
 	if s.dead {
 		return gnet.Close
 	}
 	return gnet.None
+}
+
+// EnrollFailed runs when gnet could not adopt the client (descriptors
+// exhausted, say): a new stream gives its slot back, an unparking one is
+// reset.
+func (s *stream) EnrollFailed(err error) {
+	switch {
+	case s.dead:
+	case !s.opened:
+		s.dead = true
+		s.release()
+		s.lis.met.sessionErr.Inc()
+		s.h.log.Debug("enroll failed", "connector", s.lis.Connector, "err", err.Error())
+	case s.unparking:
+		s.unparking = false
+		s.h.log.Warn("unpark failed", "cid", s.cid, "err", err.Error())
+		s.kill(codec.ReasonOverload, true, true)
+	}
 }
 
 // OnTraffic forwards what the client sent, within credit, zero-copy from
@@ -135,15 +184,14 @@ func (s *stream) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	s.lastAct = time.Now()
-	send := min(n, s.credit)
+	send := min(n, s.sendable())
 	if s.pend.Len() > 0 {
 		send = 0 // order: queued bytes go first
 	}
 	if send > 0 {
-		s.credit -= send
-		s.lis.met.bytesC2A.Add(send)
-		s.t.sendData(s.cid, buf[:send])
+		s.sent(buf[:send])
 		if s.dead {
+			_, _ = c.Discard(n)
 			return gnet.Close
 		}
 	}
@@ -155,10 +203,18 @@ func (s *stream) OnTraffic(c gnet.Conn) gnet.Action {
 		}
 	}
 	_, _ = c.Discard(n)
-	if s.pend.Len() > 0 || s.credit < s.parkBelow {
+	if s.pend.Len() > 0 || s.sendable() < s.t.parkBelow {
 		return s.park(c)
 	}
 	return gnet.None
+}
+
+// sent sends p as DATA, spending stream and tunnel credit.
+func (s *stream) sent(p []byte) {
+	s.t.fc.Sent(&s.fc.Send, len(p))
+	s.up += int64(len(p))
+	s.lis.met.bytesC2A.Add(len(p))
+	s.t.sendData(s.cid, p)
 }
 
 // park detaches the client from gnet: nobody reads it until credit returns.
@@ -170,18 +226,21 @@ func (s *stream) park(c gnet.Conn) gnet.Action {
 	}
 	s.dup, s.c, s.parked = fd, nil, true
 	s.h.met.parks.Inc()
+	if s.fc.Send.Avail() >= s.t.resumeFrom {
+		s.t.waitTunnel(s) // the stream has credit: the tunnel has not
+	}
 	if s.h.debug {
-		s.h.log.Debug("stream parked", "cid", s.cid, "credit", s.credit)
+		s.h.log.Debug("stream parked", "cid", s.cid, "credit", s.fc.Send.Avail(), "tunnel_credit", s.t.fc.Send.Avail())
 	}
 	return gnet.Close
 }
 
 // unpark hands the parked socket back to gnet on this loop.
 func (s *stream) unpark() {
-	if !s.parked || s.unparking || s.readEOF {
+	if !s.parked || s.unparking || s.fc.FinSent() {
 		return
 	}
-	_, err := engine.Enroll(s.t.loop.EventLoop(), s.dup, s)
+	err := engine.Enroll(s.t.loop, s.dup, s)
 	if errors.Is(err, engine.ErrNotConnected) {
 		s.readParked()
 		return
@@ -193,7 +252,7 @@ func (s *stream) unpark() {
 	}
 	s.unparking = true
 	if s.h.debug {
-		s.h.log.Debug("stream unparking", "cid", s.cid, "credit", s.credit)
+		s.h.log.Debug("stream unparking", "cid", s.cid, "credit", s.sendable())
 	}
 }
 
@@ -221,7 +280,9 @@ func (s *stream) OnClose(c gnet.Conn, err error) {
 // descriptor to write the rest of the response unless it is all written.
 // c is the gnet connection being closed, or nil when s.dup is already ours.
 func (s *stream) clientEOF(c gnet.Conn) {
-	s.readEOF = true
+	if !s.fc.SendFin() {
+		return
+	}
 	if s.h.debug {
 		s.h.log.Debug("client fin", "cid", s.cid, "shut", s.shut, "out", s.out.Len())
 	}
@@ -250,13 +311,18 @@ func (s *stream) clientEOF(c gnet.Conn) {
 // blocks. It forwards what credit allows and handles the EOF.
 func (s *stream) readParked() {
 	buf := s.t.loop.ReadBuf
-	for !s.dead && s.parked && s.credit > 0 {
-		n, err := engine.ReadFD(s.dup, buf[:min(len(buf), s.credit)])
+	for !s.dead && s.parked {
+		room := s.sendable()
+		if room <= 0 {
+			if s.fc.Send.Avail() > 0 {
+				s.t.waitTunnel(s)
+			}
+			return
+		}
+		n, err := engine.ReadFD(s.dup, buf[:min(len(buf), room)])
 		switch {
 		case n > 0:
-			s.credit -= n
-			s.lis.met.bytesC2A.Add(n)
-			s.t.sendData(s.cid, buf[:n])
+			s.sent(buf[:n])
 		case err == nil: // EOF
 			s.parked = false
 			s.clientEOF(nil)
@@ -271,35 +337,47 @@ func (s *stream) readParked() {
 }
 
 // onFrame handles a frame from the agent for this stream.
-func (s *stream) onFrame(ft codec.FrameType, p []byte) {
+func (s *stream) onFrame(ft codec.FrameType, p []byte, now time.Time) {
 	switch ft {
 	case codec.FrameData:
-		s.onData(p)
+		s.onData(p, now)
 	case codec.FrameWindow:
 		inc, err := codec.ParseWindow(p)
-		if err != nil || s.credit+int(inc) > s.t.window {
+		if err == nil {
+			err = s.fc.Window(inc)
+		}
+		if err != nil {
 			s.kill(codec.ReasonProtocol, true, true)
 			return
 		}
-		s.credit += int(inc)
 		s.flushPend()
 	case codec.FrameFin:
-		if s.finRecv {
+		if s.fc.Fin() != nil {
 			s.kill(codec.ReasonProtocol, true, true)
 			return
 		}
-		s.finRecv = true
 		s.lis.met.finRecv.Inc()
 		s.maybeShut()
 	case codec.FrameRst:
 		s.lis.met.rstRecv.Inc()
-		s.kill(codec.ReasonTargetReset, false, true)
+		r, _, _ := codec.ParseReason(p)
+		if r == codec.ReasonNone || !r.Known() {
+			r = codec.ReasonTargetReset
+		}
+		s.kill(r, false, true)
 	case codec.FrameOpenAck:
+		if s.fc.OpenAck() != nil {
+			s.kill(codec.ReasonProtocol, true, true)
+		}
 	case codec.FrameOpenErr:
 		r, msg, _ := codec.ParseReason(p)
+		if s.fc.Acked() {
+			s.kill(codec.ReasonProtocol, true, true)
+			return
+		}
 		s.lis.met.dialErrors.Inc()
 		s.h.log.Warn("agent_dial_failed", "connector", s.lis.Connector, "cid", s.cid,
-			"agent_id", s.t.agentID, "reason", r.String(), "msg", string(msg))
+			"agent_id", s.t.agentID, "reason", r.String(), "detail", string(msg))
 		s.kill(r, false, false)
 	default:
 		s.kill(codec.ReasonProtocol, true, true)
@@ -310,14 +388,23 @@ func (s *stream) onFrame(ft codec.FrameType, p []byte) {
 // buffer; what the socket does not take is copied once into the queue.
 // When bytes already wait, new ones queue behind them and the queue is
 // written at once as far as the socket takes it, so a queue that formed
-// in a burst does not hold the stream to the drain poller's pace.
-func (s *stream) onData(p []byte) {
-	if s.finRecv || s.shut {
-		s.kill(codec.ReasonProtocol, true, true)
+// in a burst does not hold the stream to the drain poller's pace. The
+// tunnel level counted the bytes already (tunnel.OnMessage).
+func (s *stream) onData(p []byte, now time.Time) {
+	if err := s.fc.Data(len(p)); err != nil || s.shut {
+		if err == nil {
+			s.fc.Recv.Release(len(p), now, 0) // counted, never buffered: end must not release it again
+		}
+		s.t.released(len(p), now)
+		r := codec.ReasonProtocol
+		if errors.Is(err, flow.ErrWindowExceeded) {
+			r = codec.ReasonWindowExceeded
+		}
+		s.kill(r, true, true)
 		return
 	}
-	start := time.Now()
-	s.lastAct = start
+	s.lastAct = now
+	s.down += int64(len(p))
 	s.lis.met.bytesA2C.Add(len(p))
 	if s.out.Empty() {
 		iov := append(s.t.loop.Iov[:0], p)
@@ -325,11 +412,11 @@ func (s *stream) onData(p []byte) {
 		clear(iov)
 		if err != nil {
 			s.lis.met.writeErr.Inc()
-			s.kill(codec.ReasonClientReset, true, true)
+			s.kill(codec.ReasonClientReset, true, true) // end releases the unwritten bytes
 			return
 		}
-		s.lis.met.writeSec.UpdateDuration(start)
-		s.acked(n)
+		s.lis.met.writeSec.UpdateDuration(now)
+		s.acked(n, now)
 		p = p[n:]
 		if s.dead || len(p) == 0 {
 			return
@@ -343,7 +430,7 @@ func (s *stream) onData(p []byte) {
 			s.kill(codec.ReasonWindowExceeded, true, true)
 			return
 		}
-		if _, err := s.flushOut(); err != nil || s.dead {
+		if _, err := s.flushOut(now); err != nil || s.dead {
 			return
 		}
 		if s.out.Empty() {
@@ -355,7 +442,7 @@ func (s *stream) onData(p []byte) {
 		q.Store(int64(s.out.Frames())) // spikes show before the next tick
 	}
 	if s.drainStart.IsZero() {
-		s.drainStart = time.Now()
+		s.drainStart = now
 	}
 	if !s.draining {
 		s.draining = true
@@ -366,7 +453,7 @@ func (s *stream) onData(p []byte) {
 // flushOut writes queued bytes until the socket refuses more or the queue
 // is empty, and reports whether the socket took anything. A write error
 // kills the stream.
-func (s *stream) flushOut() (progressed bool, err error) {
+func (s *stream) flushOut(now time.Time) (progressed bool, err error) {
 	for !s.out.Empty() && !s.dead {
 		iov := s.out.Peek(s.t.loop.Iov[:0], 16)
 		want := 0
@@ -381,7 +468,7 @@ func (s *stream) flushOut() (progressed bool, err error) {
 			return progressed, err
 		}
 		s.out.Discard(n)
-		s.acked(n)
+		s.acked(n, now)
 		progressed = progressed || n > 0
 		if n < want {
 			break // the socket is full
@@ -403,12 +490,12 @@ func (s *stream) drained() {
 
 // Drain writes queued bytes as the client's socket takes them. It runs on
 // the loop's drain poller.
-func (s *stream) Drain(time.Time) (done, progressed bool) {
+func (s *stream) Drain(now time.Time) (done, progressed bool) {
 	if s.dead {
 		s.draining = false
 		return true, false
 	}
-	progressed, err := s.flushOut()
+	progressed, err := s.flushOut(now)
 	if err != nil || s.dead {
 		s.draining = false
 		return true, progressed
@@ -422,36 +509,55 @@ func (s *stream) Drain(time.Time) (done, progressed bool) {
 }
 
 // acked counts bytes the client's socket took and returns credit to the
-// agent in batches of a quarter window.
-func (s *stream) acked(n int) {
-	s.unacked += n
-	if s.unacked >= s.h.cfg.Window/4 {
-		s.t.sendWindow(s.cid, s.unacked)
-		s.unacked = 0
+// agent as the flow rules say: per stream (its window may grow) and per
+// tunnel.
+func (s *stream) acked(n int, now time.Time) {
+	if n <= 0 {
+		return
 	}
+	rtt := s.t.fc.RTT.Min()
+	before := s.fc.Recv.Size()
+	if inc := s.fc.Recv.Release(n, now, rtt); inc > 0 {
+		if w := s.fc.Recv.Size(); w > before {
+			// The queue must hold the larger window before the agent
+			// can use it: grow it before the WINDOW goes out.
+			s.out.Grow(w, outChunk(w, s.h.cfg.QueueDepth))
+			s.h.met.windowGrowths.Inc()
+		}
+		s.t.sendWindow(s.cid, inc)
+	}
+	s.t.released(n, now)
 }
 
 // flushPend sends queued client bytes as credit allows, and unparks the
-// client once enough credit is back.
+// client once enough credit is back (or waits for the tunnel's).
 func (s *stream) flushPend() {
-	for s.pend.Len() > 0 && s.credit > 0 && !s.dead {
+	for s.pend.Len() > 0 && !s.dead {
+		room := s.sendable()
+		if room <= 0 {
+			break
+		}
 		iov := s.pend.Peek(s.t.loop.Iov[:0], 1)
-		b := iov[0][:min(len(iov[0]), s.credit)]
+		b := iov[0][:min(len(iov[0]), room)]
 		clear(iov)
-		s.credit -= len(b)
-		s.lis.met.bytesC2A.Add(len(b))
-		s.t.sendData(s.cid, b)
+		s.sent(b)
 		s.pend.Discard(len(b))
 	}
-	if !s.dead && s.parked && s.pend.Len() == 0 && s.credit >= s.resumeFrom {
+	if s.dead || !s.parked {
+		return
+	}
+	switch {
+	case s.pend.Len() == 0 && s.sendable() >= s.t.resumeFrom:
 		s.unpark()
+	case s.fc.Send.Avail() >= s.t.resumeFrom || s.pend.Len() > 0 && s.fc.Send.Avail() > 0:
+		s.t.waitTunnel(s)
 	}
 }
 
 // maybeShut half-closes the client once the agent's FIN arrived and every
 // byte before it was written.
 func (s *stream) maybeShut() {
-	if !s.finRecv || s.shut || !s.out.Empty() || s.dead {
+	if !s.fc.FinRecv() || s.shut || !s.out.Empty() || s.dead {
 		return
 	}
 	if err := engine.ShutdownWrite(s.fd()); err != nil {
@@ -459,7 +565,7 @@ func (s *stream) maybeShut() {
 		return
 	}
 	s.shut = true
-	if s.readEOF {
+	if s.fc.FinSent() {
 		s.finish()
 	}
 }
@@ -473,7 +579,7 @@ func (s *stream) tick(now time.Time) {
 
 // finish ends a stream whose both directions completed.
 func (s *stream) finish() {
-	s.end()
+	s.end(codec.ReasonNone)
 	if s.c != nil {
 		_ = s.c.Close()
 		s.c = nil
@@ -495,7 +601,10 @@ func (s *stream) kill(r codec.Reason, tellAgent, abort bool) {
 	if s.h.debug {
 		s.h.log.Debug("connection reset", "connector", s.lis.Connector, "cid", s.cid, "reason", r.String())
 	}
-	s.end()
+	if s.opened {
+		s.lis.met.reset(r)
+	}
+	s.end(r)
 	if s.c != nil {
 		if abort {
 			_ = s.c.SetLinger(0)
@@ -507,18 +616,78 @@ func (s *stream) kill(r codec.Reason, tellAgent, abort bool) {
 	s.dup = -1
 }
 
-// end releases the stream's resources and counts it once.
-func (s *stream) end() {
+// end releases the stream's resources and counts it once. r is why it
+// ended (ReasonNone: both FINs).
+func (s *stream) end(r codec.Reason) {
 	if s.dead {
 		return
 	}
 	s.dead = true
+	if s.opened && !s.t.closed {
+		// Bytes still queued will never be written: their tunnel-level
+		// credit goes back now, or the tunnel would shrink for good.
+		if b := s.fc.Recv.Buffered(); b > 0 {
+			s.t.released(b, time.Now())
+		}
+		s.t.fc.Recent.Add(s.cid)
+	}
 	s.out.Reset()
 	s.pend.Reset()
 	if s.opened {
 		delete(s.t.streams, s.cid)
 		s.lis.met.active.Dec()
 		s.lis.met.duration.UpdateDuration(s.start)
+		s.logClose(r)
 	}
+	s.release()
+}
+
+// release gives back the stream's slot on its tunnel, its agent and the
+// hub's connection budget, once.
+func (s *stream) release() {
+	if !s.counted {
+		return
+	}
+	s.counted = false
 	s.t.active.Add(-1)
+	if a := s.t.agent; a != nil {
+		a.active.Add(-1)
+	}
+	s.h.conns.Add(-1)
+}
+
+// logOpen writes "connection open": at info, rate-limited, or at debug
+// when connection lines are off.
+func (s *stream) logOpen() {
+	if s.h.connLog == nil {
+		if s.h.debug {
+			s.h.log.Debug("connection open", "connector", s.lis.Connector, "cid", s.cid,
+				"client", s.h.maskAddr(s.client), "agent_id", s.t.agentID)
+		}
+		return
+	}
+	if n, ok := s.h.connLog.allow(); ok {
+		s.h.log.Info("connection open", "connector", s.lis.Connector, "cid", s.cid,
+			"client", s.h.maskAddr(s.client), "agent_id", s.t.agentID, "suppressed", n)
+	}
+}
+
+// logClose writes "connection closed" with the bytes and the duration.
+func (s *stream) logClose(r codec.Reason) {
+	reason := "fin"
+	if r != codec.ReasonNone {
+		reason = r.String()
+	}
+	if s.h.connLog == nil {
+		if s.h.debug {
+			s.h.log.Debug("connection closed", "connector", s.lis.Connector, "cid", s.cid, "reason", reason,
+				"bytes_c2a", s.up, "bytes_a2c", s.down, "duration", time.Since(s.start).Round(time.Millisecond).String())
+		}
+		return
+	}
+	if n, ok := s.h.connLog.allow(); ok {
+		s.h.log.Info("connection closed", "connector", s.lis.Connector, "cid", s.cid,
+			"client", s.h.maskAddr(s.client), "reason", reason, "bytes_c2a", s.up, "bytes_a2c", s.down,
+			"duration", time.Since(s.start).Round(time.Millisecond).String(), "suppressed", n)
+	}
 }

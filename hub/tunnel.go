@@ -3,12 +3,15 @@ package hub
 import (
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/engine"
+	"github.com/nowconnect/nowconnect/internal/flow"
 )
 
 // Tunnel errors; each names why an agent's tunnel was closed.
@@ -21,6 +24,17 @@ var (
 	ErrUnexpected       = errors.New("tunnel: unexpected frame")
 )
 
+// Liveness. A tunnel that owes an answer (an OPEN, a PING) and has sent
+// nothing at all for probeAfter gets a probe PING; one silent for
+// suspectAfter is suspect: it keeps its streams, but new ones go to other
+// tunnels while any can serve the connector. A frozen agent (SIGSTOP) is
+// thus avoided within about suspectAfter and closed after the ping
+// timeout; its clients' OPENs time out after the open timeout.
+const (
+	probeAfter   = 500 * time.Millisecond
+	suspectAfter = 1500 * time.Millisecond
+)
+
 // streamScan is how often a tunnel walks its streams (idle timeout, the
 // inbound queue gauge): the walk costs O(streams), so it runs once a second
 // rather than on every engine tick (see tickFor).
@@ -30,37 +44,47 @@ const streamScan = time.Second
 // is owned by its loop.
 type tunnel struct {
 	// set at construction
-	h      *Hub
-	claims Claims
-	opened time.Time
+	h       *Hub
+	claims  Claims
+	version int // protocol version settled by the upgrade
+	opened  time.Time
 
 	// set at OnOpen / HELLO, then read-only
 	ws         *engine.WSConn
 	loop       *engine.Loop
 	agentID    string
 	connectors []string
-	window     int // credit the agent grants per stream (hub→agent DATA)
+	instance   uint64
+	agent      *agentState // set by router.add
+	parkBelow  int         // a stream parks when its credit falls under this
+	resumeFrom int         // and unparks once it is back to this
 	// qmax holds, per connector, the largest agent→client queue of this
 	// tunnel's streams in buffers: written by the loop, read by scrapes.
 	qmax map[string]*atomic.Int64
 
 	// shared
-	active atomic.Int32 // streams picked for this tunnel and not yet ended
+	active  atomic.Int32 // streams picked for this tunnel and not yet ended
+	suspect atomic.Bool  // owes an answer and silent (see suspectAfter)
 
 	// owned by the loop
+	fc        flow.Tunnel
 	helloDone bool
 	closed    bool
 	streams   map[uint32]*stream
+	opening   []*stream // streams in OPEN order, until OPEN_ACK/OPEN_ERR (open timeout)
+	waiting   []*stream // parked streams waiting for tunnel-level credit
 	nextCID   uint32
 	lastRecv  time.Time
 	lastPing  time.Time
+	askSince  time.Time // first OPEN/PING sent since lastRecv; zero when none
+	probed    time.Time
 	lastScan  time.Time
 	hdr       [codec.HeaderLen]byte
 	ctl       [64 + codec.MaxReasonLen]byte
 }
 
-func newTunnel(h *Hub, claims Claims) *tunnel {
-	return &tunnel{h: h, claims: claims, opened: time.Now(), streams: make(map[uint32]*stream)}
+func newTunnel(h *Hub, claims Claims, version int) *tunnel {
+	return &tunnel{h: h, claims: claims, version: version, opened: time.Now(), streams: make(map[uint32]*stream)}
 }
 
 // OnOpen runs on the loop once the upgrade is written.
@@ -68,10 +92,12 @@ func (t *tunnel) OnOpen(w *engine.WSConn) {
 	t.ws = w
 	t.loop = w.Loop()
 	t.lastRecv = time.Now()
+	t.h.router.opened(t)
 	t.loop.AddTicker(t)
 }
 
-// Tick enforces the handshake deadline and the ping timeout, and pings.
+// Tick enforces the handshake deadline, the ping and open timeouts, sends
+// pings and probes, and walks the streams once per streamScan.
 func (t *tunnel) Tick(now time.Time) bool {
 	if t.closed {
 		return false
@@ -83,11 +109,26 @@ func (t *tunnel) Tick(now time.Time) bool {
 	case now.Sub(t.lastRecv) > t.h.cfg.PingTimeout:
 		t.ws.Close(ErrPingTimeout)
 		return false
-	case t.helloDone && now.Sub(t.lastPing) >= t.h.cfg.PingInterval:
-		t.lastPing = now
-		t.write(codec.AppendPing(t.ctl[:0], codec.FramePing, uint64(now.UnixNano())), nil)
+	case !t.helloDone:
+		return true
 	}
-	if now.Sub(t.lastScan) < streamScan {
+	if now.Sub(t.lastPing) >= t.h.cfg.PingInterval {
+		t.ping(now)
+	}
+	if !t.askSince.IsZero() {
+		silent := now.Sub(t.askSince)
+		if silent > probeAfter && t.probed.Before(t.askSince) {
+			t.probed = now
+			t.ping(now)
+		}
+		if silent > suspectAfter && !t.suspect.Load() {
+			t.suspect.Store(true)
+			t.h.log.Warn("agent_unresponsive", "agent_id", t.agentID, "silent", silent.Round(time.Millisecond).String(),
+				"streams", len(t.streams))
+		}
+	}
+	t.expireOpens(now)
+	if t.closed || now.Sub(t.lastScan) < streamScan {
 		return !t.closed
 	}
 	t.lastScan = now
@@ -103,9 +144,52 @@ func (t *tunnel) Tick(now time.Time) bool {
 	return !t.closed
 }
 
+// ping sends a PING carrying its send time.
+func (t *tunnel) ping(now time.Time) {
+	t.lastPing = now
+	t.asked(now)
+	t.write(codec.AppendPing(t.ctl[:0], codec.FramePing, uint64(now.UnixNano())), nil)
+}
+
+// asked records that the agent owes an answer (an OPEN or a PING).
+func (t *tunnel) asked(now time.Time) {
+	if t.askSince.IsZero() {
+		t.askSince = now
+	}
+}
+
+// expireOpens closes the streams whose OPEN got no answer in time. OPENs
+// are in order, so only the head of the queue is ever due.
+func (t *tunnel) expireOpens(now time.Time) {
+	i := 0
+	for ; i < len(t.opening) && !t.closed; i++ {
+		s := t.opening[i]
+		if s.dead || s.fc.Acked() {
+			continue
+		}
+		if now.Sub(s.openAt) < t.h.cfg.OpenTimeout {
+			break
+		}
+		s.lis.met.openTimeout.Inc()
+		if n, ok := t.h.met.openTimeoutLog.allow(); ok {
+			t.h.log.Warn("open_timeout", "connector", s.lis.Connector, "agent_id", t.agentID, "cid", s.cid,
+				"client", t.h.maskAddr(s.client), "timeout", t.h.cfg.OpenTimeout.String(), "suppressed", n)
+		}
+		s.kill(codec.ReasonOpenTimeout, true, false)
+	}
+	clear(t.opening[:i])
+	t.opening = append(t.opening[:0], t.opening[i:]...)
+}
+
 // OnMessage dispatches one tunnel frame from the agent.
 func (t *tunnel) OnMessage(_ *engine.WSConn, p []byte) error {
-	t.lastRecv = time.Now()
+	now := time.Now()
+	t.lastRecv = now
+	t.askSince = time.Time{}
+	if t.suspect.Load() {
+		t.suspect.Store(false)
+		t.h.log.Info("agent_responsive", "agent_id", t.agentID)
+	}
 	fh, payload, err := codec.ParseFrame(p)
 	if err != nil {
 		return fmt.Errorf("tunnel: frame: %w", err)
@@ -122,22 +206,82 @@ func (t *tunnel) OnMessage(_ *engine.WSConn, p []byte) error {
 		return nil
 	case codec.FramePong:
 		if v, err := codec.ParsePing(payload); err == nil {
-			t.h.met.pingRTT.Update(time.Since(time.Unix(0, int64(v))).Seconds())
+			rtt := now.Sub(time.Unix(0, int64(v)))
+			t.fc.RTT.Sample(rtt)
+			t.h.met.pingRTT.Update(rtt.Seconds())
 		}
 		return nil
 	case codec.FrameHello, codec.FrameHelloAck, codec.FrameOpen:
 		return fmt.Errorf("%w: %s", ErrUnexpected, fh.Type)
+	case codec.FrameData:
+		// Every DATA byte counts at the tunnel level, also for a CID
+		// that has just ended (released below).
+		if err := t.fc.Recv.Receive(len(payload)); err != nil {
+			return fmt.Errorf("tunnel: %w", err)
+		}
+	case codec.FrameWindow:
+		if fh.CID == 0 {
+			return t.tunnelWindow(payload)
+		}
 	}
 	s := t.streams[fh.CID]
 	if s == nil {
-		if fh.Type != codec.FrameRst {
+		if fh.Type == codec.FrameData {
+			t.released(len(payload), now)
+		}
+		if t.fc.Recent.Unknown(fh.CID, fh.Type) == flow.Reset {
 			t.h.met.unknownCID.Inc()
-			t.write(codec.AppendReason(t.ctl[:0], codec.FrameRst, fh.CID, codec.ReasonUnknownCID, ""), nil)
+			t.sendRst(fh.CID, codec.ReasonUnknownCID)
 		}
 		return nil
 	}
-	s.onFrame(fh.Type, payload)
+	s.onFrame(fh.Type, payload, now)
 	return nil
+}
+
+// tunnelWindow applies tunnel-level credit and wakes the streams waiting
+// for it.
+func (t *tunnel) tunnelWindow(p []byte) error {
+	inc, err := codec.ParseWindow(p)
+	if err != nil {
+		return fmt.Errorf("tunnel: WINDOW: %w", err)
+	}
+	if t.version < codec.Version {
+		return fmt.Errorf("%w: tunnel-level WINDOW in protocol %d", ErrUnexpected, t.version)
+	}
+	if err := t.fc.Send.Grant(inc); err != nil {
+		return fmt.Errorf("tunnel: %w", err)
+	}
+	waiting := t.waiting
+	t.waiting = nil
+	for i, s := range waiting {
+		waiting[i] = nil
+		if !s.dead && !t.closed {
+			s.waitingTunnel = false
+			s.flushPend()
+		}
+	}
+	if t.waiting == nil {
+		t.waiting = waiting[:0] // keep the array
+	}
+	return nil
+}
+
+// waitTunnel parks s until tunnel-level credit returns.
+func (t *tunnel) waitTunnel(s *stream) {
+	if !s.waitingTunnel {
+		s.waitingTunnel = true
+		t.waiting = append(t.waiting, s)
+		t.h.met.tunnelCreditWaits.Inc()
+	}
+}
+
+// released returns tunnel-level credit for n bytes that left the hub's
+// buffers (written to a client, or dropped with a dead stream).
+func (t *tunnel) released(n int, now time.Time) {
+	if inc := t.fc.Recv.Release(n, now, t.fc.RTT.Min()); inc > 0 {
+		t.sendWindow(0, inc)
+	}
 }
 
 func (t *tunnel) hello(p []byte) error {
@@ -145,8 +289,8 @@ func (t *tunnel) hello(p []byte) error {
 	if err != nil {
 		return fmt.Errorf("tunnel: HELLO: %w", err)
 	}
-	if hello.Version != codec.Version {
-		return fmt.Errorf("%w: %d", ErrBadVersion, hello.Version)
+	if int(hello.Version) != t.version {
+		return fmt.Errorf("%w: HELLO says %d, the upgrade settled %d", ErrBadVersion, hello.Version, t.version)
 	}
 	if hello.AgentID != t.claims.AgentID {
 		return ErrAgentMismatch
@@ -162,26 +306,57 @@ func (t *tunnel) hello(p []byte) error {
 	if len(conns) == 0 {
 		return ErrNoConnectors
 	}
+	ack := codec.HelloAck{Version: uint8(t.version), Window: uint32(t.h.cfg.Window)}
+	peer, local := flow.Fixed(int(hello.Window)), flow.Fixed(t.h.cfg.Window)
+	if t.version >= codec.Version {
+		peer = flow.Limits{Stream: int(hello.Window), MaxStream: int(hello.MaxWindow), Tunnel: int(hello.TunnelWindow)}
+		local = t.h.limits
+		ack.MaxWindow, ack.TunnelWindow = uint32(local.MaxStream), uint32(local.Tunnel)
+	}
+	if err := peer.Validate(); err != nil {
+		return fmt.Errorf("tunnel: HELLO: %w", err)
+	}
+	t.fc = flow.NewTunnel(peer, local)
 	t.agentID = hello.AgentID
+	t.instance = hello.Instance
 	t.connectors = conns
+	t.parkBelow = min(t.h.cfg.ReadBufferBytes, max(peer.Stream/4, 1))
+	t.resumeFrom = max(t.parkBelow, peer.Stream/2)
 	t.qmax = make(map[string]*atomic.Int64, len(conns))
 	for _, c := range conns {
 		t.qmax[c] = new(atomic.Int64)
 	}
-	t.window = int(hello.Window)
 	t.helloDone = true
-	t.lastPing = time.Now()
-	t.write(codec.AppendHelloAck(t.ctl[:0], codec.Version, uint32(t.h.cfg.Window)), nil)
+	t.write(codec.AppendHelloAck(t.ctl[:0], ack), nil)
 	if t.closed {
 		return nil
 	}
+	t.ping(time.Now()) // a first RTT sample for window growth
 	t.h.router.add(t)
 	for _, c := range conns {
 		t.h.met.connector(c).agents.Set(float64(t.h.router.agents(c)))
 	}
 	t.h.log.Info("agent_connected", "agent_id", t.agentID, "connectors", conns,
-		"remote", t.ws.Conn().RemoteAddr().String(), "window", t.window)
+		"remote", t.ws.Conn().RemoteAddr().String(), "protocol", t.version, "window", peer.Stream,
+		"max_window", peer.MaxStream, "tunnel_window", peer.Tunnel)
 	return nil
+}
+
+// closeReason names why a tunnel closed, for logs and metrics.
+func closeReason(err error) codec.Reason {
+	switch {
+	case errors.Is(err, ErrHandshakeTimeout):
+		return codec.ReasonHandshake
+	case errors.Is(err, ErrPingTimeout):
+		return codec.ReasonPingTimeout
+	case errors.Is(err, errShutdown), errors.Is(err, engine.ErrWSClosedLocally):
+		return codec.ReasonShutdown
+	case errors.Is(err, io.EOF), errors.Is(err, engine.ErrWSClosed):
+		return codec.ReasonPeerClosed
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ETIMEDOUT):
+		return codec.ReasonIOError
+	}
+	return codec.ReasonProtocol
 }
 
 // OnClose tears down every stream of the tunnel.
@@ -190,19 +365,25 @@ func (t *tunnel) OnClose(_ *engine.WSConn, err error) {
 		return
 	}
 	t.closed = true
+	t.suspect.Store(false)
+	r := closeReason(err)
+	t.h.met.tunnelClose(r)
+	t.h.router.remove(t)
 	if t.helloDone {
-		t.h.router.remove(t)
 		for _, c := range t.connectors {
 			t.h.met.connector(c).agents.Set(float64(t.h.router.agents(c)))
 		}
 		t.h.log.Info("agent_disconnected", "agent_id", t.agentID, "connectors", t.connectors,
-			"streams", len(t.streams), "reason", err.Error())
+			"streams", len(t.streams), "reason", r.String(), "detail", err.Error())
 	} else {
-		t.h.log.Warn("tunnel_refused", "remote", t.ws.Conn().RemoteAddr().String(), "reason", err.Error())
+		t.h.log.Warn("tunnel_refused", "remote", t.ws.Conn().RemoteAddr().String(), "reason", r.String(), "detail", err.Error())
 	}
 	for _, s := range t.streams {
 		s.kill(codec.ReasonAgentGone, false, true)
 	}
+	clear(t.opening)
+	clear(t.waiting)
+	t.opening, t.waiting = nil, nil
 }
 
 // closeAsync closes the tunnel from any goroutine; the channel is closed
@@ -249,10 +430,10 @@ func (t *tunnel) newCID() uint32 {
 	}
 }
 
-// sendData sends p as DATA frames of at most codec.MaxPayload bytes.
+// sendData sends p as DATA frames of at most MaxFramePayload bytes.
 func (t *tunnel) sendData(cid uint32, p []byte) {
 	for len(p) > 0 && !t.closed {
-		n := min(len(p), codec.MaxPayload)
+		n := min(len(p), t.h.cfg.MaxFramePayload)
 		codec.PutHeader(t.hdr[:], codec.FrameData, cid)
 		t.write(t.hdr[:], p[:n])
 		p = p[n:]

@@ -42,7 +42,7 @@ type Queue struct {
 	maxBytes int
 	chunk    int
 
-	pool  *sync.Pool  // buffers of chunk bytes
+	pool  *sync.Pool  // buffers of chunk bytes (buffers taken before a Grow go back to their own pool)
 	bufs  []*chunkBuf // ring of depth slots, allocated on first Push
 	head  int         // index of the oldest buffer
 	n     int         // buffers in use
@@ -62,6 +62,34 @@ func (q *Queue) Init(depth, maxBytes, chunk int) {
 	q.depth, q.maxBytes, q.chunk = depth, maxBytes, chunk
 	q.pool = poolFor(chunk)
 }
+
+// Grow raises the bounds of a queue whose credit window grew: at most
+// maxBytes bytes, coalesced into buffers of chunk bytes from now on.
+// Buffers already queued keep their size, so the depth grows too when
+// needed for maxBytes to fit behind them. Bounds never shrink: smaller
+// values are ignored.
+func (q *Queue) Grow(maxBytes, chunk int) {
+	q.maxBytes = max(q.maxBytes, maxBytes)
+	if chunk > q.chunk {
+		q.chunk = chunk
+		q.pool = poolFor(chunk)
+	}
+	need := q.n + (q.maxBytes+q.chunk-1)/q.chunk + 1
+	if need <= q.depth {
+		return
+	}
+	if q.bufs != nil {
+		bufs := make([]*chunkBuf, need)
+		for i := range q.n {
+			bufs[i] = q.bufs[(q.head+i)%q.depth]
+		}
+		q.bufs, q.head = bufs, 0
+	}
+	q.depth = need
+}
+
+// MaxBytes returns the byte bound.
+func (q *Queue) MaxBytes() int { return q.maxBytes }
 
 // Len returns the unconsumed bytes in the queue.
 func (q *Queue) Len() int { return q.bytes }
@@ -86,7 +114,7 @@ func (q *Queue) Push(p []byte) error {
 	}
 	if q.n > 0 {
 		tail := q.bufs[(q.head+q.n-1)%q.depth]
-		if room := q.chunk - tail.Len(); room > 0 {
+		if room := cap(tail.B) - tail.Len(); room > 0 {
 			k := min(room, len(p))
 			tail.B = append(tail.B, p[:k]...)
 			q.bytes += k
@@ -111,7 +139,8 @@ func (q *Queue) Fits(n int) bool {
 		return false
 	}
 	if q.n > 0 {
-		n -= q.chunk - q.bufs[(q.head+q.n-1)%q.depth].Len()
+		tail := q.bufs[(q.head+q.n-1)%q.depth]
+		n -= cap(tail.B) - tail.Len()
 	}
 	if n <= 0 {
 		return true
@@ -150,7 +179,11 @@ func (q *Queue) Discard(n int) {
 		q.off = 0
 		q.bufs[q.head] = nil
 		b.B = b.B[:0]
-		q.pool.Put(b)
+		if cap(b.B) == q.chunk {
+			q.pool.Put(b)
+		} else {
+			poolFor(cap(b.B)).Put(b) // taken before a Grow
+		}
 		q.head = (q.head + 1) % q.depth
 		q.n--
 	}

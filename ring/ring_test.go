@@ -594,3 +594,39 @@ func TestZeroAllocMixedSizes(t *testing.T) {
 		t.Fatalf("16 KiB push/discard after heavy small traffic: %v allocations, want 0", n)
 	}
 }
+
+// TestGrow: a queue whose window grew takes more bytes in bigger buffers,
+// keeps its depth, and keeps the order of bytes queued before and after.
+func TestGrow(t *testing.T) {
+	var q Queue
+	q.Init(4, 4<<10, 1<<10)
+	if err := q.Push(bytes.Repeat([]byte{'a'}, 1500)); err != nil {
+		t.Fatal(err)
+	}
+	if q.Push(make([]byte, 4<<10)) == nil {
+		t.Fatal("pushed beyond the bound before Grow")
+	}
+	q.Grow(64<<10, 16<<10)
+	q.Grow(1<<10, 512) // smaller bounds are ignored
+	if q.MaxBytes() != 64<<10 {
+		t.Fatalf("MaxBytes %d", q.MaxBytes())
+	}
+	// 1500 bytes sit in two 1 KiB buffers; the depth grew so that the
+	// whole new bound fits behind them in 16 KiB buffers.
+	if err := q.Push(bytes.Repeat([]byte{'b'}, 64<<10-1500)); err != nil {
+		t.Fatalf("push after Grow: %v", err)
+	}
+	if q.Fits(1) {
+		t.Fatal("maxBytes must still bound the queue")
+	}
+	var got []byte
+	for !q.Empty() {
+		b := q.Peek(nil, 1)[0]
+		got = append(got, b...)
+		q.Discard(len(b))
+	}
+	want := append(bytes.Repeat([]byte{'a'}, 1500), bytes.Repeat([]byte{'b'}, 64<<10-1500)...)
+	if !bytes.Equal(got, want) {
+		t.Fatal("bytes reordered or lost across Grow")
+	}
+}

@@ -60,14 +60,19 @@ func hubConfig(cfg *config.Hub, v hub.TokenVerifier, log *slog.Logger) (hub.Conf
 	hc := hub.Config{
 		Control:          cfg.Listen,
 		Window:           cfg.Tunnel.StreamWindow,
+		MaxWindow:        cfg.Tunnel.MaxStreamWindow,
+		TunnelWindow:     cfg.Tunnel.TunnelWindow,
+		MaxFramePayload:  cfg.Tunnel.MaxFramePayload,
 		QueueDepth:       cfg.QueueDepthPerCID,
 		PingInterval:     cfg.Tunnel.PingInterval.D(),
 		PingTimeout:      cfg.Tunnel.PingTimeout.D(),
 		HandshakeTimeout: cfg.Tunnel.HandshakeTimeout.D(),
+		OpenTimeout:      cfg.Timeouts.Open.D(),
 		EventLoops:       cfg.Engine.EventLoops,
 		ReadBufferBytes:  cfg.Engine.ReadBufferBytes,
 		SocketRecvBuffer: cfg.Engine.SocketRecvBuffer,
 		SocketSendBuffer: cfg.Engine.SocketSendBuffer,
+		MaxConnections:   cfg.Engine.MaxConnections,
 		IdleTimeout:      cfg.Timeouts.Idle.D(),
 		RequestTimeout:   cfg.Timeouts.HTTPRequest.D(),
 		Verifier:         v,
@@ -102,7 +107,15 @@ func serveHub(ctx context.Context, hc hub.Config, grace time.Duration, log *slog
 	if err := h.Start(); err != nil {
 		return err
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-h.Done():
+		// Never alive and deaf: exit non-zero so that a supervisor restarts us.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = h.Stop(sctx)
+		return fmt.Errorf("hub failed: %w", h.Err())
+	}
 	log.Info("shutting down", "grace", grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()

@@ -33,6 +33,7 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 	caFile := fs.String("ca-file", "", "extra CA bundle for wss:// (env NC_CA_FILE)")
 	level := fs.String("log-level", "", "debug, info, warn or error")
 	metricsAddr := fs.String("metrics-listen", "", "serve the agent's /metrics on HOST:PORT (config metrics_listen)")
+	tunnels := fs.Int("tunnels", 0, "tunnels to the hub, 1..16 (config tunnels, env NC_TUNNELS; default 2)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,6 +55,9 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if *caFile != "" {
 		over["NC_CA_FILE"] = *caFile
+	}
+	if *tunnels != 0 {
+		over["NC_TUNNELS"] = fmt.Sprint(*tunnels)
 	}
 	getenv := func(k string) string {
 		if v, ok := over[k]; ok {
@@ -159,6 +163,9 @@ func agentConfig(cfg *config.Agent) (agent.Config, error) {
 		Connectors:   make(map[string]string, len(cfg.Connectors)),
 		DialTimeout:  cfg.DialTimeout.D(),
 		Window:       cfg.StreamWindow,
+		MaxWindow:    cfg.MaxStreamWindow,
+		TunnelWindow: cfg.TunnelWindow,
+		Tunnels:      cfg.Tunnels,
 		ReconnectMin: cfg.ReconnectMin.D(),
 		ReconnectMax: cfg.ReconnectMax.D(),
 		PingInterval: cfg.PingInterval.D(),

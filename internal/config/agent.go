@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -41,13 +42,26 @@ type Agent struct {
 	// ReconnectMax caps the reconnect backoff. Default 30s, at least
 	// ReconnectMin.
 	ReconnectMax Duration `toml:"reconnect_max"`
-	// StreamWindow is the per-stream credit window in bytes. Default 262144,
-	// range 16384..67108864.
+	// StreamWindow is the credit window every stream starts with, in bytes,
+	// granted to the hub (hub→agent). Default 262144, range 16384..67108864.
 	StreamWindow int `toml:"stream_window"`
-	// PingInterval is how often an idle tunnel is pinged. Default 15s.
+	// MaxStreamWindow is the most a stream's window grows to while the hub
+	// is limited by credit (protocol 2). Default 16777216, range
+	// StreamWindow..1073741824.
+	MaxStreamWindow int `toml:"max_stream_window"`
+	// TunnelWindow bounds the hub→agent bytes in flight over all the streams
+	// of one tunnel (protocol 2). Default 67108864, range
+	// MaxStreamWindow..1073741824.
+	TunnelWindow int `toml:"tunnel_window"`
+	// Tunnels is how many WebSocket tunnels the agent keeps to its hub; new
+	// streams are spread over them, and one tunnel's loss takes only its
+	// own streams. Default 2, range 1..16, env NC_TUNNELS.
+	Tunnels int `toml:"tunnels"`
+	// PingInterval is how often a tunnel is pinged. Default 2s.
 	PingInterval Duration `toml:"ping_interval"`
-	// PingTimeout drops a tunnel silent for this long. Default 45s, must be
-	// greater than PingInterval.
+	// PingTimeout drops a tunnel silent for this long: a frozen hub is
+	// detected within about this. Default 6s, must be greater than
+	// PingInterval.
 	PingTimeout Duration `toml:"ping_timeout"`
 	// MetricsListen is a host:port serving the agent's /metrics. Default
 	// empty: no metrics endpoint.
@@ -70,14 +84,17 @@ type Connector struct {
 // DefaultAgent returns an agent configuration with every default filled in.
 func DefaultAgent() *Agent {
 	return &Agent{
-		DialTimeout:   Duration(5 * time.Second),
-		ReconnectMin:  Duration(500 * time.Millisecond),
-		ReconnectMax:  Duration(30 * time.Second),
-		StreamWindow:  262144,
-		PingInterval:  Duration(15 * time.Second),
-		PingTimeout:   Duration(45 * time.Second),
-		ShutdownGrace: Duration(30 * time.Second),
-		Log:           Log{Level: "info"},
+		DialTimeout:     Duration(5 * time.Second),
+		ReconnectMin:    Duration(500 * time.Millisecond),
+		ReconnectMax:    Duration(30 * time.Second),
+		StreamWindow:    262144,
+		MaxStreamWindow: 16 << 20,
+		TunnelWindow:    64 << 20,
+		Tunnels:         2,
+		PingInterval:    Duration(2 * time.Second),
+		PingTimeout:     Duration(6 * time.Second),
+		ShutdownGrace:   Duration(30 * time.Second),
+		Log:             Log{Level: "info"},
 	}
 }
 
@@ -91,6 +108,7 @@ func DefaultAgent() *Agent {
 //	NC_CONNECTORS    "addomain=openldap:389,other=10.0.0.5:636"
 //	NC_DIAL_TIMEOUT  "5s"
 //	NC_CA_FILE       extra CA bundle for wss://
+//	NC_TUNNELS       tunnels to the hub, 1..16
 //
 // A malformed variable is not applied; all of them are reported in one Errors
 // whose keys are the variable names. Call Validate afterwards.
@@ -154,6 +172,14 @@ func (a *Agent) applyEnv(getenv func(string) string, r *reporter) {
 			r.add("NC_DIAL_TIMEOUT", "must be greater than 0s")
 		} else {
 			a.DialTimeout = d
+		}
+	}
+	if v := env("NC_TUNNELS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			r.add("NC_TUNNELS", "%q is not a number", v)
+		} else {
+			a.Tunnels = n
 		}
 	}
 	if v := env("NC_CA_FILE"); v != "" {

@@ -40,9 +40,9 @@ func TestLoadHubTOMLAndYAMLAgree(t *testing.T) {
 	}
 	want.PDP = PDP{URL: "https://pdp.example.com/access/v1/evaluation", Timeout: Duration(1500 * time.Millisecond),
 		CacheTTL: Duration(2 * time.Minute), CacheSize: 5000}
-	want.Tunnel = Tunnel{StreamWindow: 524288, MaxFramePayload: 32768, PingInterval: Duration(10 * time.Second),
+	want.Tunnel = Tunnel{StreamWindow: 524288, MaxStreamWindow: 16 << 20, TunnelWindow: 64 << 20, MaxFramePayload: 32768, PingInterval: Duration(10 * time.Second),
 		PingTimeout: Duration(30 * time.Second), HandshakeTimeout: Duration(5 * time.Second)}
-	want.Timeouts = Timeouts{Idle: Duration(time.Hour), ShutdownGrace: Duration(20 * time.Second), HTTPRequest: Duration(5 * time.Second)}
+	want.Timeouts = Timeouts{Open: Duration(5 * time.Second), Idle: Duration(time.Hour), ShutdownGrace: Duration(20 * time.Second), HTTPRequest: Duration(5 * time.Second)}
 	want.Log = Log{Level: "debug", MaskClientAddr: true}
 	want.Engine = Engine{EventLoops: 4, ReadBufferBytes: 131072, SocketRecvBuffer: 1048576, SocketSendBuffer: 1048576}
 	want.HA = HA{
@@ -107,7 +107,7 @@ func TestValidateInCode(t *testing.T) {
 		`listeners[1].name: duplicate listener name "a" (also listeners[0])`,
 		`listeners[1].bind: "bad" is not host:port`,
 		`listeners[1].connector: required`,
-		`tunnel.ping_timeout: 1s must be greater than tunnel.ping_interval (15s)`,
+		`tunnel.ping_timeout: 1s must be greater than tunnel.ping_interval (2s)`,
 	}
 	if got := err.Error(); got != strings.Join(want, "\n") {
 		t.Errorf("Validate() =\n%s\nwant\n%s", got, strings.Join(want, "\n"))

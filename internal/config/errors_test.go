@@ -55,10 +55,10 @@ func TestLoadHubErrors(t *testing.T) {
 		{
 			name: "values out of range",
 			file: "cloud.toml",
-			body: "queue_depth_per_cid = 0\n[tunnel]\nstream_window = 16384\nmax_frame_payload = 32768\nping_timeout = \"15s\"\n[engine]\nread_buffer_bytes = 100\n[log]\nlevel = \"loud\"\n",
+			body: "queue_depth_per_cid = 0\n[tunnel]\nstream_window = 16384\nmax_frame_payload = 131072\nping_timeout = \"1s\"\n[engine]\nread_buffer_bytes = 100\n[log]\nlevel = \"loud\"\n",
 			want: []wantErr{
 				{1, "queue_depth_per_cid", "0 is out of range 1..65536"},
-				{4, "tunnel.max_frame_payload", "32768 is larger than tunnel.stream_window (16384)"},
+				{4, "tunnel.max_frame_payload", "131072 is out of range 1024..65536"},
 				{5, "tunnel.ping_timeout", "must be greater than tunnel.ping_interval"},
 				{7, "engine.read_buffer_bytes", "out of range 4096..4194304"},
 				{9, "log.level", `"loud" is not one of`},

@@ -99,16 +99,29 @@ type PDP struct {
 
 // Tunnel holds the tunnel protocol settings of the hub.
 type Tunnel struct {
-	// StreamWindow is the per-stream credit window in bytes, each direction.
-	// Default 262144, range 16384..67108864.
+	// StreamWindow is the credit window every stream starts with, in bytes,
+	// granted to agents (agent→hub; the agent grants its own). Default
+	// 262144, range 16384..67108864.
 	StreamWindow int `toml:"stream_window"`
-	// MaxFramePayload is the largest DATA payload in bytes. Default 65536,
-	// range 1024..1048576, and at most StreamWindow.
+	// MaxStreamWindow is the most a stream's window grows to while its
+	// sender is limited by credit (protocol 2: auto-tuned windows fill a
+	// WAN; a stalled or idle stream never grows). Default 16777216, range
+	// StreamWindow..1073741824; equal to StreamWindow: fixed windows.
+	MaxStreamWindow int `toml:"max_stream_window"`
+	// TunnelWindow bounds the agent→hub bytes in flight over all the streams
+	// of one tunnel (protocol 2), so a tunnel's memory is bounded whatever
+	// its number of streams. Default 67108864, range
+	// MaxStreamWindow..1073741824.
+	TunnelWindow int `toml:"tunnel_window"`
+	// MaxFramePayload is the largest DATA payload the hub sends, in bytes:
+	// smaller frames let streams interleave more finely. Default 65536,
+	// range 1024..65536.
 	MaxFramePayload int `toml:"max_frame_payload"`
-	// PingInterval is how often an idle tunnel is pinged. Default 15s.
+	// PingInterval is how often a tunnel is pinged. Default 2s.
 	PingInterval Duration `toml:"ping_interval"`
-	// PingTimeout closes a tunnel silent for this long. Default 45s, must be
-	// greater than PingInterval.
+	// PingTimeout closes a tunnel silent for this long: a frozen agent is
+	// detected within about this. Default 6s, must be greater than
+	// PingInterval.
 	PingTimeout Duration `toml:"ping_timeout"`
 	// HandshakeTimeout bounds the HELLO/HELLO_ACK exchange. Default 10s.
 	HandshakeTimeout Duration `toml:"handshake_timeout"`
@@ -116,6 +129,10 @@ type Tunnel struct {
 
 // Timeouts holds stream and process timeouts of the hub.
 type Timeouts struct {
+	// Open closes a client whose stream got neither OPEN_ACK nor OPEN_ERR
+	// from its agent in this long (counted as
+	// listener_errors_total{type="open_timeout"}). Default 5s.
+	Open Duration `toml:"open"`
 	// Idle closes a stream with no traffic either way for this long (checked
 	// once a second; the client is reset and the agent gets RST(idle)).
 	// Default 0s: never.
@@ -146,6 +163,12 @@ type Engine struct {
 	SocketRecvBuffer int `toml:"socket_recv_buffer"`
 	// SocketSendBuffer is SO_SNDBUF in bytes. Default 0: kernel default.
 	SocketSendBuffer int `toml:"socket_send_buffer"`
+	// MaxConnections caps the client connections held at once; beyond it a
+	// client is reset at accept and counted. Default 0: RLIMIT_NOFILE minus
+	// a reserve of a quarter of it (64..1024) for the control port, agents
+	// and the moments a stream needs a second descriptor, so running out of
+	// descriptors never leaves the hub deaf.
+	MaxConnections int `toml:"max_connections"`
 }
 
 // HA configures high availability across hubs.
@@ -216,12 +239,15 @@ func DefaultHub() *Hub {
 		},
 		Tunnel: Tunnel{
 			StreamWindow:     262144,
+			MaxStreamWindow:  16 << 20,
+			TunnelWindow:     64 << 20,
 			MaxFramePayload:  65536,
-			PingInterval:     Duration(15 * time.Second),
-			PingTimeout:      Duration(45 * time.Second),
+			PingInterval:     Duration(2 * time.Second),
+			PingTimeout:      Duration(6 * time.Second),
 			HandshakeTimeout: Duration(10 * time.Second),
 		},
 		Timeouts: Timeouts{
+			Open:          Duration(5 * time.Second),
 			ShutdownGrace: Duration(30 * time.Second),
 			HTTPRequest:   Duration(10 * time.Second),
 		},

@@ -79,13 +79,18 @@ func validateHub(h *Hub, r *reporter) {
 	intRange(r, "pdp.cache_size", h.PDP.CacheSize, 0, 10_000_000)
 
 	t := h.Tunnel
-	intRange(r, "tunnel.stream_window", t.StreamWindow, 16384, 67108864)
-	if intRange(r, "tunnel.max_frame_payload", t.MaxFramePayload, 1024, 1048576) && t.MaxFramePayload > t.StreamWindow {
-		r.add("tunnel.max_frame_payload", "%d is larger than tunnel.stream_window (%d)", t.MaxFramePayload, t.StreamWindow)
+	if intRange(r, "tunnel.stream_window", t.StreamWindow, 16384, 67108864) {
+		if intRange(r, "tunnel.max_stream_window", t.MaxStreamWindow, 16384, 1<<30) && t.MaxStreamWindow < t.StreamWindow {
+			r.add("tunnel.max_stream_window", "%d is smaller than tunnel.stream_window (%d)", t.MaxStreamWindow, t.StreamWindow)
+		} else if intRange(r, "tunnel.tunnel_window", t.TunnelWindow, 16384, 1<<30) && t.TunnelWindow < t.MaxStreamWindow {
+			r.add("tunnel.tunnel_window", "%d is smaller than tunnel.max_stream_window (%d)", t.TunnelWindow, t.MaxStreamWindow)
+		}
 	}
+	intRange(r, "tunnel.max_frame_payload", t.MaxFramePayload, 1024, 65536)
 	pingPair(r, "tunnel.", t.PingInterval, t.PingTimeout)
 	durMin(r, "tunnel.handshake_timeout", t.HandshakeTimeout, true)
 
+	durMin(r, "timeouts.open", h.Timeouts.Open, true)
 	durMin(r, "timeouts.idle", h.Timeouts.Idle, false)
 	durMin(r, "timeouts.shutdown_grace", h.Timeouts.ShutdownGrace, false)
 	durMin(r, "timeouts.http_request", h.Timeouts.HTTPRequest, true)
@@ -96,6 +101,7 @@ func validateHub(h *Hub, r *reporter) {
 	intRange(r, "engine.read_buffer_bytes", h.Engine.ReadBufferBytes, 4096, 4194304)
 	intRange(r, "engine.socket_recv_buffer", h.Engine.SocketRecvBuffer, 0, 1<<30)
 	intRange(r, "engine.socket_send_buffer", h.Engine.SocketSendBuffer, 0, 1<<30)
+	intRange(r, "engine.max_connections", h.Engine.MaxConnections, 0, 1<<30)
 
 	validateHA(&h.HA, r)
 }
@@ -196,7 +202,14 @@ func validateAgent(a *Agent, r *reporter) {
 		a.ReconnectMax < a.ReconnectMin {
 		r.add("reconnect_max", "%v is less than reconnect_min (%v)", a.ReconnectMax, a.ReconnectMin)
 	}
-	intRange(r, "stream_window", a.StreamWindow, 16384, 67108864)
+	if intRange(r, "stream_window", a.StreamWindow, 16384, 67108864) {
+		if intRange(r, "max_stream_window", a.MaxStreamWindow, 16384, 1<<30) && a.MaxStreamWindow < a.StreamWindow {
+			r.add("max_stream_window", "%d is smaller than stream_window (%d)", a.MaxStreamWindow, a.StreamWindow)
+		} else if intRange(r, "tunnel_window", a.TunnelWindow, 16384, 1<<30) && a.TunnelWindow < a.MaxStreamWindow {
+			r.add("tunnel_window", "%d is smaller than max_stream_window (%d)", a.TunnelWindow, a.MaxStreamWindow)
+		}
+	}
+	intRange(r, "tunnels", a.Tunnels, 1, 16)
 	pingPair(r, "", a.PingInterval, a.PingTimeout)
 	if a.MetricsListen != "" {
 		hostPort(r, "metrics_listen", a.MetricsListen, true)

@@ -80,7 +80,7 @@ func (r *rawTunnel) closed() bool {
 
 func (r *rawTunnel) hello(t *testing.T, id string, conns ...string) {
 	t.Helper()
-	b, err := codec.AppendHello(nil, codec.Hello{Version: codec.Version, Window: 256 << 10, AgentID: id, Connectors: conns})
+	b, err := codec.AppendHello(nil, codec.Hello{Version: codec.Version1, Window: 256 << 10, AgentID: id, Connectors: conns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestBadInput(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, _ := codec.AppendHello(nil, codec.Hello{Version: codec.Version, Window: 65536, AgentID: "someone-else", Connectors: []string{"svc"}})
+		b, _ := codec.AppendHello(nil, codec.Hello{Version: codec.Version1, Window: 65536, AgentID: "someone-else", Connectors: []string{"svc"}})
 		_ = r.send(b)
 		if !r.closed() {
 			t.Fatal("hub accepted a HELLO whose agent id differs from the token")
@@ -144,7 +144,7 @@ func TestBadInput(t *testing.T) {
 		"garbage":       []byte("\xff\x00\x00\x00\x01garbage"),
 		"short":         {0x06, 0, 0},
 		"data on cid 0": append(codec.AppendHeader(nil, codec.FrameData, 0), 'x'),
-		"second HELLO":  mustHello(codec.Hello{Version: codec.Version, Window: 65536, AgentID: "bad-agent", Connectors: []string{"svc"}}),
+		"second HELLO":  mustHello(codec.Hello{Version: codec.Version1, Window: 65536, AgentID: "bad-agent", Connectors: []string{"svc"}}),
 	}
 	for name, frame := range malformed {
 		t.Run("malformed "+name, func(t *testing.T) {
