@@ -79,9 +79,14 @@ func ctx(t testing.TB) context.Context {
 func cfg(replica string, logs *testenv.SyncBuffer) mesh.Config {
 	c := mesh.Config{ReplicaID: replica, Metrics: metrics.NewSet()}
 	if logs != nil {
-		c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Logger = jsonLogger(logs)
 	}
 	return c
+}
+
+// jsonLogger logs JSON at debug level into logs.
+func jsonLogger(logs *testenv.SyncBuffer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func claim(t testing.TB, r mesh.Registry, agent string, hint uint64) uint64 {

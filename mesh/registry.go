@@ -16,7 +16,11 @@
 // across claims by any replica; the server-time floor keeps them increasing after the
 // store lost its data (a Redis restart without persistence, FLUSHALL); the hint, the
 // highest epoch the calling hub has seen, keeps them increasing when the server clock
-// steps back while the data is lost as well. The owner entry "replica|epoch" lives for
+// steps back while the data is lost as well. (After a data loss, the floor beats the
+// epochs of other hubs only if they did not run ahead of the clock, i.e. an agent was
+// claimed less than once per millisecond on average; each hub's own sequence always
+// increases through its hint. Fencing compares owner entries for equality, so it holds
+// either way.) The owner entry "replica|epoch" lives for
 // OwnerTTL; Heartbeat extends it only if it still names this replica and epoch
 // (compare-and-extend), so a hub whose heartbeat returns owned=false has been fenced
 // out and must stop using that epoch. Release deletes it only on the same condition
@@ -41,9 +45,10 @@
 // entries past their TTL, and this replica's claim index.
 //
 // Availability. Every operation is bounded by OpTimeout as well as by its context
-// (Sweep and ClearOwn, which walk many keys, by OpTimeout per round trip). While the
-// registry is unhealthy operations fail fast with ErrUnavailable; see [Redis] for how
-// health is tracked. Nothing blocks on an unreachable Redis for longer than OpTimeout.
+// (ClearOwn, which walks many keys, by OpTimeout per round trip, and Sweep per
+// connector). While the registry is unhealthy operations fail fast with
+// ErrUnavailable; see [Redis] for how health is tracked. No call waits on an
+// unreachable Redis for longer than OpTimeout.
 //
 // # Redis keys
 //
@@ -61,7 +66,12 @@
 //	nc:{hubs}:urls             hash    replica → mesh URL
 //	nc:{hubs}:expiry           zset    replica → expiry time in ms (Redis TIME + HubTTL)
 //
-// # Redis scripts (Lua, rueidis.NewLuaScript: EVALSHA, EVAL on NOSCRIPT)
+// # Redis scripts
+//
+// Lua, run with rueidis (EVALSHA, then EVAL on NOSCRIPT, so a restarted Redis needs no
+// reload). All but release are idempotent or, for claim, safe to repeat, and are marked
+// retryable (rueidis.NewLuaScriptRetryable); release is not (a repeat would answer
+// "not the owner").
 //
 // Lua numbers are doubles: integers go through string.format('%d') (plain tostring
 // prints 1.79e+15), and epochs and hints are at most MaxHint+1 < 2^53, where doubles are
@@ -69,7 +79,8 @@
 //
 //	claim          KEYS owner, epoch, connectors; ARGV replica, hint, ttl_ms.
 //	               e = max(GET epoch + 1, TIME in ms, hint + 1); SET epoch e;
-//	               SET owner "replica|e" PX ttl; DEL connectors; returns e.
+//	               SET owner "replica|e" PX ttl; DEL connectors; returns e
+//	               (an error reply, ErrEpochOverflow, if e would pass 2^53-1).
 //	heartbeat      KEYS owner, connectors; ARGV "replica|epoch", ttl_ms.
 //	               if GET owner == ARGV[1]: PEXPIRE both, return 1; else 0.
 //	release        KEYS owner, connectors; ARGV "replica|epoch".
@@ -80,8 +91,9 @@
 //	clearOwn       KEYS owner, connectors; ARGV "replica|".
 //	               if GET owner starts with ARGV[1]: DEL both, return 1; else 0.
 //	pruneMembers   KEYS nc:{c:<connector>}:agents; ARGV agent, epoch, agent, epoch…
-//	               ZREM each agent whose score still equals the epoch Sweep judged stale
-//	               (a concurrent AddConnectors raised it); returns {removed, ZCARD}.
+//	               ZREM each agent whose score still equals the epoch at which Sweep
+//	               judged it stale (not one a concurrent AddConnectors raised since);
+//	               returns {removed, ZCARD}.
 //	publishHub     KEYS urls, expiry; ARGV replica, url, ttl_ms.
 //	               HSET urls; ZADD expiry TIME+ttl; returns 1.
 //	hubs           KEYS urls, expiry; returns {replica, url, …} of expiry > TIME.
@@ -204,8 +216,9 @@ type Config struct {
 	OwnerTTL time.Duration
 	// HubTTL is how long a hub entry outlives its last PublishHub. Default 15s.
 	HubTTL time.Duration
-	// OpTimeout bounds every operation (every round trip for Sweep and ClearOwn), on
-	// top of the caller's context. Default 1s.
+	// OpTimeout bounds every operation (each round trip of ClearOwn, each connector of
+	// Sweep), on top of the caller's context; also rueidis' dial and connection write
+	// timeouts and the health PING's deadline. Default 1s.
 	OpTimeout time.Duration
 	// Metrics receives the nowconnect_registry_* series. Default: a private set (not
 	// exposed). Use one registry per set: they would share the series.
