@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -24,10 +26,11 @@ type Redis struct {
 	Addr string // "127.0.0.1:PORT"
 	URL  string // "redis://127.0.0.1:PORT/0"
 
-	bin  string
-	dir  string
-	port int
-	proc *Process
+	bin    string
+	dir    string
+	port   int
+	proc   *Process
+	paused bool // SIGSTOPped by Pause and not yet resumed
 }
 
 // StartRedis starts redis-server --port P --bind 127.0.0.1 --save "" --appendonly no
@@ -81,9 +84,63 @@ func (r *Redis) Ping() error {
 	return redisPing(ctx, r.Addr)
 }
 
+// Pid returns the process id of the running redis-server (it changes on Start).
+func (r *Redis) Pid() int { return r.proc.Pid() }
+
+// Pause sends SIGSTOP: redis-server keeps its port and the kernel still accepts
+// connections into the backlog, but nothing is read or answered (a hung server). Cleanup
+// and Stop continue a paused server before stopping it.
+func (r *Redis) Pause(t testing.TB) {
+	t.Helper()
+	if err := r.proc.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("testenv: SIGSTOP redis-server on %s: %v", r.Addr, err)
+	}
+	r.paused = true
+}
+
+// Resume sends SIGCONT to a paused redis-server.
+func (r *Redis) Resume(t testing.TB) {
+	t.Helper()
+	if err := r.proc.Signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("testenv: SIGCONT redis-server on %s: %v", r.Addr, err)
+	}
+	r.paused = false
+}
+
+// FlushAll runs FLUSHALL: every key of every database is gone, as after a restart
+// without persistence.
+func (r *Redis) FlushAll(t testing.TB) {
+	t.Helper()
+	if got := r.Do(t, "FLUSHALL"); got != "OK" {
+		t.Fatalf("testenv: FLUSHALL on %s answered %v", r.Addr, got)
+	}
+}
+
+// Do sends one command over a fresh RESP2 connection (5s deadline) and returns the
+// reply: string (simple or bulk), int64, nil (null bulk or array), or []any. An error
+// reply or a failed exchange fails the test.
+//
+//	r.Do(t, "PTTL", "some-key")   // int64(-1): no TTL
+//	r.Do(t, "INFO", "clients")    // "# Clients\r\nconnected_clients:1\r\n…"
+func (r *Redis) Do(t testing.TB, args ...string) any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	v, err := redisDo(ctx, r.Addr, args...)
+	if err != nil {
+		t.Fatalf("testenv: redis %s on %s: %v", strings.Join(args, " "), r.Addr, err)
+	}
+	return v
+}
+
 func (r *Redis) stop(t testing.TB) {
 	if r.proc == nil {
 		return
+	}
+	if r.paused {
+		// A stopped process keeps SIGTERM pending: continue it so it can exit cleanly.
+		_ = r.proc.Signal(syscall.SIGCONT)
+		r.paused = false
 	}
 	r.proc.stop(stopGrace)
 	if t.Failed() {
@@ -130,28 +187,94 @@ func (r *Redis) startOn(port int) error {
 // redisPing speaks raw RESP: *1 $4 PING, expecting +PONG (-LOADING etc. is an error).
 // Cancelling ctx aborts the exchange.
 func redisPing(ctx context.Context, addr string) error {
+	v, err := redisDo(ctx, addr, "PING")
+	if err != nil {
+		return err
+	}
+	if v != "PONG" {
+		return fmt.Errorf("redis PING on %s answered %v", addr, v)
+	}
+	return nil
+}
+
+// maxRESPBulk bounds a bulk reply Do accepts (a test never needs more).
+const maxRESPBulk = 64 << 20
+
+// redisDo sends one command as a RESP2 array of bulk strings over a fresh connection and
+// parses the reply; an error reply is returned as an error. Cancelling ctx aborts it.
+func redisDo(ctx context.Context, addr string, args ...string) (any, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 	if dl, ok := ctx.Deadline(); ok {
 		if err := c.SetDeadline(dl); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if _, err := c.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
-		return err
+	var req strings.Builder
+	fmt.Fprintf(&req, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&req, "$%d\r\n%s\r\n", len(a), a)
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	if _, err := c.Write([]byte(req.String())); err != nil {
+		return nil, err
+	}
+	return readRESP(bufio.NewReader(c))
+}
+
+// readRESP parses one RESP2 reply.
+func readRESP(br *bufio.Reader) (any, error) {
+	line, err := br.ReadString('\n')
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if line = strings.TrimRight(line, "\r\n"); line != "+PONG" {
-		return fmt.Errorf("redis PING on %s answered %q", addr, line)
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		return nil, errors.New("empty RESP line")
 	}
-	return nil
+	body := line[1:]
+	switch line[0] {
+	case '+':
+		return body, nil
+	case '-':
+		return nil, fmt.Errorf("error reply: %s", body)
+	case ':':
+		return strconv.ParseInt(body, 10, 64)
+	case '$':
+		n, err := strconv.Atoi(body)
+		if err != nil || n > maxRESPBulk {
+			return nil, fmt.Errorf("bad bulk length %q", body)
+		}
+		if n < 0 {
+			return nil, nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return nil, err
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, err := strconv.Atoi(body)
+		if err != nil || n > maxRESPBulk {
+			return nil, fmt.Errorf("bad array length %q", body)
+		}
+		if n < 0 {
+			return nil, nil
+		}
+		out := make([]any, 0, n)
+		for range n {
+			v, err := readRESP(br)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unexpected RESP line %q", line)
 }
