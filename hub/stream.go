@@ -299,7 +299,7 @@ func (s *stream) onFrame(ft codec.FrameType, p []byte) {
 		r, msg, _ := codec.ParseReason(p)
 		s.lis.met.dialErrors.Inc()
 		s.h.log.Warn("agent_dial_failed", "connector", s.lis.Connector, "cid", s.cid,
-			"agent_id", s.t.agentID, "reason", r.String(), "msg", string(msg))
+			"agent_id", s.t.agentID, "reason", r.String(), "detail", string(msg))
 		s.kill(r, false, false)
 	default:
 		s.kill(codec.ReasonProtocol, true, true)
