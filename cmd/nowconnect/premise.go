@@ -148,6 +148,12 @@ var premiseFlags = map[string]string{
 	"connectors": "--connector", "ca_file": "--ca-file",
 }
 
+// envKeys maps the NC_* variables to the config keys they set.
+var envKeys = map[string]string{
+	"NC_CLOUD_URL": "cloud_urls", "NC_AGENT_ID": "agent_id", "NC_TOKEN": "token_file", "NC_TOKEN_FILE": "token_file",
+	"NC_CONNECTORS": "connectors", "NC_CA_FILE": "ca_file", "NC_DIAL_TIMEOUT": "dial_timeout",
+}
+
 // blameFlags rewrites the keys of config errors about flag values to the flag, dropping
 // the file position (the file's value was overridden). The result is a usage error when
 // any error names a flag.
@@ -157,29 +163,35 @@ func blameFlags(err error, blame map[string]string, noFile bool) error {
 		return err
 	}
 	var out config.Errors
-	blamed := map[string]bool{}
+	reported := map[string]bool{} // config keys with an error already
+	flagErr := false
 	for _, e := range errs {
 		root := e.Key
 		if i := strings.IndexAny(root, ".["); i >= 0 {
 			root = root[:i]
 		}
+		key := root
+		if k, ok := envKeys[root]; ok {
+			key = k
+		}
+		if reported[key] && strings.HasPrefix(e.Msg, "required") {
+			continue // a bad value was not applied: "required" would say it again
+		}
+		reported[key] = true
 		f, ok := blame[root]
 		if !ok && noFile {
 			f, ok = premiseFlags[root]
 		}
 		if ok {
-			if blamed[f] && strings.HasPrefix(e.Msg, "required") {
-				continue // a bad value was not applied: "required" says it again
-			}
-			blamed[f] = true
 			e.Key, e.File, e.Line, e.Column = f, "", 0, 0
+			flagErr = true
 		}
 		out = append(out, e)
 	}
-	if len(blamed) > 0 {
+	if flagErr {
 		return &usageError{err: out}
 	}
-	return err
+	return out
 }
 
 // checkFailed words a failed --check-config, keeping a usage error one.

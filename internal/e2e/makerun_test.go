@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -177,12 +176,7 @@ func TestMakeRunServesTheDemo(t *testing.T) {
 // TestMakeRunForwardUnreachable: with FORWARD set there is no demo directory, and a
 // target that does not answer at start is named in a warning.
 func TestMakeRunForwardUnreachable(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close() // nothing listens there now
+	dead := deadAddr(t) // refuses connections
 	control := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	p, marker := startMakeRun(t, "CONTROL="+control, "LISTEN="+listen, "FORWARD="+dead)
