@@ -183,9 +183,11 @@ func (s *Server) startOn(ctx context.Context, bin, conf string, port int, out io
 		return false, fmt.Errorf("ldapdemo: start slapd: %w", err)
 	}
 	done := make(chan struct{})
+	gone, cancelGone := context.WithCancel(context.Background()) // ends when slapd exits
 	var waitErr error
 	go func() { // slapdWaitLoop: reaps slapd; Stop and the caller wait on done
 		waitErr = cmd.Wait()
+		cancelGone()
 		close(done)
 	}()
 	s.cmd, s.done = cmd, done
@@ -208,7 +210,7 @@ func (s *Server) startOn(ctx context.Context, bin, conf string, port int, out io
 		if exited() {
 			break
 		}
-		if code := probe(ctx, done, addr); code == 0 || code == 32 {
+		if code := probe(ctx, gone, addr); code == 0 || code == 32 {
 			seeded = code == 0
 			break
 		}
@@ -234,19 +236,13 @@ func (s *Server) startOn(ctx context.Context, bin, conf string, port int, out io
 }
 
 // probe runs one readiness check and returns ldapsearch's exit code (-1: no answer). It
-// gives up as soon as slapd exits, so it never waits on whoever holds a taken port.
-func probe(ctx context.Context, done <-chan struct{}, addr string) int {
+// gives up as soon as gone ends (slapd exited), so it never waits on whoever holds a
+// taken port.
+func probe(ctx, gone context.Context, addr string) int {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	watch := make(chan struct{})
-	defer close(watch)
-	go func() { // probeWatchLoop: ends with probe
-		select {
-		case <-done:
-			cancel()
-		case <-watch:
-		}
-	}()
+	stop := context.AfterFunc(gone, cancel)
+	defer stop()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
