@@ -6,9 +6,14 @@ SHELL := bash
 
 GO ?= go
 
-# `make run` defaults; override e.g. `make run FORWARD=127.0.0.1:1389=ldap.corp:389`.
+# `make run` serves the seeded demo directory on LISTEN; FORWARD=HOST:PORT (or
+# LISTEN_ADDR=HOST:PORT, several separated by spaces) tunnels to that instead, e.g.
+# `make run FORWARD=ldap.corp.example:389`. CONTROL is the control port (metrics, health).
 CONTROL ?= 127.0.0.1:8765
-FORWARD ?= 127.0.0.1:10389=127.0.0.1:389
+LISTEN ?= 127.0.0.1:10389
+FORWARD ?=
+# `make install` copies bin/nowconnect to $(DESTDIR)$(PREFIX)/bin.
+PREFIX ?= /usr/local
 
 # Pinned Go tools (scripts/deps.sh has the same defaults and reads these from the env).
 STATICCHECK_VERSION ?= v0.8.2
@@ -21,10 +26,15 @@ FUZZTIME ?= 30s
 GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
 STATICCHECK = $(GOBIN_DIR)/staticcheck
 
-.PHONY: run build test deps lint fuzz clean bench bench-smoke
+.PHONY: run build install test deps lint fuzz clean bench bench-smoke
 
-run:
-	$(GO) run ./cmd/nowconnect up --control $(CONTROL) --forward $(FORWARD)
+# Builds the binary and execs it (scripts/run.sh), so Ctrl-C reaches `nowconnect up`
+# itself, which stops everything it started and exits 0: make reports no error.
+run: build
+	@CONTROL='$(CONTROL)' LISTEN='$(LISTEN)' FORWARD='$(FORWARD)' exec bash scripts/run.sh
+
+install: build
+	install -D -m 0755 bin/nowconnect $(DESTDIR)$(PREFIX)/bin/nowconnect
 
 build:
 	$(GO) build -o bin/nowconnect ./cmd/nowconnect

@@ -135,7 +135,7 @@ func startProcGateway(bin, workDir string, cfg GatewayConfig, conns connectors) 
 	if err := os.WriteFile(secretFile, []byte(base64.StdEncoding.EncodeToString(secret)+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	tok, err := exec.Command(bin, "token", "--secret-file", secretFile, "--agent-id", "bench-agent", "--ttl", "0").Output()
+	tok, err := exec.Command(bin, "token", "--secret-file", secretFile, "--agent-id", "bench-agent", "--no-expiry").Output()
 	if err != nil {
 		return nil, fmt.Errorf("nowconnect token: %w", err)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,44 +14,85 @@ import (
 )
 
 func runCloud(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("cloud", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("cloud", "--config FILE [--check-config] [--log-level LEVEL]", stderr)
 	path := fs.String("config", os.Getenv("NC_CONFIG"), "hub config file, .toml or .yaml (env NC_CONFIG)")
-	if err := fs.Parse(args); err != nil {
+	check := fs.Bool("check-config", false, "validate the configuration as a start would (files, keys, secrets) without binding anything, and exit: 0 \"configuration OK: FILE\", or 1 and every error")
+	level := fs.String("log-level", "", "debug, info, warn or error (default: log.level of the config)")
+	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *level != "" {
+		if err := checkLevel(*level); err != nil {
+			return err
+		}
 	}
 	if *path == "" {
-		return fmt.Errorf("no config: pass --config FILE or set NC_CONFIG")
+		return usagef("no config: pass --config FILE or set NC_CONFIG")
 	}
-	cfg, err := config.LoadHub(*path)
+	c, err := loadCloud(*path, *level, stderr)
+	if *check {
+		if err != nil {
+			return fmt.Errorf("%w\nconfiguration invalid: %s", err, *path)
+		}
+		fmt.Fprintf(stderr, "configuration OK: %s\n", *path)
+		return nil
+	}
 	if err != nil {
 		return err
+	}
+	if c.jwks {
+		// Warm the key cache so the first agent is not verified against a cold JWKS.
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := c.ver.RefreshKeys(wctx); err != nil {
+			c.log.Warn("jwks_fetch_failed", "err", err.Error())
+		}
+		cancel()
+	}
+	return serveHub(ctx, c.hub, c.grace, c.log)
+}
+
+// cloudSetup is a hub ready to start.
+type cloudSetup struct {
+	hub   *hub.Hub
+	ver   *auth.Verifier
+	jwks  bool // ver fetches keys from a JWKS URL
+	grace time.Duration
+	log   *slog.Logger
+}
+
+// loadCloud reads and checks everything a hub start needs (the config, its files, the
+// key material, the hub's own checks) and builds the hub without binding anything: the
+// path of both a start and --check-config, so the check cannot pass what a start
+// refuses. level, when set, overrides log.level.
+func loadCloud(path, level string, stderr io.Writer) (*cloudSetup, error) {
+	cfg, err := config.LoadHub(path)
+	if err != nil {
+		return nil, err
+	}
+	if level != "" {
+		cfg.Log.Level = level
 	}
 	log, err := newLogger(stderr, cfg.Log.Level)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !cfg.Auth.HasKeySource() {
-		return fmt.Errorf("%s: auth: no key source for agent tokens: set auth.jwt_secret_file, auth.public_key_files or auth.jwks_url", *path)
+		return nil, fmt.Errorf("%s: auth: no key source for agent tokens: set auth.jwt_secret_file, auth.public_key_files or auth.jwks_url", path)
 	}
 	ver, err := auth.LoadVerifier(cfg.Auth.JWTSecretFile, cfg.Auth.PublicKeyFiles, cfg.Auth.JWKSURL,
 		cfg.Auth.Audience, cfg.Auth.Issuer, cfg.Auth.Leeway.D())
 	if err != nil {
-		return err
-	}
-	if cfg.Auth.JWKSURL != "" {
-		// Warm the key cache so the first agent is not verified against a cold JWKS.
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := ver.RefreshKeys(wctx); err != nil {
-			log.Warn("jwks_fetch_failed", "err", err.Error())
-		}
-		cancel()
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	hc, err := hubConfig(cfg, ver, log)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return serveHub(ctx, hc, cfg.Timeouts.ShutdownGrace.D(), log)
+	h, err := hub.New(hc)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &cloudSetup{hub: h, ver: ver, jwks: cfg.Auth.JWKSURL != "", grace: cfg.Timeouts.ShutdownGrace.D(), log: log}, nil
 }
 
 // hubConfig turns the file's configuration into the hub's.
@@ -98,12 +138,8 @@ func hubConfig(cfg *config.Hub, v hub.TokenVerifier, log *slog.Logger) (hub.Conf
 	return hc, nil
 }
 
-// serveHub runs a hub until ctx ends, then stops it within grace.
-func serveHub(ctx context.Context, hc hub.Config, grace time.Duration, log *slog.Logger) error {
-	h, err := hub.New(hc)
-	if err != nil {
-		return err
-	}
+// serveHub starts h and runs it until ctx ends, then stops it within grace.
+func serveHub(ctx context.Context, h *hub.Hub, grace time.Duration, log *slog.Logger) error {
 	if err := h.Start(); err != nil {
 		return err
 	}

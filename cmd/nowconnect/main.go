@@ -5,12 +5,11 @@
 //	nowconnect premise --cloud ws://HOST:8765/tunnel --agent-id ID --token-file FILE --connector NAME=HOST:PORT
 //	nowconnect up      --control 127.0.0.1:8765 --forward LISTEN_ADDR=TARGET_ADDR
 //	nowconnect token   --secret-file FILE --agent-id ID --connectors a,b --ttl 1h
+//	nowconnect demo    --port 1389
 package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -25,6 +24,7 @@ commands:
   premise   run the premise agent
   up        run hub and agent in one process (development)
   token     mint an agent token from a shared secret
+  demo      run a seeded demo LDAP directory (slapd) on 127.0.0.1 until Ctrl-C
   loadtest  drive LDAP load (bind, search, group writes) with SLO gates: loadtest ldap --url ...
   version   print the version
 
@@ -55,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runUp(ctx, args[1:], stderr)
 	case "token":
 		err = runToken(args[1:], stdout, stderr)
+	case "demo":
+		err = runDemo(ctx, args[1:], stdout, stderr)
 	case "loadtest":
 		return runLoadtest(ctx, args[1:], stdout, stderr)
 	case "version":
@@ -65,14 +67,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nowconnect: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "nowconnect %s: %v\n", args[0], err)
-		return 1
-	}
-	return 0
+	return exitStatus(stderr, args[0], err)
 }
 
 // stringList is a repeatable string flag.

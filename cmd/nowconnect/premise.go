@@ -2,28 +2,27 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
-	"crypto/tls"
-	"crypto/x509"
-	"flag"
-	"fmt"
 	"github.com/VictoriaMetrics/metrics"
-	"io"
-	"os"
-	"strings"
 
 	"github.com/nowconnect/nowconnect/agent"
 	"github.com/nowconnect/nowconnect/internal/config"
 )
 
 func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("premise", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("premise", "--cloud URL --agent-id ID --token-file FILE --connector NAME=HOST:PORT [flags]", stderr)
 	path := fs.String("config", "", "agent config file, .toml or .yaml (optional; NC_* variables and flags override it)")
 	var clouds, conns stringList
 	fs.Var(&clouds, "cloud", "hub tunnel URL ws://HOST:8765/tunnel or wss://…; repeat for failover (env NC_CLOUD_URL)")
@@ -31,33 +30,50 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 	tokenFile := fs.String("token-file", "", "file holding the JWT (env NC_TOKEN_FILE or NC_TOKEN)")
 	fs.Var(&conns, "connector", "NAME=HOST:PORT target to serve; repeat (env NC_CONNECTORS)")
 	caFile := fs.String("ca-file", "", "extra CA bundle for wss:// (env NC_CA_FILE)")
-	level := fs.String("log-level", "", "debug, info, warn or error")
+	level := fs.String("log-level", "", "debug, info, warn or error (default: log.level of the config, info)")
 	metricsAddr := fs.String("metrics-listen", "", "serve the agent's /metrics on HOST:PORT (config metrics_listen)")
 	tunnels := fs.Int("tunnels", 0, "tunnels to the hub, 1..16 (config tunnels, env NC_TUNNELS; default 2)")
-	if err := fs.Parse(args); err != nil {
+	check := fs.Bool("check-config", false, "validate the configuration (config file, environment, flags, token and CA files) without connecting, and exit: 0 \"configuration OK\", or 1 and every error")
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if *level != "" {
+		if err := checkLevel(*level); err != nil {
+			return err
+		}
+	}
+	if *metricsAddr != "" {
+		if err := checkAddr("--metrics-listen", *metricsAddr); err != nil {
+			return err
+		}
+	}
 	// Flags override the environment, which overrides the file: flags are
-	// fed through the same NC_* names so that one pass validates everything.
+	// fed through the same NC_* names so that one pass validates everything,
+	// and an error about a value given as a flag is then blamed on the flag.
 	over := map[string]string{}
+	blame := map[string]string{} // NC_* variable or config key → the flag that set it
+	feed := func(flagName, env, key, v string) {
+		over[env] = v
+		blame[env], blame[key] = flagName, flagName
+	}
 	if len(clouds) > 0 {
-		over["NC_CLOUD_URL"] = strings.Join(clouds, ",")
+		feed("--cloud", "NC_CLOUD_URL", "cloud_urls", strings.Join(clouds, ","))
 	}
 	if *agentID != "" {
-		over["NC_AGENT_ID"] = *agentID
+		feed("--agent-id", "NC_AGENT_ID", "agent_id", *agentID)
 	}
 	if *tokenFile != "" {
-		over["NC_TOKEN_FILE"] = *tokenFile
+		feed("--token-file", "NC_TOKEN_FILE", "token_file", *tokenFile)
 		over["NC_TOKEN"] = ""
 	}
 	if len(conns) > 0 {
-		over["NC_CONNECTORS"] = strings.Join(conns, ",")
+		feed("--connector", "NC_CONNECTORS", "connectors", strings.Join(conns, ","))
 	}
 	if *caFile != "" {
-		over["NC_CA_FILE"] = *caFile
+		feed("--ca-file", "NC_CA_FILE", "ca_file", *caFile)
 	}
 	if *tunnels != 0 {
-		over["NC_TUNNELS"] = fmt.Sprint(*tunnels)
+		feed("--tunnels", "NC_TUNNELS", "tunnels", fmt.Sprint(*tunnels))
 	}
 	getenv := func(k string) string {
 		if v, ok := over[k]; ok {
@@ -65,38 +81,131 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return os.Getenv(k)
 	}
-	cfg, err := config.LoadAgentEnv(*path, getenv)
+	what := *path
+	if what == "" {
+		what = "flags and environment"
+	}
+	a, cfg, log, err := loadPremise(*path, getenv, blame, *level, *metricsAddr, stderr)
+	if *check {
+		if err != nil {
+			return checkFailed(err, what)
+		}
+		fmt.Fprintf(stderr, "configuration OK: %s\n", what)
+		return nil
+	}
 	if err != nil {
 		return err
-	}
-	if *level != "" {
-		cfg.Log.Level = *level
-	}
-	log, err := newLogger(stderr, cfg.Log.Level)
-	if err != nil {
-		return err
-	}
-	ac, err := agentConfig(cfg)
-	if err != nil {
-		return err
-	}
-	ac.Logger = log
-	ac.Metrics = metrics.NewSet()
-	a, err := agent.New(ac)
-	if err != nil {
-		return err
-	}
-	if *metricsAddr != "" {
-		cfg.MetricsListen = *metricsAddr
 	}
 	if cfg.MetricsListen != "" {
-		stop, err := serveMetrics(cfg.MetricsListen, ac.Metrics, log)
+		stop, err := serveMetrics(cfg.MetricsListen, a.metrics, log)
 		if err != nil {
 			return err
 		}
 		defer stop()
 	}
-	return runAgent(ctx, a, cfg.ShutdownGrace.D(), log)
+	return runAgent(ctx, a.agent, cfg.ShutdownGrace.D(), log)
+}
+
+// premiseSetup is an agent ready to run.
+type premiseSetup struct {
+	agent   *agent.Agent
+	metrics *metrics.Set
+}
+
+// loadPremise reads and checks everything an agent start needs (config file,
+// environment, flags, token and CA files) and builds the agent without connecting: the
+// path of both a start and --check-config. Errors about values that came from a flag
+// name the flag (blame maps NC_* names and config keys to flags); without a config
+// file, a missing required setting names its flag too. Such errors are usage errors.
+func loadPremise(path string, getenv func(string) string, blame map[string]string, level, metricsAddr string, stderr io.Writer) (*premiseSetup, *config.Agent, *slog.Logger, error) {
+	cfg, err := config.LoadAgentEnv(path, getenv)
+	if err != nil {
+		return nil, nil, nil, blameFlags(err, blame, path == "")
+	}
+	if level != "" {
+		cfg.Log.Level = level
+	}
+	if metricsAddr != "" {
+		cfg.MetricsListen = metricsAddr
+	}
+	log, err := newLogger(stderr, cfg.Log.Level)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ac, err := agentConfig(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ac.Logger = log
+	ac.Metrics = metrics.NewSet()
+	a, err := agent.New(ac)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return &premiseSetup{agent: a, metrics: ac.Metrics}, cfg, log, nil
+}
+
+// premiseFlags are the flags that stand for config keys, for errors about a missing
+// setting when there is no config file.
+var premiseFlags = map[string]string{
+	"cloud_urls": "--cloud", "agent_id": "--agent-id", "token_file": "--token-file",
+	"connectors": "--connector", "ca_file": "--ca-file",
+}
+
+// envKeys maps the NC_* variables to the config keys they set.
+var envKeys = map[string]string{
+	"NC_CLOUD_URL": "cloud_urls", "NC_AGENT_ID": "agent_id", "NC_TOKEN": "token_file", "NC_TOKEN_FILE": "token_file",
+	"NC_CONNECTORS": "connectors", "NC_CA_FILE": "ca_file", "NC_DIAL_TIMEOUT": "dial_timeout",
+}
+
+// blameFlags rewrites the keys of config errors about flag values to the flag, dropping
+// the file position (the file's value was overridden). The result is a usage error when
+// any error names a flag.
+func blameFlags(err error, blame map[string]string, noFile bool) error {
+	var errs config.Errors
+	if !errors.As(err, &errs) {
+		return err
+	}
+	var out config.Errors
+	reported := map[string]bool{} // config keys with an error already
+	flagErr := false
+	for _, e := range errs {
+		root := e.Key
+		if i := strings.IndexAny(root, ".["); i >= 0 {
+			root = root[:i]
+		}
+		key := root
+		if k, ok := envKeys[root]; ok {
+			key = k
+		}
+		if reported[key] && strings.HasPrefix(e.Msg, "required") {
+			continue // a bad value was not applied: "required" would say it again
+		}
+		reported[key] = true
+		f, ok := blame[root]
+		if !ok && noFile {
+			f, ok = premiseFlags[root]
+		}
+		if ok {
+			e.Key, e.File, e.Line, e.Column = f, "", 0, 0
+			flagErr = true
+		}
+		out = append(out, e)
+	}
+	if flagErr {
+		return &usageError{err: out}
+	}
+	return out
+}
+
+// checkFailed words a failed --check-config, keeping a usage error one.
+func checkFailed(err error, what string) error {
+	wrapped := fmt.Errorf("%w\nconfiguration invalid: %s", err, what)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return &usageError{err: wrapped}
+	}
+	return wrapped
 }
 
 // runAgent runs a until ctx ends, then shuts it down within grace.

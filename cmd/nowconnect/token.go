@@ -13,18 +13,33 @@ import (
 )
 
 func runToken(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	secretFile := fs.String("secret-file", "", "file holding the HS256 shared secret (the hub's auth.jwt_secret_file)")
-	agentID := fs.String("agent-id", "", "agent id (the token's sub)")
+	fs := newFlagSet("token", "--secret-file FILE --agent-id ID [--connectors a,b] [--ttl 1h | --no-expiry]", stderr)
+	secretFile := fs.String("secret-file", "", "file holding the HS256 shared secret (the hub's auth.jwt_secret_file) (required)")
+	agentID := fs.String("agent-id", "", "agent id (the token's sub) (required)")
 	conns := fs.String("connectors", "", "comma-separated connectors the agent may serve (empty: any)")
-	ttl := fs.Duration("ttl", time.Hour, "lifetime; 0 for a token that never expires")
+	ttl := fs.Duration("ttl", time.Hour, "lifetime, greater than 0")
+	noExpiry := fs.Bool("no-expiry", false, "mint a token that never expires (instead of --ttl); revoking it means changing the secret")
 	aud := fs.String("audience", "nowconnect", "aud claim")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *secretFile == "" || *agentID == "" {
-		return fmt.Errorf("--secret-file and --agent-id are required")
+	ttlSet := false
+	fs.Visit(func(f *flag.Flag) { ttlSet = ttlSet || f.Name == "ttl" })
+	switch {
+	case *secretFile == "" && *agentID == "":
+		return usagef("--secret-file and --agent-id are required")
+	case *secretFile == "":
+		return usagef("--secret-file is required")
+	case *agentID == "":
+		return usagef("--agent-id is required")
+	case *noExpiry && ttlSet:
+		return usagef("--ttl and --no-expiry exclude each other")
+	case !*noExpiry && *ttl <= 0:
+		return usagef("--ttl %v: must be greater than 0 (--no-expiry mints a token that never expires)", *ttl)
+	}
+	lifetime := *ttl
+	if *noExpiry {
+		lifetime = 0 // auth.Mint: no exp claim
 	}
 	secret, err := os.ReadFile(*secretFile)
 	if err != nil {
@@ -40,7 +55,7 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 			list = append(list, c)
 		}
 	}
-	tok, err := auth.Mint(secret, *agentID, list, *ttl, *aud)
+	tok, err := auth.Mint(secret, *agentID, list, lifetime, *aud)
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,7 @@ type Agent struct {
 	AgentID string `toml:"agent_id"`
 	// TokenFile holds the agent's JWT (surrounding space trimmed). Default
 	// none, env NC_TOKEN_FILE.
-	TokenFile string `toml:"token_file"`
+	TokenFile string `toml:"token_file" path:"file"`
 	// Token is the JWT, from NC_TOKEN or read from TokenFile by Load and
 	// ApplyEnv; never in the file itself, never to be logged. Required.
 	Token string `toml:"-"`
@@ -33,7 +33,7 @@ type Agent struct {
 	DialTimeout Duration `toml:"dial_timeout"`
 	// CAFile is an extra PEM CA bundle trusted for wss://. Default none, env
 	// NC_CA_FILE.
-	CAFile string `toml:"ca_file"`
+	CAFile string `toml:"ca_file" path:"file"`
 	// InsecureSkipVerify skips TLS verification of the hub (tests only).
 	// Default false.
 	InsecureSkipVerify bool `toml:"insecure_skip_verify"`

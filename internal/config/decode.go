@@ -4,6 +4,7 @@ import (
 	"encoding"
 	"fmt"
 	"math"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -38,7 +39,8 @@ var (
 // decoder overlays a tnode tree onto a config struct, reporting unknown keys
 // and values of the wrong type; a bad value leaves the default in place.
 type decoder struct {
-	r *reporter
+	r   *reporter
+	dir string // directory of the config file: relative path:"file" values resolve against it
 }
 
 // decode overlays n onto v (addressable). path is n's key path.
@@ -175,6 +177,27 @@ func (d *decoder) decodeStruct(n *tnode, v reflect.Value, path string) {
 			}
 		}
 		d.decode(val, v.Field(fi.index), kp)
+		if fi.path {
+			resolvePaths(v.Field(fi.index), d.dir)
+		}
+	}
+}
+
+// resolvePaths joins dir to a relative file path (a string, or each element of a
+// []string); empty and absolute values stay as they are.
+func resolvePaths(v reflect.Value, dir string) {
+	resolve := func(s reflect.Value) {
+		if p := s.String(); p != "" && !filepath.IsAbs(p) {
+			s.SetString(filepath.Join(dir, p))
+		}
+	}
+	switch v.Kind() {
+	case reflect.String:
+		resolve(v)
+	case reflect.Slice:
+		for i := range v.Len() {
+			resolve(v.Index(i))
+		}
 	}
 }
 
@@ -182,6 +205,7 @@ type fieldInfo struct {
 	index int
 	name  string // the toml tag
 	alias string // an alternative key, from the alias tag
+	path  bool   // tagged path:"file": a file path, relative to the config file
 }
 
 // structFields maps the keys of struct type t (toml tags and aliases) to its
@@ -195,7 +219,7 @@ func structFields(t reflect.Type) (map[string]fieldInfo, []string) {
 		if tag == "" || tag == "-" || !f.IsExported() {
 			continue
 		}
-		fi := fieldInfo{index: i, name: tag, alias: f.Tag.Get("alias")}
+		fi := fieldInfo{index: i, name: tag, alias: f.Tag.Get("alias"), path: f.Tag.Get("path") == "file"}
 		m[tag] = fi
 		names = append(names, tag)
 		if fi.alias != "" {

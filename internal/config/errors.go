@@ -89,6 +89,19 @@ func (r *reporter) add(key, format string, args ...any) {
 	r.at(r.lookup(key), key, format, args...)
 }
 
+// where returns " at FILE:LINE" for key (its closest ancestor in the document), for
+// messages that name another key; "" when the position is unknown.
+func (r *reporter) where(key string) string {
+	p := r.lookup(key)
+	switch {
+	case p.line == 0:
+		return ""
+	case r.file == "":
+		return " at line " + strconv.Itoa(p.line)
+	}
+	return " at " + r.file + ":" + strconv.Itoa(p.line)
+}
+
 // lookup finds the position of key or of its closest ancestor.
 func (r *reporter) lookup(key string) pos {
 	for k := key; k != ""; k = parentPath(k) {

@@ -119,7 +119,9 @@ func TestLoadHubErrors(t *testing.T) {
 		{
 			name: "missing referenced files",
 			file: "cloud.toml",
-			body: "[auth]\njwt_secret_file = \"/nonexistent/jwt\"\npublic_key_files = [\"testdata/secrets/rs256.pub\", \"/nonexistent/k.pem\"]\n[ha.mesh.tls]\ncert_file = \"testdata/certs\"\n",
+			// Relative paths resolve against the file's directory: "cloud.toml" is
+			// the file itself (readable), "." its directory.
+			body: "[auth]\njwt_secret_file = \"/nonexistent/jwt\"\npublic_key_files = [\"cloud.toml\", \"/nonexistent/k.pem\"]\n[ha.mesh.tls]\ncert_file = \".\"\n",
 			want: []wantErr{
 				{2, "auth.jwt_secret_file", "file not found: /nonexistent/jwt"},
 				{3, "auth.public_key_files[1]", "file not found: /nonexistent/k.pem"},

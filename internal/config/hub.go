@@ -9,8 +9,13 @@
 // missing referenced file — is reported in the same pass as an Errors value
 // whose entries name the file, line and key. Durations are written "5s".
 //
-// Relative file paths in a config (secrets, keys, certificates) are resolved
-// against the working directory of the process.
+// Relative file paths in a config file (secrets, keys, certificates, the
+// agent's token: the fields tagged path:"file") are resolved against the
+// directory of that file, so a config and its secrets can move together:
+// jwt_secret_file = "secret" in /etc/nowconnect/cloud.toml is
+// /etc/nowconnect/secret, whatever the working directory. Paths from
+// environment variables (NC_TOKEN_FILE, NC_CA_FILE) and flags are relative
+// to the working directory, as on any command line.
 package config
 
 import "time"
@@ -49,7 +54,11 @@ type Hub struct {
 type Listener struct {
 	// Name identifies the listener in logs and metrics. Required, unique.
 	Name string `toml:"name"`
-	// Bind is the host:port to listen on. Required, unique.
+	// Bind is the host:port to listen on. Required. Several binds (listeners,
+	// listen, ha.mesh.listen) may share a port on different specific
+	// addresses (127.0.0.1:389 and 127.0.0.2:389); a wildcard address
+	// (0.0.0.0, [::] or an empty host, which take the port on every address)
+	// may not share its port with any other bind.
 	Bind string `toml:"bind"`
 	// Connector is the connector whose agents serve this listener. Required.
 	Connector string `toml:"connector"`
@@ -66,10 +75,10 @@ type Listener struct {
 // config does not require one so that a hub may take its key elsewhere.
 type Auth struct {
 	// JWTSecretFile holds the HS256 shared secret. Default none.
-	JWTSecretFile string `toml:"jwt_secret_file"`
+	JWTSecretFile string `toml:"jwt_secret_file" path:"file"`
 	// PublicKeyFiles are PEM RSA or ECDSA public keys (RS256/ES256). Default
 	// none.
-	PublicKeyFiles []string `toml:"public_key_files"`
+	PublicKeyFiles []string `toml:"public_key_files" path:"file"`
 	// JWKSURL is an http(s) URL of a JWKS document. Default none.
 	JWKSURL string `toml:"jwks_url"`
 	// Audience is the required "aud" claim. Default "nowconnect".
@@ -216,11 +225,11 @@ type Mesh struct {
 // TLS names PEM files for mutual TLS.
 type TLS struct {
 	// CABundle verifies peers. Default none.
-	CABundle string `toml:"ca_bundle"`
+	CABundle string `toml:"ca_bundle" path:"file"`
 	// CertFile is this hub's certificate. Default none.
-	CertFile string `toml:"cert_file"`
+	CertFile string `toml:"cert_file" path:"file"`
 	// KeyFile is this hub's private key. Default none.
-	KeyFile string `toml:"key_file"`
+	KeyFile string `toml:"key_file" path:"file"`
 }
 
 // DefaultHub returns a hub configuration with every default filled in.

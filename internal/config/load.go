@@ -97,7 +97,7 @@ func loadFile(path string, cfg any) (*reporter, bool) {
 	if root == nil {
 		return r, false
 	}
-	d := &decoder{r: r}
+	d := &decoder{r: r, dir: filepath.Dir(path)}
 	d.decode(root, reflect.ValueOf(cfg).Elem(), "")
 	return r, true
 }

@@ -32,7 +32,11 @@ func validateHub(h *Hub, r *reporter) {
 	intRange(r, "queue_depth_per_cid", h.QueueDepthPerCID, 1, 65536)
 	cidrs(r, "allow_cidrs", h.AllowCIDRs)
 
-	names, binds := map[string]int{}, map[string]int{}
+	names := map[string]int{}
+	var binds []boundAddr // everything the hub binds, for the overlap check
+	if h.Listen != "" && checkHostPort(h.Listen, false) == nil {
+		binds = append(binds, boundAddr{key: "listen", addr: h.Listen})
+	}
 	for i, l := range h.Listeners {
 		k := indexPath("listeners", i)
 		if l.Name == "" {
@@ -43,11 +47,7 @@ func validateHub(h *Hub, r *reporter) {
 			names[l.Name] = i
 		}
 		if hostPort(r, k+".bind", l.Bind, true) {
-			if j, dup := binds[l.Bind]; dup {
-				r.add(k+".bind", "duplicate bind %q (also listeners[%d])", l.Bind, j)
-			} else {
-				binds[l.Bind] = i
-			}
+			binds = append(binds, boundAddr{key: k + ".bind", addr: l.Bind})
 		}
 		if l.Connector == "" {
 			r.add(k+".connector", "required")
@@ -104,6 +104,10 @@ func validateHub(h *Hub, r *reporter) {
 	intRange(r, "engine.max_connections", h.Engine.MaxConnections, 0, 1<<30)
 
 	validateHA(&h.HA, r)
+	if m := h.HA.Mesh.Listen; m != "" && checkHostPort(m, false) == nil {
+		binds = append(binds, boundAddr{key: "ha.mesh.listen", addr: m})
+	}
+	checkOverlaps(r, binds)
 }
 
 func validateHA(ha *HA, r *reporter) {
