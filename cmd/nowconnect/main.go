@@ -5,6 +5,7 @@
 //	nowconnect premise --cloud ws://HOST:8765/tunnel --agent-id ID --token-file FILE --connector NAME=HOST:PORT
 //	nowconnect up      --control 127.0.0.1:8765 --forward LISTEN_ADDR=TARGET_ADDR
 //	nowconnect token   --secret-file FILE --agent-id ID --connectors a,b --ttl 1h
+//	nowconnect check   [--format nagios|json|table] FILE... | --from-config cloud.toml
 package main
 
 import (
@@ -26,6 +27,7 @@ commands:
   up        run hub and agent in one process (development)
   token     mint an agent token from a shared secret
   loadtest  drive LDAP load (bind, search, group writes) with SLO gates: loadtest ldap --url ...
+  check     run post-deploy checks (Nagios output, exit 0/1/2/3): check FILE... | --from-config FILE
   version   print the version
 
 Run "nowconnect <command> -h" for the flags of a command.
@@ -57,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runToken(args[1:], stdout, stderr)
 	case "loadtest":
 		return runLoadtest(ctx, args[1:], stdout, stderr)
+	case "check":
+		return runCheck(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "nowconnect", version)
 	case "-h", "--help", "help":
