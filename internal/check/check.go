@@ -15,8 +15,8 @@
 //	generate.go          the checks of a hub, generated from its config file
 //
 // Secrets (passwords, password_file contents, credentials in URLs and sensitive headers)
-// are collected while a file is loaded and scrubbed from every result, whatever library
-// produced the message.
+// are collected while a file is loaded and scrubbed from everything a server or a library
+// says in a result (see plain); names and messages about bad input never quote them.
 package check
 
 import (
@@ -26,6 +26,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 )
@@ -122,14 +123,37 @@ type prober interface {
 type report struct {
 	name    string        // the check's name: prefix of its perf labels
 	timeout time.Duration // the check's timeout, for messages and the time perfdata
+	secrets []string      // the check's secrets, scrubbed from what servers and libraries say
 	status  Status
 	notes   []string
 	perf    []Perf
 	noTime  bool // the check did not probe anything: no time perfdata
 }
 
+// plain marks a detail argument that comes from the check's own configuration (a DN, a
+// base, a connector, a redacted URL) and is printed as is. Every other string, []byte or
+// error argument may hold what a server or library said, and has the check's secrets
+// scrubbed: a short password must not mangle "cn=admin" in "bind as cn=admin,…", while a
+// server that echoes a token must not leak it.
+type plain string
+
+// add records a finding; see plain for how args are scrubbed.
 func (r *report) add(s Status, format string, args ...any) {
 	r.status = Worse(r.status, s)
+	for i, a := range args {
+		switch v := a.(type) {
+		case plain:
+			args[i] = string(v)
+		case string:
+			args[i] = scrub(v, r.secrets)
+		case []byte:
+			args[i] = scrub(string(v), r.secrets)
+		case error:
+			args[i] = scrub(v.Error(), r.secrets)
+		case fmt.Stringer:
+			args[i] = scrub(v.String(), r.secrets)
+		}
+	}
 	r.notes = append(r.notes, fmt.Sprintf(format, args...))
 }
 
@@ -188,9 +212,14 @@ func dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 	return d.DialContext(ctx, "tcp", addr)
 }
 
-// scrub replaces every secret in s with "***".
+// scrub replaces every secret in s with "***", longest first.
 func scrub(s string, secrets []string) string {
-	for _, sec := range secrets {
+	if len(secrets) == 0 {
+		return s
+	}
+	sorted := append([]string(nil), secrets...)
+	sort.Slice(sorted, func(i, j int) bool { return len(sorted[i]) > len(sorted[j]) })
+	for _, sec := range sorted {
 		if sec != "" {
 			s = strings.ReplaceAll(s, sec, "***")
 		}

@@ -303,6 +303,9 @@ func (f *fields) pairs(key string, sensitive func(name string) bool) [][2]string
 	addPair := func(k, v string) {
 		if sensitive(k) {
 			f.addSecret(v)
+			if scheme, cred, ok := strings.Cut(v, " "); ok && scheme != "" { // "Bearer TOKEN"
+				f.addSecret(strings.TrimSpace(cred))
+			}
 		}
 		out = append(out, [2]string{k, v})
 	}

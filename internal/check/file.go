@@ -177,7 +177,11 @@ func (p *parser) parseYAML(data []byte) *node {
 	if len(doc.Content) == 0 {
 		return &node{kind: kList} // an empty file: no checks
 	}
-	return p.fromYAML(doc.Content[0], "", 0)
+	root := ""
+	if doc.Content[0].Kind == yaml.SequenceNode {
+		root = "checks" // conn-check's format: the document is the list of checks
+	}
+	return p.fromYAML(doc.Content[0], root, 0)
 }
 
 func (p *parser) fromYAML(y *yaml.Node, path string, depth int) *node {

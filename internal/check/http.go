@@ -308,7 +308,7 @@ func (c *httpCheck) run(ctx context.Context, r *report) {
 	r.metric("size", float64(len(data)), "B", "", "", f64(0), nil)
 	switch {
 	case !c.status.has(resp.StatusCode):
-		r.crit("status %s, want %s", resp.Status, c.status.text)
+		r.crit("status %s, want %s", resp.Status, plain(c.status.text))
 	case c.bodyRE != nil && !c.bodyRE.Match(data):
 		r.crit("status %s, but the body (%d bytes) does not match /%s/", resp.Status, len(data), c.bodyRE)
 	default:

@@ -90,11 +90,11 @@ func (c *hubCheck) run(ctx context.Context, r *report) {
 		r.metric("agents "+cn, n, "", "", "1:", f64(0), nil)
 		switch {
 		case !ok:
-			r.crit("connector %s: no nowconnect_agents_connected series (not a connector of this hub?)", cn)
+			r.crit("connector %s: no nowconnect_agents_connected series (not a connector of this hub?)", plain(cn))
 		case n < 1:
-			r.crit("connector %s: no agent connected", cn)
+			r.crit("connector %s: no agent connected", plain(cn))
 		default:
-			r.ok("connector %s: %g agents", cn, n)
+			r.ok("connector %s: %g agents", plain(cn), n)
 		}
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -104,44 +103,62 @@ func (f *fields) filter() string {
 func (c *ldapCheck) name() string { return "ldap " + c.t.url }
 
 func (c *ldapCheck) run(ctx context.Context, r *report) {
-	conn, sn, err := c.t.connect(ctx)
+	nc, err := c.t.dial(ctx)
 	if err != nil {
 		r.crit("connect: %s", r.failed(ctx, err))
 		return
 	}
-	defer conn.Close()
+	defer nc.Close()
 
 	// The rootDSE proves the port speaks LDAP: any LDAP answer, even a refusal, does.
-	res, err := conn.Search(ldap.NewSearchRequest("", ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false,
-		"(objectClass=*)", []string{"namingContexts", "supportedLDAPVersion", "vendorName", "vendorVersion"}, nil))
-	switch code, isResult := resultCode(err); {
-	case err == nil:
-		r.ok("%s", describeRootDSE(res))
-	case sn.notLDAP():
-		r.crit("not LDAP: to a rootDSE read the server answered %s", sn.start())
+	dse, err := readRootDSE(ctx, nc, []string{"namingContexts", "supportedLDAPVersion", "vendorName", "vendorVersion"})
+	var nl *notLDAPError
+	switch {
+	case errors.As(err, &nl):
+		r.crit("not LDAP: to a rootDSE read the server answered %s", quoteStart(nl.start))
 		return
-	case isResult:
-		r.ok("rootDSE read refused (%s): an LDAP server", ldapCodeName(code))
+	case errors.Is(err, errNotLDAP):
+		r.crit("%s", err)
+		return
+	case err != nil:
+		r.crit("not LDAP: no LDAP answer to a rootDSE read (%s)", r.failed(ctx, err))
+		return
+	case dse.code != 0:
+		r.ok("rootDSE read refused (%s): an LDAP server", plain(ldapCodeName(dse.code)))
 	default:
-		r.crit("not LDAP: no LDAP answer to a rootDSE read (%s)", ldapFailure(ctx, r, err))
-		return
+		r.ok("%s", describeRootDSE(dse.attrs))
 	}
+	conn := client(ctx, nc, c.t.ldaps)
+	defer conn.Close()
 	if !c.t.session(ctx, conn, r) || c.base == "" {
 		return
 	}
-	res, err = conn.Search(ldap.NewSearchRequest(c.base, c.scope, ldap.NeverDerefAliases, max(c.minEntries, 1), 0, false,
+	res, err := conn.Search(ldap.NewSearchRequest(c.base, c.scope, ldap.NeverDerefAliases, max(c.minEntries, 1), 0, false,
 		c.filter, []string{"1.1"}, nil))
-	if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
-		r.crit("search %s %s: %s", c.base, c.filter, ldapFailure(ctx, r, err))
+	more := ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) // the size limit is what we need
+	if err != nil && !more {
+		r.crit("search %s %s: %s", plain(c.base), plain(c.filter), ldapFailure(ctx, r, err))
 		return
 	}
 	n := len(res.Entries)
 	r.metric("entries", float64(n), "", "", fmt.Sprintf("%d:", c.minEntries), f64(0), nil)
 	if n < c.minEntries {
-		r.crit("search %s %s found %d entries, want at least %d", c.base, c.filter, n, c.minEntries)
+		r.crit("search %s %s found %s, want at least %d", plain(c.base), plain(c.filter), entries(n, false), c.minEntries)
 		return
 	}
-	r.ok("search %s %s found %d entries", c.base, c.filter, n)
+	r.ok("search %s %s found %s", plain(c.base), plain(c.filter), entries(n, more))
+}
+
+// entries renders a count of entries: "1 entry", "20 entries", "at least 1 entry".
+func entries(n int, atLeast bool) string {
+	s := fmt.Sprintf("%d entries", n)
+	if n == 1 {
+		s = "1 entry"
+	}
+	if atLeast {
+		s = "at least " + s
+	}
+	return s
 }
 
 // session runs StartTLS and the bind, as configured; it reports whether they succeeded.
@@ -155,27 +172,24 @@ func (t *ldapTarget) session(ctx context.Context, conn *ldap.Conn, r *report) bo
 	}
 	if t.bindDN != "" {
 		if err := conn.Bind(t.bindDN, t.password); err != nil {
-			r.crit("bind as %s: %s", t.bindDN, ldapFailure(ctx, r, err))
+			r.crit("bind as %s: %s", plain(t.bindDN), ldapFailure(ctx, r, err))
 			return false
 		}
-		r.ok("bind as %s", t.bindDN)
+		r.ok("bind as %s", plain(t.bindDN))
 	}
 	return true
 }
 
-func describeRootDSE(res *ldap.SearchResult) string {
-	if len(res.Entries) == 0 {
-		return "rootDSE read (empty): an LDAP server"
-	}
-	e := res.Entries[0]
+// describeRootDSE renders what the rootDSE says about the server.
+func describeRootDSE(attrs map[string][]string) string {
 	var parts []string
-	if v := e.GetAttributeValue("vendorName"); v != "" {
-		parts = append(parts, strings.TrimSpace(v+" "+e.GetAttributeValue("vendorVersion")))
+	if v := attrs["vendorName"]; len(v) > 0 {
+		parts = append(parts, strings.TrimSpace(v[0]+" "+strings.Join(attrs["vendorVersion"], " ")))
 	}
-	if v := e.GetAttributeValues("supportedLDAPVersion"); len(v) > 0 {
+	if v := attrs["supportedLDAPVersion"]; len(v) > 0 {
 		parts = append(parts, "LDAPv"+strings.Join(v, "/"))
 	}
-	if v := e.GetAttributeValues("namingContexts"); len(v) > 0 {
+	if v := attrs["namingContexts"]; len(v) > 0 {
 		parts = append(parts, "naming contexts "+strings.Join(v, ", "))
 	}
 	if len(parts) == 0 {
@@ -184,74 +198,34 @@ func describeRootDSE(res *ldap.SearchResult) string {
 	return "rootDSE: " + strings.Join(parts, "; ")
 }
 
-// connect dials the target (with TLS for ldaps://) and starts an LDAP client whose
-// operations end when ctx does. The sniffer tells whether the first answer was LDAP.
-func (t *ldapTarget) connect(ctx context.Context) (*ldap.Conn, *sniffer, error) {
+// dial connects to the target, with TLS for ldaps://.
+func (t *ldapTarget) dial(ctx context.Context) (net.Conn, error) {
 	raw, err := dialTCP(ctx, t.addr)
+	if err != nil || !t.ldaps {
+		return raw, err
+	}
+	tc := tls.Client(raw, t.tls)
+	stop := guard(ctx, raw)
+	err = tc.HandshakeContext(ctx)
+	stop()
 	if err != nil {
-		return nil, nil, err
+		raw.Close()
+		return nil, fmt.Errorf("TLS: %w", err)
 	}
-	nc := raw
-	if t.ldaps {
-		tc := tls.Client(raw, t.tls)
-		stop := guard(ctx, raw)
-		err := tc.HandshakeContext(ctx)
-		stop()
-		if err != nil {
-			raw.Close()
-			return nil, nil, fmt.Errorf("TLS: %w", err)
-		}
-		_ = raw.SetDeadline(time.Time{})
-		nc = tc
-	}
-	sn := &sniffer{Conn: nc}
-	conn := ldap.NewConn(sn, t.ldaps)
-	conn.Start()
+	return tc, nil
+}
+
+// client starts go-ldap's client on conn; its operations end when ctx does.
+func client(ctx context.Context, conn net.Conn, isTLS bool) *ldap.Conn {
+	c := ldap.NewConn(conn, isTLS)
+	c.Start()
 	if dl, ok := ctx.Deadline(); ok {
-		conn.SetTimeout(time.Until(dl))
+		c.SetTimeout(time.Until(dl))
 	}
 	// go-ldap takes no context: closing the connection ends a pending operation. (After
 	// the caller's Close this second Close is a no-op.)
-	context.AfterFunc(ctx, func() { conn.Close() })
-	return conn, sn, nil
-}
-
-// errNotLDAP ends go-ldap's reader when the first byte of an answer is not an LDAPMessage.
-var errNotLDAP = errors.New("the answer is not an LDAP message")
-
-// sniffer keeps the first bytes a server sends; an LDAP answer starts with a BER SEQUENCE
-// (0x30), anything else fails the read at once rather than confusing the LDAP client.
-type sniffer struct {
-	net.Conn
-	mu    sync.Mutex
-	first []byte
-	bad   bool
-}
-
-func (s *sniffer) Read(b []byte) (int, error) {
-	n, err := s.Conn.Read(b)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.first == nil && n > 0 {
-		s.first = append([]byte(nil), b[:min(n, 32)]...)
-		if b[0] != 0x30 {
-			s.bad = true
-			return 0, errNotLDAP
-		}
-	}
-	return n, err
-}
-
-func (s *sniffer) notLDAP() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.bad
-}
-
-func (s *sniffer) start() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return quoteStart(s.first)
+	context.AfterFunc(ctx, func() { c.Close() })
+	return c
 }
 
 // resultCode returns the LDAP result code of an error the server answered with; isResult

@@ -51,7 +51,7 @@ func (c *pingpongCheck) run(ctx context.Context, r *report) {
 		r.crit("hub /metrics before: %s", r.failed(ctx, err))
 		return
 	}
-	entries, ok := c.search(ctx, r)
+	n, ok := c.search(ctx, r)
 	if !ok {
 		return
 	}
@@ -65,16 +65,16 @@ func (c *pingpongCheck) run(ctx context.Context, r *report) {
 	c2a1, ok1 := series(after, "c2a")
 	a2c1, ok2 := series(after, "a2c")
 	if !ok1 || !ok2 {
-		r.crit("the hub has no nowconnect_tcp_bytes_total series for connector %s", c.connector)
+		r.crit("the hub has no nowconnect_tcp_bytes_total series for connector %s", plain(c.connector))
 		return
 	}
 	dc, da := c2a1-c2a0, a2c1-a2c0
 	r.metric("c2a", dc, "B", "", "1:", f64(0), nil)
 	r.metric("a2c", da, "B", "", "1:", f64(0), nil)
-	r.ok("search through %s found %d entries", c.t.url, entries)
+	r.ok("search through %s found %s", plain(c.t.url), entries(n, n == pingpongSizeLimit))
 	switch {
 	case dc <= 0 && da <= 0:
-		r.crit("neither c2a nor a2c rose (%g, %g bytes): the search did not go through connector %s", dc, da, c.connector)
+		r.crit("neither c2a nor a2c rose (%g, %g bytes): the search did not go through connector %s", dc, da, plain(c.connector))
 	case dc <= 0:
 		r.crit("c2a did not rise (a2c +%g bytes)", da)
 	case da <= 0:
@@ -87,18 +87,20 @@ func (c *pingpongCheck) run(ctx context.Context, r *report) {
 // search runs the configured search through the listener; ok is false after a failure
 // (recorded).
 func (c *pingpongCheck) search(ctx context.Context, r *report) (entries int, ok bool) {
-	conn, _, err := c.t.connect(ctx)
+	nc, err := c.t.dial(ctx)
 	if err != nil {
-		r.crit("connect %s: %s", c.t.url, r.failed(ctx, err))
+		r.crit("connect %s: %s", plain(c.t.url), r.failed(ctx, err))
 		return 0, false
 	}
+	defer nc.Close()
+	conn := client(ctx, nc, c.t.ldaps)
 	defer conn.Close()
 	if !c.t.session(ctx, conn, r) {
 		return 0, false
 	}
 	res, err := conn.Search(ldap.NewSearchRequest(c.base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, pingpongSizeLimit, 0, false, c.filter, nil, nil))
 	if err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultSizeLimitExceeded) {
-		r.crit("search %s through %s: %s", c.base, c.t.url, ldapFailure(ctx, r, err))
+		r.crit("search %s through %s: %s", plain(c.base), plain(c.t.url), ldapFailure(ctx, r, err))
 		return 0, false
 	}
 	return len(res.Entries), true

@@ -103,9 +103,9 @@ func (c *redisCheck) answered(ctx context.Context, r *report, cmd string, v any,
 	case err != nil:
 		r.crit("%s: %s", cmd, r.failed(ctx, err))
 	case isErr && strings.HasPrefix(string(e), "NOAUTH"):
-		r.crit("%s: %s (set password or password_file)", cmd, e)
+		r.crit("%s: %s (set password or password_file)", cmd, string(e))
 	case isErr:
-		r.crit("%s refused: %s", cmd, e)
+		r.crit("%s refused: %s", cmd, string(e))
 	default:
 		return true
 	}

