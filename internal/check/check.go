@@ -180,6 +180,10 @@ func (r *report) failed(ctx context.Context, err error) string {
 	}
 	// "dial tcp 10.0.0.1:389: connect: connection refused" says the address twice (it is
 	// in the check's name) and the operation twice (the caller names it).
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		return "lookup " + de.Name + ": " + de.Err
+	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Err != nil {
 		err = oe.Err

@@ -16,6 +16,7 @@ import (
 )
 
 func TestTCP(t *testing.T) {
+	leakCheck(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +41,7 @@ func TestTCP(t *testing.T) {
 // TestBlackholeConcurrent: 50 checks against a port that never answers end together,
 // within about one timeout, not fifty.
 func TestBlackholeConcurrent(t *testing.T) {
+	leakCheck(t)
 	addr := testenv.UnacceptingAddr(t)
 	host, port, _ := net.SplitHostPort(addr)
 	var b strings.Builder
@@ -80,6 +82,7 @@ func (b blockingProbe) run(ctx context.Context, r *report) {
 // TestRunConcurrencyBound: never more than --concurrency checks at once; results in file
 // order; a cancelled run ends every check as UNKNOWN.
 func TestRunConcurrencyBound(t *testing.T) {
+	leakCheck(t)
 	var inflight, peak atomic.Int32
 	var cs []*Check
 	for i := 0; i < 12; i++ {
@@ -107,6 +110,7 @@ func TestRunConcurrencyBound(t *testing.T) {
 
 // TestTLS: certificates generated here, graded at the default thresholds (30 and 7 days).
 func TestTLS(t *testing.T) {
+	leakCheck(t)
 	ca := newCA(t)
 	day := 24 * time.Hour
 	good := serveTLS(t, ca.leaf(t, "good", time.Now().Add(90*day)))
@@ -145,6 +149,7 @@ func TestTLS(t *testing.T) {
 }
 
 func TestHTTP(t *testing.T) {
+	leakCheck(t)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/ok":
@@ -201,6 +206,7 @@ func TestHTTP(t *testing.T) {
 }
 
 func TestUDP(t *testing.T) {
+	leakCheck(t)
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -232,6 +238,7 @@ func TestUDP(t *testing.T) {
 // TestLDAP: a real slapd: rootDSE, bind and search; a wrong password is invalidCredentials;
 // redis, HTTP and SSH ports are "not LDAP".
 func TestLDAP(t *testing.T) {
+	leakCheck(t)
 	s := testenv.StartSlapd(t, 20)
 	redis := startRedisPW(t, "redis-secret-1")
 	pwFile := writeFile(t, "pw", s.AdminPW+"\n")
@@ -269,6 +276,7 @@ func TestLDAP(t *testing.T) {
 
 // TestRedis: a real redis-server with a password.
 func TestRedis(t *testing.T) {
+	leakCheck(t)
 	port := startRedisPW(t, "redis-secret-2")
 	pwFile := writeFile(t, "pw", "redis-secret-2\n")
 	web := httptest.NewServer(http.NotFoundHandler())

@@ -25,8 +25,8 @@ func TestHubAndPingPong(t *testing.T) {
 `, g.control, g.listen)
 	cs := load(t, "gate.yaml", YAML, doc, 10*time.Second)
 	rs := Run(t.Context(), cs, 1) // one at a time: the pingpongs must not see each other's bytes
-	expect(t, rs[0], OK, "healthz ok", "readyz ready", "connector addomain: 1 agents")
-	expect(t, rs[1], Critical, "connector addomain: 1 agents", "connector payroll: no nowconnect_agents_connected series")
+	expect(t, rs[0], OK, "healthz ok", "readyz ready", "connector addomain: 1 agent")
+	expect(t, rs[1], Critical, "connector addomain: 1 agent", "connector payroll: no nowconnect_agents_connected series")
 	expect(t, rs[2], OK, "found 20 entries", "c2a +", "a2c +")
 	expect(t, rs[3], OK, "bind as cn=admin,dc=example,dc=org", "c2a +")
 	expect(t, rs[4], Critical, "no nowconnect_tcp_bytes_total series for connector payroll")
@@ -82,6 +82,7 @@ func fakeHub(t *testing.T, readyz int, readyBody, metrics string) string {
 }
 
 func TestHubStates(t *testing.T) {
+	leakCheck(t)
 	const good = "# HELP nowconnect_agents_connected Agent tunnels serving the connector.\n# TYPE nowconnect_agents_connected gauge\nnowconnect_agents_connected{connector=\"addomain\"} 2\n"
 	degraded := fakeHub(t, 503, `{"status":"degraded","registry":"down"}`, good)
 	draining := fakeHub(t, 503, `{"status":"shutting_down"}`, good)

@@ -94,7 +94,11 @@ func (c *hubCheck) run(ctx context.Context, r *report) {
 		case n < 1:
 			r.crit("connector %s: no agent connected", plain(cn))
 		default:
-			r.ok("connector %s: %g agents", plain(cn), n)
+			word := "agents"
+			if n == 1 {
+				word = "agent"
+			}
+			r.ok("connector %s: %g %s", plain(cn), n, word)
 		}
 	}
 }

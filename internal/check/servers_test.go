@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -286,4 +287,20 @@ func writePEMPair(t *testing.T, dir string, c tls.Certificate) (certFile, keyFil
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+// leakCheck fails the test if goroutines started during it outlive it (checked after
+// every cleanup of the test, polling: closed connections' goroutines end soon after).
+func leakCheck(t *testing.T) {
+	base := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for runtime.NumGoroutine() > base {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Fatalf("%d goroutines left, started with %d:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+			}
+			time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+		}
+	})
 }
