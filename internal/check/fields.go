@@ -98,8 +98,9 @@ func (f *fields) need(key string) string {
 		f.used[key] = true
 		return ""
 	}
+	before := len(f.p.errs)
 	s := f.str(key)
-	if s == "" && !f.bad {
+	if s == "" && len(f.p.errs) == before {
 		f.errf(key, "must not be empty")
 	}
 	return s

@@ -58,7 +58,7 @@ func (f *fields) ldapTarget() *ldapTarget {
 	if t.password != "" && t.bindDN == "" {
 		f.errf("bind_dn", "a password needs bind_dn")
 	}
-	if t.bindDN != "" && t.password == "" && !f.bad {
+	if t.bindDN != "" && !f.has("password") && !f.has("password_file") {
 		f.errf("password", "bind_dn %q needs password or password_file", t.bindDN)
 	}
 	return t
