@@ -6,6 +6,7 @@
 //	nowconnect up      --control 127.0.0.1:8765 --forward LISTEN_ADDR=TARGET_ADDR
 //	nowconnect token   --secret-file FILE --agent-id ID --connectors a,b --ttl 1h
 //	nowconnect demo    --port 1389
+//	nowconnect check   [--format nagios|json|table] FILE... | --from-config cloud.toml
 package main
 
 import (
@@ -26,6 +27,7 @@ commands:
   token     mint an agent token from a shared secret
   demo      run a seeded demo LDAP directory (slapd) on 127.0.0.1 until Ctrl-C
   loadtest  drive LDAP load (bind, search, group writes) with SLO gates: loadtest ldap --url ...
+  check     run post-deploy checks (Nagios output, exit 0/1/2/3): check FILE... | --from-config FILE
   version   print the version
 
 Run "nowconnect <command> -h" for the flags of a command.
@@ -59,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runDemo(ctx, args[1:], stdout, stderr)
 	case "loadtest":
 		return runLoadtest(ctx, args[1:], stdout, stderr)
+	case "check":
+		return runCheck(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "nowconnect", version)
 	case "-h", "--help", "help":

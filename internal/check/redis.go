@@ -1,0 +1,247 @@
+package check
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// redisCheck speaks RESP: AUTH (when a password is set), PING, and ROLE, reported.
+type redisCheck struct {
+	network, addr string // "tcp" host:port, or "unix" socket path
+	useTLS        bool
+	tls           *tls.Config
+	user, pw      string
+}
+
+func parseRedis(f *fields) prober {
+	c := &redisCheck{network: "tcp"}
+	if sock := f.str("socket"); sock != "" {
+		c.network, c.addr = "unix", sock
+		for _, k := range []string{"host", "port"} {
+			if f.has(k) {
+				f.errf(k, "set socket or host and port, not both")
+			}
+		}
+	} else {
+		host := f.need("host")
+		c.addr = hostPort(host, f.port("port", 6379))
+	}
+	c.useTLS = f.boolean("tls", false)
+	host, _, _ := net.SplitHostPort(c.addr)
+	c.tls = f.tlsConfig(host, true)
+	c.user = f.str("username")
+	c.pw = f.password("password")
+	if c.user != "" && c.pw == "" {
+		f.errf("username", "username needs password or password_file")
+	}
+	return c
+}
+
+func (c *redisCheck) name() string { return "redis " + c.addr }
+
+func (c *redisCheck) run(ctx context.Context, r *report) {
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, c.network, c.addr)
+	if err != nil {
+		r.crit("connect: %s", r.failed(ctx, err))
+		return
+	}
+	defer raw.Close()
+	defer guard(ctx, raw)()
+	conn := raw
+	if c.useTLS {
+		tc := tls.Client(raw, c.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			r.crit("TLS: %s", r.failed(ctx, err))
+			return
+		}
+		conn = tc
+	}
+	rc := &resp{w: conn, r: bufio.NewReader(conn)}
+	if c.pw != "" {
+		args := []string{"AUTH", c.pw}
+		if c.user != "" {
+			args = []string{"AUTH", c.user, c.pw}
+		}
+		v, err := rc.call(args...)
+		if !c.answered(ctx, r, "AUTH", v, err) {
+			return
+		}
+	}
+	v, err := rc.call("PING")
+	if !c.answered(ctx, r, "PING", v, err) {
+		return
+	}
+	if s, _ := v.(string); s != "PONG" {
+		r.crit("PING answered %q, want PONG", fmt.Sprint(v))
+		return
+	}
+	v, err = rc.call("ROLE")
+	switch e, isErr := v.(respError); {
+	case err != nil:
+		r.crit("ROLE: %s", r.failed(ctx, err))
+	case isErr:
+		r.ok("PONG; ROLE refused (%s)", string(e))
+	default:
+		r.ok("PONG; %s", describeRole(v))
+	}
+}
+
+// answered reports whether a command got a non-error answer, recording why not.
+func (c *redisCheck) answered(ctx context.Context, r *report, cmd string, v any, err error) bool {
+	var nr notRedis
+	switch e, isErr := v.(respError); {
+	case errors.As(err, &nr):
+		r.crit("not Redis: to %s the server answered %s", cmd, quoteStart([]byte(nr)))
+	case err != nil:
+		r.crit("%s: %s", cmd, r.failed(ctx, err))
+	case isErr && strings.HasPrefix(string(e), "NOAUTH"):
+		r.crit("%s: %s (set password or password_file)", cmd, string(e))
+	case isErr:
+		r.crit("%s refused: %s", cmd, string(e))
+	default:
+		return true
+	}
+	return false
+}
+
+// describeRole renders a ROLE answer: "role master, 2 replicas" or "role slave of h:p (connected)".
+func describeRole(v any) string {
+	a, ok := v.([]any)
+	if !ok || len(a) == 0 {
+		return "role unknown"
+	}
+	role, _ := a[0].(string)
+	switch {
+	case role == "master" && len(a) >= 3:
+		reps, _ := a[2].([]any)
+		return fmt.Sprintf("role master, %d replicas", len(reps))
+	case role == "slave" && len(a) >= 4:
+		port, _ := a[2].(int64)
+		state, _ := a[3].(string)
+		host, _ := a[1].(string)
+		return fmt.Sprintf("role replica of %s (%s)", net.JoinHostPort(host, strconv.FormatInt(port, 10)), state)
+	}
+	return "role " + role
+}
+
+// Bounds of a RESP answer read by the check.
+const (
+	respMaxBulk  = 1 << 20
+	respMaxArray = 1024
+	respMaxDepth = 4
+)
+
+// respError is a RESP error reply (-ERR ...).
+type respError string
+
+// notRedis holds the first bytes of an answer that is not RESP.
+type notRedis string
+
+func (n notRedis) Error() string { return "not a RESP answer" }
+
+// resp is a minimal RESP2/RESP3 client for one command at a time.
+type resp struct {
+	w interface{ Write([]byte) (int, error) }
+	r *bufio.Reader
+}
+
+// call sends a command as an array of bulk strings and reads one answer: a string, an
+// int64, nil, []any, or a respError.
+func (c *resp) call(args ...string) (any, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := c.w.Write([]byte(b.String())); err != nil {
+		return nil, err
+	}
+	first, err := c.r.Peek(1)
+	if err != nil {
+		return nil, err
+	}
+	if !strings.ContainsRune("+-:$*_#,(=!%~>|", rune(first[0])) {
+		peek, _ := c.r.Peek(min(c.r.Buffered(), 32))
+		return nil, notRedis(peek)
+	}
+	return c.read(0)
+}
+
+func (c *resp) line() (string, error) {
+	s, err := c.r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	if len(s) > respMaxBulk {
+		return "", errors.New("RESP line too long")
+	}
+	return strings.TrimRight(s, "\r\n"), nil
+}
+
+func (c *resp) read(depth int) (any, error) {
+	if depth > respMaxDepth {
+		return nil, errors.New("RESP answer nested too deep")
+	}
+	l, err := c.line()
+	if err != nil {
+		return nil, err
+	}
+	if l == "" {
+		return nil, errors.New("empty RESP line")
+	}
+	body := l[1:]
+	switch l[0] {
+	case '+':
+		return body, nil
+	case '-', '!':
+		return respError(body), nil
+	case ':':
+		return strconv.ParseInt(body, 10, 64)
+	case '_':
+		return nil, nil
+	case '#', ',', '(':
+		return body, nil
+	case '$', '=':
+		n, err := strconv.Atoi(body)
+		if err != nil || n > respMaxBulk {
+			return nil, fmt.Errorf("bad RESP bulk length %q", body)
+		}
+		if n < 0 {
+			return nil, nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(c.r, buf); err != nil {
+			return nil, err
+		}
+		return string(buf[:n]), nil
+	case '*', '~', '>', '%', '|':
+		n, err := strconv.Atoi(body)
+		if err != nil || n > respMaxArray {
+			return nil, fmt.Errorf("bad RESP array length %q", body)
+		}
+		if n < 0 {
+			return nil, nil
+		}
+		if l[0] == '%' || l[0] == '|' {
+			n *= 2 // maps and attributes: key, value pairs
+		}
+		out := make([]any, 0, n)
+		for i := 0; i < n; i++ {
+			v, err := c.read(depth + 1)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unknown RESP type %q", l[0])
+}
