@@ -24,15 +24,15 @@ type pair struct {
 	// Set at construction.
 	l      *Link
 	client *net.TCPConn
-	pipes  [2]*pipe
 	done   chan struct{} // closed by abort
 	ctx    context.Context
 	cancel context.CancelFunc
 
 	refs atomic.Int32 // running goroutines of this pair
 
-	mu      sync.Mutex // guards target, aborted
+	mu      sync.Mutex // guards the fields below; set once by dial, read by abort
 	target  *net.TCPConn
+	pipes   [2]*pipe // set with target
 	aborted bool
 }
 
@@ -46,14 +46,10 @@ func newPair(l *Link, c *net.TCPConn) *pair {
 // connLoop is the pair's first goroutine; once the target is connected it
 // becomes the up reader (whose exit accounts for it).
 func (p *pair) connLoop() {
-	t := p.dial()
-	if t == nil {
+	if p.dial() == nil {
 		p.exit()
 		return
 	}
-	maxBlocks := p.l.maxBlocks()
-	p.pipes[up] = newPipe(p, up, p.client, t, maxBlocks)
-	p.pipes[down] = newPipe(p, down, t, p.client, maxBlocks)
 	p.refs.Add(3)
 	p.l.wg.Add(3)
 	go p.pipes[up].writeLoop()
@@ -75,6 +71,7 @@ func (p *pair) dial() *net.TCPConn {
 		return nil
 	}
 	t := c.(*net.TCPConn)
+	maxBlocks := p.l.maxBlocks()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.aborted {
@@ -82,6 +79,8 @@ func (p *pair) dial() *net.TCPConn {
 		return nil
 	}
 	p.target = t
+	p.pipes[up] = newPipe(p, up, p.client, t, maxBlocks)
+	p.pipes[down] = newPipe(p, down, t, p.client, maxBlocks)
 	return t
 }
 
@@ -95,10 +94,15 @@ func (p *pair) abort(reset bool) {
 		return
 	}
 	p.aborted = true
-	t := p.target
+	t, pipes := p.target, p.pipes
 	p.mu.Unlock()
 	close(p.done)
 	p.cancel()
+	for _, pp := range pipes {
+		if pp != nil {
+			pp.w.cancel()
+		}
+	}
 	for _, c := range []*net.TCPConn{p.client, t} {
 		if c == nil {
 			continue

@@ -48,6 +48,7 @@ type pipe struct {
 	maxBlocks int
 	ctr       *dirCounters
 	pacer     *pacer // nil: unlimited
+	w         waiter // the writer's sleep; canceled by pair.abort
 
 	// Owned by readLoop.
 	cur  *block // the block being filled; nil: take a new one
@@ -70,7 +71,7 @@ type pipe struct {
 }
 
 func newPipe(pr *pair, dir int, src, dst *net.TCPConn, maxBlocks int) *pipe {
-	return &pipe{pr: pr, l: pr.l, src: src, dst: dst, maxBlocks: maxBlocks, ctr: &pr.l.counters[dir], pacer: pr.l.pacers[dir],
+	return &pipe{pr: pr, l: pr.l, src: src, dst: dst, maxBlocks: maxBlocks, ctr: &pr.l.counters[dir], pacer: pr.l.pacers[dir], w: newWaiter(),
 		q: make([]segment, 16), dataReady: make(chan struct{}, 1), spaceReady: make(chan struct{}, 1)}
 }
 
@@ -216,18 +217,17 @@ func (p *pipe) finish(kind endKind, due time.Duration) {
 
 func (p *pipe) writeLoop() {
 	defer p.pr.exit()
-	t := time.NewTimer(time.Hour)
-	t.Stop()
+	defer p.w.close()
 	for {
 		seg, end, ok := p.next()
 		if !ok {
 			return
 		}
 		if end != endNone {
-			p.deliverEnd(t, end)
+			p.deliverEnd(end)
 			return
 		}
-		if !sleepFor(t, seg.due-p.l.now(), p.pr.done) {
+		if !p.w.sleep(seg.due - p.l.now()) {
 			return
 		}
 		n, err := p.dst.Write(seg.blk.b[seg.off:seg.end])
@@ -235,7 +235,7 @@ func (p *pipe) writeLoop() {
 		if err != nil {
 			// The destination is gone; its reset reaches the source
 			// after the delay.
-			if sleepFor(t, p.l.Delay(), p.pr.done) {
+			if p.w.sleep(p.l.Delay()) {
 				p.pr.abort(true)
 			}
 			return
@@ -291,7 +291,7 @@ func (p *pipe) written(seg segment, n int) {
 }
 
 // deliverEnd forwards the end of this direction once it is due.
-func (p *pipe) deliverEnd(t *time.Timer, end endKind) {
+func (p *pipe) deliverEnd(end endKind) {
 	p.mu.Lock()
 	due, last := p.endDue, p.last
 	p.last = nil
@@ -299,7 +299,7 @@ func (p *pipe) deliverEnd(t *time.Timer, end endKind) {
 	if last != nil {
 		p.l.putBlock(last) // the reader has returned and every segment is written
 	}
-	if !sleepFor(t, due-p.l.now(), p.pr.done) {
+	if !p.w.sleep(due - p.l.now()) {
 		return
 	}
 	switch end {
