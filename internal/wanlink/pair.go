@@ -117,7 +117,14 @@ func (p *pair) abort(reset bool) {
 // exit is called by each goroutine of the pair as it returns.
 func (p *pair) exit() {
 	if p.refs.Add(-1) == 0 {
-		p.abort(false) // both sides already got their FIN: a plain close
+		// Both sides already got their FIN (else abort ran): a plain close.
+		p.abort(false)
+		// pipes were set before the other goroutines started.
+		for _, pp := range p.pipes {
+			if pp != nil {
+				pp.drop()
+			}
+		}
 		p.l.removePair(p)
 	}
 	p.l.wg.Done()

@@ -290,6 +290,18 @@ func (p *pipe) written(seg segment, n int) {
 	notify(p.spaceReady)
 }
 
+// drop forgets what is still queued once the pair has ended (an abort
+// leaves bytes that will never be written), so the link's counters hold
+// only live connections.
+func (p *pipe) drop() {
+	p.mu.Lock()
+	left := p.inflight
+	p.inflight, p.n = 0, 0
+	p.q = nil
+	p.mu.Unlock()
+	p.ctr.inflight.Add(-int64(left))
+}
+
 // deliverEnd forwards the end of this direction once it is due.
 func (p *pipe) deliverEnd(end endKind) {
 	p.mu.Lock()
