@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nowconnect/nowconnect/internal/testenv"
+	"github.com/nowconnect/nowconnect/internal/wanlink"
 )
 
 func TestMain(m *testing.M) {
@@ -49,6 +51,21 @@ func TestBenchSmoke(t *testing.T) {
 			t.Errorf("%s: %d results, want %d", name, n[0], n[1])
 		}
 	}
+	if w := rep.WAN; w == nil {
+		t.Error("no wan results")
+	} else {
+		for name, n := range map[string][2]int{
+			"wan throughput": {len(w.Throughput), 8 * len(w.RTTsMs)},
+			"wan req/resp":   {len(w.ReqResp), 2 * len(w.RTTsMs)},
+		} {
+			if n[0] != n[1] || n[1] == 0 {
+				t.Errorf("%s: %d results, want %d", name, n[0], n[1])
+			}
+		}
+		if st := w.Stall; st == nil || !st.Settled || st.HeapNote != "" || st.SourceBytes == 0 {
+			t.Errorf("wan stalled client: %+v, want a settled stall with heap readings", st)
+		}
+	}
 	for _, id := range rep.Idle {
 		if id.HubActive != id.Conns {
 			t.Errorf("idle %d: the hub reports %d active streams", id.Conns, id.HubActive)
@@ -84,7 +101,8 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	for _, s := range []string{"## Targets", "## Throughput", "## Request/response", "## Connection setup",
 		"## Idle memory", "## Slow-consumer isolation", "## Capacity tuning sweeps", "### Recommended settings",
-		"(bench/charts/ratios.svg)"} {
+		"(bench/charts/ratios.svg)", "## WAN", "`go run ./bench/runner -only wan`", "### Stalled clients", "(bench/charts/wan.svg)",
+		"WAN 2 ms RTT: 1-stream throughput, download"} {
 		if !strings.Contains(string(text), s) {
 			t.Errorf("BENCHMARKS.md lacks %q", s)
 		}
@@ -141,5 +159,73 @@ func TestBarChartLogScale(t *testing.T) {
 		if err != nil {
 			t.Fatalf("not well-formed: %v\n%s", err, svg)
 		}
+	}
+}
+
+// TestGatewayHooks: a scenario's hub config lines land in their tables
+// (the hub starts with them, and refuses a key it does not know, so they
+// reach it), its agent flags reach the agent, and AgentDial puts a link
+// between the agent and the control port.
+func TestGatewayHooks(t *testing.T) {
+	bin := testenv.Binary(t)
+	tg, err := StartTargets(100, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	conns := connectors{"echo": tg.Echo}
+	var link *wanlink.Link
+	defer func() {
+		if link != nil {
+			_ = link.Close()
+		}
+	}()
+	cfg := GatewayConfig{
+		HubConfig: map[string][]string{
+			"":         {`allow_cidrs = ["127.0.0.0/8"]`},
+			"tunnel":   {`ping_interval = "5s"`},
+			"timeouts": {`idle = "1h"`},
+		},
+		AgentArgs: []string{"--log-level", "error"},
+		AgentDial: func(control string) (string, error) {
+			l, err := wanlink.Start(wanlink.Config{Target: control, Delay: time.Millisecond})
+			link = l
+			if err != nil {
+				return "", err
+			}
+			return l.Addr(), nil
+		},
+	}
+	gw, err := startProcGateway(bin, t.TempDir(), cfg, conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := echoOnce(gw.Addr("echo")); err != nil {
+		t.Error(err)
+	}
+	gw.Close()
+	if link == nil || link.Stats().Accepted == 0 {
+		t.Error("the agent did not dial through the link")
+	}
+
+	for _, bad := range []struct {
+		cfg  GatewayConfig
+		want string
+	}{
+		{GatewayConfig{HubConfig: map[string][]string{"tunnel": {"no_such_key = 1"}}}, "no_such_key"},
+		{GatewayConfig{AgentArgs: []string{"--no-such-flag"}}, "no-such-flag"},
+	} {
+		gw, err := startProcGateway(bin, t.TempDir(), bad.cfg, conns)
+		if err == nil {
+			gw.Close()
+			t.Errorf("%s: the gateway started", bad.cfg)
+			continue
+		}
+		if !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v, want it to name %q", bad.cfg, err, bad.want)
+		}
+	}
+	if _, err := startInprocGateway(GatewayConfig{AgentArgs: []string{"--tunnels", "1"}}, conns); err == nil || !strings.Contains(err.Error(), "procs") {
+		t.Errorf("inproc with agent flags: %v, want an error naming procs mode", err)
 	}
 }

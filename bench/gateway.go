@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,11 +33,65 @@ type GatewayConfig struct {
 	QueueDepth int `json:"queue_depth"` // queue_depth_per_cid
 	ReadBuffer int `json:"read_buffer"` // engine.read_buffer_bytes
 	EventLoops int `json:"event_loops"` // engine.event_loops (0: one per CPU)
+
+	// Hooks for a scenario (zero: none).
+
+	// HubConfig adds lines to the hub's config file by table: "" for
+	// top-level keys, "tunnel", "engine", … (a table the launcher does not
+	// write is added), e.g. {"tunnel": {"max_stream_window = 16777216"}}.
+	// Procs mode only.
+	HubConfig map[string][]string `json:"hub_config,omitempty"`
+	// AgentArgs are extra `nowconnect premise` flags, e.g.
+	// {"--tunnels", "1"}. Procs mode only.
+	AgentArgs []string `json:"agent_args,omitempty"`
+	// Env is added to the environment of both processes ("K=V"), e.g.
+	// GOGC for a memory measurement. Procs mode only.
+	Env []string `json:"env,omitempty"`
+	// AgentDial, when set, is called with the hub's control address once
+	// the hub is healthy and returns the address the agent dials instead
+	// (the wan scenario's link, which forwards to the control port).
+	AgentDial func(control string) (string, error) `json:"-"`
 }
 
 func (c GatewayConfig) String() string {
-	return fmt.Sprintf("window=%s queue_depth=%d read_buffer=%s event_loops=%d",
+	s := fmt.Sprintf("window=%s queue_depth=%d read_buffer=%s event_loops=%d",
 		sizeStr(c.Window), c.QueueDepth, sizeStr(c.ReadBuffer), c.EventLoops)
+	if len(c.HubConfig) > 0 {
+		s += fmt.Sprintf(" hub_config=%v", c.HubConfig)
+	}
+	if len(c.AgentArgs) > 0 {
+		s += fmt.Sprintf(" agent_args=%q", c.AgentArgs)
+	}
+	if len(c.Env) > 0 {
+		s += fmt.Sprintf(" env=%q", c.Env)
+	}
+	return s
+}
+
+// hubTables are the tables the launcher writes, in order.
+var hubTables = []string{"", "auth", "tunnel", "engine", "log"}
+
+// hubExtra returns the extra lines of a table, each ending in a newline.
+func (c GatewayConfig) hubExtra(table string) string {
+	var b strings.Builder
+	for _, l := range c.HubConfig[table] {
+		b.WriteString(l + "\n")
+	}
+	return b.String()
+}
+
+// hubOtherTables writes the tables of HubConfig the launcher does not.
+func (c GatewayConfig) hubOtherTables(b *strings.Builder) {
+	var names []string
+	for t := range c.HubConfig {
+		if !slices.Contains(hubTables, t) {
+			names = append(names, t)
+		}
+	}
+	slices.Sort(names)
+	for _, t := range names {
+		fmt.Fprintf(b, "\n[%s]\n%s", t, c.hubExtra(t))
+	}
 }
 
 // Gateway is a running hub + agent pair whose listeners forward to the
@@ -152,24 +207,40 @@ func startProcGateway(bin, workDir string, cfg GatewayConfig, conns connectors) 
 	if cfg.QueueDepth > 0 {
 		fmt.Fprintf(&hc, "queue_depth_per_cid = %d\n", cfg.QueueDepth)
 	}
+	hc.WriteString(cfg.hubExtra(""))
 	for i, n := range names {
 		bind := fmt.Sprintf("127.0.0.1:%d", ports[1+i])
 		g.addrs[n] = bind
 		fmt.Fprintf(&hc, "\n[[listeners]]\nname = %q\nbind = %q\nconnector = %q\n", n, bind, n)
 	}
-	fmt.Fprintf(&hc, "\n[auth]\njwt_secret_file = %q\n", secretFile)
-	fmt.Fprintf(&hc, "\n[tunnel]\nstream_window = %d\nmax_frame_payload = %d\n", window, min(window, 65536))
+	fmt.Fprintf(&hc, "\n[auth]\njwt_secret_file = %q\n%s", secretFile, cfg.hubExtra("auth"))
+	fmt.Fprintf(&hc, "\n[tunnel]\nstream_window = %d\nmax_frame_payload = %d\n%s", window, min(window, 65536), cfg.hubExtra("tunnel"))
 	fmt.Fprintf(&hc, "\n[engine]\nevent_loops = %d\n", cfg.EventLoops)
 	if cfg.ReadBuffer > 0 {
 		fmt.Fprintf(&hc, "read_buffer_bytes = %d\n", cfg.ReadBuffer)
 	}
-	fmt.Fprintf(&hc, "\n[log]\nlevel = \"warn\"\n")
+	hc.WriteString(cfg.hubExtra("engine"))
+	fmt.Fprintf(&hc, "\n[log]\nlevel = \"warn\"\n%s", cfg.hubExtra("log"))
+	cfg.hubOtherTables(&hc)
 	hubFile := filepath.Join(dir, "cloud.toml")
 	if err := os.WriteFile(hubFile, []byte(hc.String()), 0o600); err != nil {
 		return nil, err
 	}
+	g.hubLog = filepath.Join(dir, "hub.log")
+	if g.hub, err = spawn(bin, g.hubLog, cfg.Env, "cloud", "--config", hubFile); err != nil {
+		return nil, err
+	}
+	if err := g.waitHealthy(10 * time.Second); err != nil {
+		return nil, err
+	}
+	cloud := g.control
+	if cfg.AgentDial != nil {
+		if cloud, err = cfg.AgentDial(g.control); err != nil {
+			return nil, err
+		}
+	}
 	var ac strings.Builder
-	fmt.Fprintf(&ac, "cloud_url = %q\nagent_id = \"bench-agent\"\ntoken_file = %q\nstream_window = %d\n", "ws://"+g.control+"/tunnel", tokenFile, window)
+	fmt.Fprintf(&ac, "cloud_url = %q\nagent_id = \"bench-agent\"\ntoken_file = %q\nstream_window = %d\n", "ws://"+cloud+"/tunnel", tokenFile, window)
 	fmt.Fprintf(&ac, "reconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\nmetrics_listen = %q\n", g.agentMx)
 	for _, n := range names {
 		fmt.Fprintf(&ac, "\n[[connectors]]\nname = %q\ntarget = %q\n", n, conns[n])
@@ -180,15 +251,8 @@ func startProcGateway(bin, workDir string, cfg GatewayConfig, conns connectors) 
 		return nil, err
 	}
 
-	g.hubLog = filepath.Join(dir, "hub.log")
-	if g.hub, err = spawn(bin, g.hubLog, "cloud", "--config", hubFile); err != nil {
-		return nil, err
-	}
-	if err := g.waitHealthy(10 * time.Second); err != nil {
-		return nil, err
-	}
 	g.agLog = filepath.Join(dir, "agent.log")
-	if g.agent, err = spawn(bin, g.agLog, "premise", "--config", agentFile); err != nil {
+	if g.agent, err = spawn(bin, g.agLog, cfg.Env, append([]string{"premise", "--config", agentFile}, cfg.AgentArgs...)...); err != nil {
 		return nil, err
 	}
 	if err := waitAgent(g, 10*time.Second, func() error { return g.exited() }); err != nil {
@@ -197,12 +261,15 @@ func startProcGateway(bin, workDir string, cfg GatewayConfig, conns connectors) 
 	return g, nil
 }
 
-func spawn(bin, logFile string, args ...string) (*exec.Cmd, error) {
+func spawn(bin, logFile string, env []string, args ...string) (*exec.Cmd, error) {
 	f, err := os.Create(logFile)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -349,15 +416,18 @@ func metricValue(text, name string) float64 {
 
 // goMem is a process's Go heap and stacks in use from its /metrics
 // (go_memstats_*, as of the last GC's accounting; no GC is forced).
-type goMem struct{ heap, stack float64 }
+// alloc is the bytes of allocated heap objects (go_memstats_heap_alloc_bytes),
+// finer than heap in use (whole spans) once garbage is collected.
+type goMem struct{ heap, stack, alloc float64 }
 
 func readGoMem(fetch func() (string, error)) (goMem, bool) {
 	text, err := fetch()
 	if err != nil {
 		return goMem{}, false
 	}
-	m := goMem{heap: metricValue(text, "go_memstats_heap_inuse_bytes"), stack: metricValue(text, "go_memstats_stack_inuse_bytes")}
-	return m, m.heap >= 0 && m.stack >= 0
+	m := goMem{heap: metricValue(text, "go_memstats_heap_inuse_bytes"), stack: metricValue(text, "go_memstats_stack_inuse_bytes"),
+		alloc: metricValue(text, "go_memstats_heap_alloc_bytes")}
+	return m, m.heap >= 0 && m.stack >= 0 && m.alloc >= 0
 }
 
 // Close stops the agent and the hub together: SIGTERM, then SIGKILL after
@@ -398,6 +468,9 @@ type inprocGateway struct {
 }
 
 func startInprocGateway(cfg GatewayConfig, conns connectors) (_ *inprocGateway, err error) {
+	if len(cfg.HubConfig) > 0 || len(cfg.AgentArgs) > 0 || len(cfg.Env) > 0 {
+		return nil, fmt.Errorf("gateway hooks HubConfig, AgentArgs and Env (%s) need -mode procs", cfg)
+	}
 	names := conns.names()
 	ports, err := freePorts(1 + len(names))
 	if err != nil {
@@ -431,7 +504,14 @@ func startInprocGateway(cfg GatewayConfig, conns connectors) (_ *inprocGateway, 
 		return nil, err
 	}
 	g.h = h
-	a, err := agent.New(agent.Config{URLs: []string{"ws://" + g.control + "/tunnel"}, AgentID: "bench-agent",
+	cloud := g.control
+	if cfg.AgentDial != nil {
+		if cloud, err = cfg.AgentDial(g.control); err != nil {
+			_ = h.Stop(context.Background())
+			return nil, err
+		}
+	}
+	a, err := agent.New(agent.Config{URLs: []string{"ws://" + cloud + "/tunnel"}, AgentID: "bench-agent",
 		Token: tok, Connectors: conns, Window: cfg.Window, Logger: log,
 		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 500 * time.Millisecond})
 	if err != nil {

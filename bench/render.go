@@ -78,8 +78,8 @@ func Render(rep *Report, md, chartsDir, analysis string) error {
 	var cats []string
 	var ratios, refs []float64
 	for _, f := range rep.Figures {
-		if f.Met == nil || f.NoDirect || strings.HasPrefix(f.Target, "≤") {
-			continue
+		if f.Met == nil || f.NoDirect || !strings.HasPrefix(f.Target, "≥") || !strings.HasSuffix(f.Target, "×") {
+			continue // only ratio targets; the WAN's are absolute
 		}
 		cats = append(cats, shortName(f.Name))
 		ratios = append(ratios, f.Ratio)
@@ -277,6 +277,8 @@ func Render(rep *Report, md, chartsDir, analysis string) error {
 		}
 	}
 
+	renderWAN(rep, w, chart)
+
 	// Sweeps.
 	if len(rep.Sweeps) > 0 {
 		w("## Capacity tuning sweeps\n\n")
@@ -345,6 +347,7 @@ func Render(rep *Report, md, chartsDir, analysis string) error {
 	w("make bench-smoke     # every scenario at tiny sizes (seconds); asserts nothing about figures; CI runs it via go test ./bench\n")
 	w("go run ./bench/runner -report                       # re-render this file from the newest bench/out/*.json\n")
 	w("go run ./bench/runner -only thr,rr -no-sweeps       # some scenarios (does not rewrite this file)\n")
+	w("go run ./bench/runner -only wan                     # the WAN section's scenario alone\n")
 	w("go run ./bench/runner -mode inproc -only thr -cpuprofile cpu.prof && go tool pprof -top cpu.prof\n")
 	w("```\n\n")
 	w("Scenarios for `-only`: %s. Flags: `go run ./bench/runner -h`.\n", strings.Join(Scenarios, ", "))

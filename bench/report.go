@@ -29,6 +29,7 @@ type Report struct {
 	Setup       []SetupResult      `json:"setup"`
 	Idle        []IdleResult       `json:"idle"`
 	Slow        []SlowResult       `json:"slow_consumer"`
+	WAN         *WANReport         `json:"wan,omitempty"`
 	Sweeps      []Sweep            `json:"sweeps"`
 	Recommended *GatewayConfig     `json:"recommended,omitempty"`
 	Notes       []string           `json:"notes"`

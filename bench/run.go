@@ -37,7 +37,7 @@ type Options struct {
 }
 
 // Scenario names for Options.Only.
-var Scenarios = []string{"thr", "rr", "open", "setup", "slow", "idle", "sweep"}
+var Scenarios = []string{"thr", "rr", "open", "setup", "slow", "idle", "wan", "sweep"}
 
 type runner struct {
 	opts      Options
@@ -183,6 +183,11 @@ func (r *runner) run() error {
 	if r.want("idle") {
 		if err := r.idle(); err != nil {
 			return fmt.Errorf("idle: %w", err)
+		}
+	}
+	if r.want("wan") {
+		if err := r.wan(); err != nil {
+			return fmt.Errorf("wan: %w", err)
 		}
 	}
 	if r.want("sweep") && !r.opts.NoSweeps {
@@ -758,7 +763,7 @@ func figures(rep *Report) []Figure {
 		out = append(out, Figure{Name: fmt.Sprintf("CPU per GB moved, 1-stream %s (gateway: hub+agent; direct: whole runner)", t.Direction),
 			Unit: "CPU-s/GB", Direct: direct, Gateway: g, Ratio: safeDiv(g, direct), BgCPU: t.BgCPU})
 	}
-	return out
+	return append(out, wanFigures(rep)...)
 }
 
 func safeDiv(a, b float64) float64 {

@@ -32,7 +32,8 @@ import (
 type Targets struct {
 	Sink, Source, Echo, Once, RR string // addresses
 
-	SinkBytes atomic.Int64 // bytes read by sink, all connections
+	SinkBytes   atomic.Int64 // bytes read by sink, all connections
+	SourceBytes atomic.Int64 // bytes written by source, all connections
 
 	reqSize, respSize int
 	resp              []byte
@@ -128,7 +129,9 @@ func (t *Targets) source(c net.Conn) {
 		_ = c.Close()
 	}()
 	for {
-		if _, err := c.Write(t.srcBuf); err != nil {
+		n, err := c.Write(t.srcBuf)
+		t.SourceBytes.Add(int64(n))
+		if err != nil {
 			return
 		}
 	}

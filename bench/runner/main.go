@@ -3,6 +3,7 @@
 //	go run ./bench/runner              # full run (make bench), < 5 min
 //	go run ./bench/runner -smoke       # every scenario, tiny sizes (make bench-smoke)
 //	go run ./bench/runner -report      # regenerate BENCHMARKS.md from the newest bench/out/*.json
+//	go run ./bench/runner -only wan    # the WAN scenario alone (bench/out/partial-*.json; render with -report -in)
 //	go run ./bench/runner -mode inproc -only thr -cpuprofile cpu.prof
 package main
 

@@ -68,3 +68,32 @@ func goroutineIDs(stacks []string) []string {
 	}
 	return ids
 }
+
+// WaitGoroutinesGone polls until no goroutine other than the caller's runs
+// a function whose name starts with prefix (for example
+// "github.com/nowconnect/nowconnect/internal/wanlink."), and fails the test
+// with their stacks once timeout has passed. Put the tests in an external
+// test package (package x_test) so that their own goroutines do not match.
+func WaitGoroutinesGone(t testing.TB, timeout time.Duration, prefix string) {
+	t.Helper()
+	var left []string
+	if poll(timeout, func() bool { left = goroutinesIn(prefix); return len(left) == 0 }) {
+		return
+	}
+	t.Fatalf("testenv: %d goroutines of %s still running after %v:\n\n%s", len(left), prefix, timeout, strings.Join(left, "\n\n"))
+}
+
+// goroutinesIn returns the stacks of the other goroutines that have a
+// frame of a function starting with prefix.
+func goroutinesIn(prefix string) []string {
+	var out []string
+	for _, g := range goroutineStacks() {
+		for _, line := range strings.Split(g, "\n") {
+			if strings.HasPrefix(line, prefix) || strings.HasPrefix(line, "created by "+prefix) {
+				out = append(out, g)
+				break
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package wanlink
+
+import "errors"
+
+func newFDWaiter() (waiter, error) { return nil, errors.ErrUnsupported }
