@@ -3,16 +3,15 @@
 package agent
 
 import (
-	"os"
 	"sync"
-	"syscall"
 
 	"github.com/nowconnect/nowconnect/codec"
 )
 
-// readState is the target reader of a stream where no epoll is available:
-// one goroutine per stream (targetReadLoop), parked in the netpoller without
-// a buffer while the target is idle.
+// readState is the target reader of a stream where no epoll is available
+// (macOS, the BSDs, Windows): one goroutine per stream (targetReadLoop),
+// parked in the netpoller without a buffer while the target is idle. Only
+// the read itself, rawRead, differs per OS.
 type readState struct {
 	wake sync.Cond // L is &st.mu; signalled when credit arrives or the stream ends
 	// owned by targetReadLoop
@@ -21,6 +20,7 @@ type readState struct {
 	rn     int
 	rb     *frameBuf
 	rerr   error
+	os     rawReadState // what rawRead (targetread_unix.go, targetread_windows.go) keeps between calls
 }
 
 // pollers is empty without epoll.
@@ -76,31 +76,5 @@ func (st *stream) targetReadLoop() {
 			st.targetEOF()
 			return
 		}
-	}
-}
-
-// rawRead is the syscall.RawConn.Read callback: it takes a buffer only once
-// the socket is readable and returns false on EAGAIN so the runtime parks
-// the goroutine until it is.
-func (st *stream) rawRead(fd uintptr) bool {
-	fb := getFrameBuf()
-	for {
-		n, err := syscall.Read(int(fd), fb.b[hdrRoom:hdrRoom+st.rd.want])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err == syscall.EAGAIN {
-			putFrameBuf(fb)
-			return false
-		}
-		if n > 0 {
-			st.rd.rn, st.rd.rb = n, fb
-			return true
-		}
-		putFrameBuf(fb)
-		if err != nil {
-			st.rd.rerr = os.NewSyscallError("read", err)
-		}
-		return true
 	}
 }

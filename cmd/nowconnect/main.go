@@ -26,13 +26,11 @@ commands:
   up        run hub and agent in one process (development)
   token     mint an agent token from a shared secret
   loadtest  drive LDAP load (bind, search, group writes) with SLO gates: loadtest ldap --url ...
-  version   print the version
+  health    ask a hub's /healthz: exit 0 when it answers ok (the image's HEALTHCHECK)
+  version   print the version, commit and build date (also --version)
 
 Run "nowconnect <command> -h" for the flags of a command.
 `
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -57,8 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runToken(args[1:], stdout, stderr)
 	case "loadtest":
 		return runLoadtest(ctx, args[1:], stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "nowconnect", version)
+	case "health":
+		return runHealth(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		return runVersion(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 	default:
