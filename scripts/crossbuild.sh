@@ -5,7 +5,8 @@
 #
 #   CROSS_TARGETS="windows/amd64 darwin/arm64" (default) — GOOS/GOARCH pairs
 #
-# go vet runs on each linked package's own files for that GOOS (go list's GoFiles, as an ad-hoc
+# Built like scripts/release.sh builds (CGO_ENABLED=0, -trimpath), so the two share the build
+# cache. go vet runs on each linked package's own files for that GOOS (go list's GoFiles, as an ad-hoc
 # package), not on its _test.go files: several tests use Linux or Unix sockets directly, and
 # the Linux pass of scripts/test.sh vets every test file already.
 set -euo pipefail
@@ -23,7 +24,7 @@ for target in $targets; do
 	fi
 	export GOOS="$goos" GOARCH="$goarch" CGO_ENABLED=0
 	echo "crossbuild: $target: go build ./cmd/nowconnect"
-	go build -o /dev/null ./cmd/nowconnect
+	go build -trimpath -o /dev/null ./cmd/nowconnect
 	pkgs="$(go list -deps -f '{{if and .Module .Module.Main}}{{.ImportPath}}{{end}}' ./cmd/nowconnect)"
 	for pkg in $pkgs; do
 		mapfile -t files < <(go list -f '{{range .GoFiles}}{{$.Dir}}/{{.}}{{"\n"}}{{end}}' "$pkg")
