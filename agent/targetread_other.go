@@ -2,26 +2,13 @@
 
 package agent
 
-import (
-	"sync"
+import "github.com/nowconnect/nowconnect/codec"
 
-	"github.com/nowconnect/nowconnect/codec"
-)
-
-// readState is the target reader of a stream where no epoll is available
-// (macOS, the BSDs, Windows): one goroutine per stream (targetReadLoop),
-// parked in the netpoller without a buffer while the target is idle. Only
-// the read itself, rawRead, differs per OS.
-type readState struct {
-	wake sync.Cond // L is &st.mu; signalled when credit arrives or the stream ends
-	// owned by targetReadLoop
-	readFn func(fd uintptr) bool // rawRead, bound once
-	want   int
-	rn     int
-	rb     *frameBuf
-	rerr   error
-	os     rawReadState // what rawRead (targetread_unix.go, targetread_windows.go) keeps between calls
-}
+// The target reader of a stream where no epoll is available (macOS, the
+// BSDs, Windows): one goroutine per stream (targetReadLoop), parked in the
+// netpoller without a buffer while the target is idle. Only the read
+// itself differs per OS: rawRead and its readState are in
+// targetread_unix.go and targetread_windows.go.
 
 // pollers is empty without epoll.
 type pollers struct{}

@@ -4,11 +4,20 @@ package agent
 
 import (
 	"os"
+	"sync"
 	"syscall"
 )
 
-// rawReadState: a non-blocking read needs nothing kept between calls.
-type rawReadState struct{}
+// readState is the state of targetReadLoop (targetread_other.go).
+type readState struct {
+	wake sync.Cond // L is &st.mu; signalled when credit arrives or the stream ends
+	// owned by targetReadLoop
+	readFn func(fd uintptr) bool // rawRead, bound once
+	want   int
+	rn     int
+	rb     *frameBuf
+	rerr   error
+}
 
 // rawRead is the syscall.RawConn.Read callback: it takes a buffer only once
 // the socket is readable and returns false on EAGAIN so the runtime parks

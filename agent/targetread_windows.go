@@ -2,15 +2,23 @@ package agent
 
 import (
 	"os"
+	"sync"
 	"syscall"
 )
 
 // wsaeWouldBlock is WSAEWOULDBLOCK, which package syscall does not name.
 const wsaeWouldBlock syscall.Errno = 10035
 
-// rawReadState remembers whether the runtime has waited for the socket.
-type rawReadState struct {
-	waited bool // the last rawRead returned false: the runtime's wait is over now
+// readState is the state of targetReadLoop (targetread_other.go).
+type readState struct {
+	wake sync.Cond // L is &st.mu; signalled when credit arrives or the stream ends
+	// owned by targetReadLoop
+	readFn func(fd uintptr) bool // rawRead, bound once
+	want   int
+	rn     int
+	rb     *frameBuf
+	rerr   error
+	waited bool // the last rawRead returned false: the runtime's wait for readability is over now
 }
 
 // rawRead is the syscall.RawConn.Read callback on Windows. Windows sockets
@@ -20,11 +28,11 @@ type rawReadState struct {
 // while the target is idle; the next, made once data (or EOF) is there,
 // receives it with a WSARecv that does not block.
 func (st *stream) rawRead(fd uintptr) bool {
-	if !st.rd.os.waited {
-		st.rd.os.waited = true
+	if !st.rd.waited {
+		st.rd.waited = true
 		return false
 	}
-	st.rd.os.waited = false
+	st.rd.waited = false
 	fb := getFrameBuf()
 	b := fb.b[hdrRoom : hdrRoom+st.rd.want]
 	buf := syscall.WSABuf{Len: uint32(len(b)), Buf: &b[0]}
@@ -32,7 +40,7 @@ func (st *stream) rawRead(fd uintptr) bool {
 	err := syscall.WSARecv(syscall.Handle(fd), &buf, 1, &n, &flags, nil, nil)
 	if err == wsaeWouldBlock { // a non-blocking socket with nothing after all: wait again
 		putFrameBuf(fb)
-		st.rd.os.waited = true
+		st.rd.waited = true
 		return false
 	}
 	if err == nil && n > 0 {
