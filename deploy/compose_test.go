@@ -302,7 +302,7 @@ func TestComposePingPong(t *testing.T) {
 	for k, v := range premise.Environment {
 		switch k {
 		case "NC_CLOUD_URL":
-			v = rewrite(t, k, v, "nowconnect-cloud:"+port(t, hc.control), dialable(hc.control))
+			v = rewrite(t, k, v, "nowconnect-cloud:8765", dialable(hc.control)) // cloud.yaml listens on :8765
 		case "NC_CONNECTORS":
 			v = rewrite(t, k, v, "openldap:389", slapd.Addr)
 		case "NC_TOKEN_FILE":
