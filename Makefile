@@ -26,7 +26,7 @@ FUZZTIME ?= 30s
 GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
 STATICCHECK = $(GOBIN_DIR)/staticcheck
 
-.PHONY: run build install test deps lint fuzz clean bench bench-smoke
+.PHONY: run build install test deps lint fuzz clean bench bench-smoke release image
 
 # Builds the binary and execs it (scripts/run.sh), so Ctrl-C reaches `nowconnect up`
 # itself, which stops everything it started and exits 0: make reports no error.
@@ -66,8 +66,21 @@ fuzz:
 	done; \
 	if [ "$$found" = 0 ]; then echo "no Fuzz targets under ./codec"; exit 1; fi
 
+# Release builds (scripts/release.sh): static (CGO_ENABLED=0), -trimpath, version, commit and
+# date embedded, for linux/amd64 linux/arm64 windows/amd64 darwin/arm64, into
+# dist/nowconnect-VERSION-OS-ARCH[.exe] with dist/SHA256SUMS. VERSION= COMMIT= DATE= DIST=
+# TARGETS= override the defaults (git describe, git rev-parse HEAD, now).
+release:
+	bash scripts/release.sh
+
+# The container image (Dockerfile) with podman or docker, tagged nowconnect:latest; built
+# from a local binary when the Go builder image cannot be pulled (no registry). ENGINE=
+# IMAGE= IMAGE_FROM=source|binary|auto override (scripts/image.sh).
+image:
+	bash scripts/image.sh
+
 clean:
-	rm -rf bin
+	rm -rf bin dist
 	$(GO) clean -testcache
 
 # The CI/CD health gate of seed 000 (scripts/gate.sh): builds bin/nowconnect, starts slapd,

@@ -2,27 +2,15 @@
 
 package agent
 
-import (
-	"os"
-	"sync"
-	"syscall"
+import "github.com/nowconnect/nowconnect/codec"
 
-	"github.com/nowconnect/nowconnect/codec"
-)
-
-// readState is the target reader of a stream where no epoll is available:
-// one goroutine per stream (targetReadLoop), parked in the netpoller without
-// a buffer while the target is idle.
-type readState struct {
-	wake sync.Cond // L is &st.mu; signalled when credit arrives or the stream ends
-	// owned by targetReadLoop
-	readFn  func(fd uintptr) bool // rawRead, bound once
-	want    int                   // tunnel-level credit reserved for the read in progress
-	rn      int
-	rb      *frameBuf
-	rerr    error
-	starved bool // rawRead found no tunnel-level credit
-}
+// The target reader of a stream where no epoll is available (macOS, the
+// BSDs, Windows): one goroutine per stream (targetReadLoop), parked in the
+// netpoller without a buffer while the target is idle. Only the read
+// itself differs per OS: rawRead and its readState are in
+// targetread_unix.go and targetread_windows.go. rawRead reserves the
+// tunnel-level credit only once the socket is readable, so an idle stream
+// holds none while it waits.
 
 // pollers is empty without epoll.
 type pollers struct{}
@@ -82,39 +70,22 @@ func (st *stream) targetReadLoop() {
 	}
 }
 
-// rawRead is the syscall.RawConn.Read callback: it takes a buffer only once
-// the socket is readable and returns false on EAGAIN so the runtime parks
-// the goroutine until it is.
-func (st *stream) rawRead(fd uintptr) bool {
-	// Credit is reserved only now that the socket is (likely) readable, so
-	// an idle stream holds no tunnel-level credit while it waits.
+// reserveRead reserves the credit for the read rawRead is about to make:
+// the stream's and the tunnel's (readableLocked). Without tunnel-level
+// credit it marks the read starved; the loop then waits for the WINDOW.
+func (st *stream) reserveRead() bool {
 	st.mu.Lock()
 	st.rd.want = st.readableLocked()
 	st.mu.Unlock()
 	if st.rd.want == 0 {
 		st.rd.starved = true
-		return true
+		return false
 	}
-	fb := getFrameBuf()
-	for {
-		n, err := syscall.Read(int(fd), fb.b[hdrRoom:hdrRoom+st.rd.want])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err == syscall.EAGAIN {
-			putFrameBuf(fb)
-			st.sess.refund(st.rd.want)
-			st.rd.want = 0
-			return false
-		}
-		if n > 0 {
-			st.rd.rn, st.rd.rb = n, fb
-			return true
-		}
-		putFrameBuf(fb)
-		if err != nil {
-			st.rd.rerr = os.NewSyscallError("read", err)
-		}
-		return true
-	}
+	return true
+}
+
+// releaseRead gives back the credit of a read that found nothing.
+func (st *stream) releaseRead() {
+	st.sess.refund(st.rd.want)
+	st.rd.want = 0
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests need, idempotently (a second run only checks):
 #   - Debian packages: slapd + ldap-utils (the LDAP target and client), redis-server,
-#     prometheus (for promtool);
+#     prometheus (for promtool); podman, docker-compose, systemd, haproxy, openssl, make
+#     (the shipping tests of deploy/);
 #   - pinned Go tools in $(go env GOPATH)/bin: staticcheck, benchstat.
 # Versions come from the environment (the Makefile exports its pins) with the same defaults.
 set -euo pipefail
@@ -47,6 +48,36 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	done
 else
 	log "slapd, ldap-utils, redis-server, promtool: present"
+fi
+
+# --- Shipping tools (go test ./deploy: image, compose, systemd units, HA balancer) ---------
+# podman builds the image (no daemon; FROM scratch needs no registry), docker-compose checks
+# the compose files, systemd provides systemd-analyze and systemd-sysusers, haproxy checks
+# the HA balancer's config, openssl makes the mesh certificates, make runs `make release`.
+ship_missing=()
+for pair in podman:podman docker-compose:docker-compose systemd-analyze:systemd \
+	systemd-sysusers:systemd haproxy:haproxy openssl:openssl make:make; do
+	have "${pair%%:*}" || ship_missing+=("${pair#*:}")
+done
+if [ "${#ship_missing[@]}" -gt 0 ]; then
+	mapfile -t ship_missing < <(printf '%s\n' "${ship_missing[@]}" | sort -u)
+	log "missing: ${ship_missing[*]}; installing them"
+	if [ "$(id -u)" -eq 0 ]; then
+		SUDO=()
+	elif command -v sudo >/dev/null 2>&1; then
+		SUDO=(sudo)
+	else
+		log "not root and no sudo: install ${ship_missing[*]} by hand" >&2
+		exit 1
+	fi
+	"${SUDO[@]}" apt-get update
+	"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${ship_missing[@]}"
+	# Debian starts haproxy on install; the tests run their own checks and need none.
+	if command -v service >/dev/null 2>&1 && [[ " ${ship_missing[*]} " == *" haproxy "* ]]; then
+		"${SUDO[@]}" service haproxy stop >/dev/null 2>&1 || true
+	fi
+else
+	log "podman, docker-compose, systemd-analyze, haproxy, openssl, make: present"
 fi
 
 # --- Go tools ------------------------------------------------------------------------

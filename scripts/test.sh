@@ -27,6 +27,9 @@ banner "staticcheck ./..."
 "$(go env GOPATH)/bin/staticcheck" ./...
 echo "ok"
 
+banner "cross-compile: windows/amd64, darwin/arm64 (scripts/crossbuild.sh)"
+bash scripts/crossbuild.sh
+
 # Allocation tests measure the steady state; the race detector allocates on
 # its own (and sync.Pool drops items at random under it), so they skip
 # themselves in the -race pass below and run here first, without -race.

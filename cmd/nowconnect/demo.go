@@ -11,6 +11,9 @@ import (
 
 // runDemo runs the seeded demo directory (internal/ldapdemo) on 127.0.0.1 until ctx
 // ends: a target for the README's recipes on a machine without a directory of its own.
+// demoUsers is the number of users the demo directory is seeded with.
+const demoUsers = 5
+
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", "[--port 1389] [--users 5]", stderr)
 	port := fs.Int("port", 1389, "127.0.0.1 port to listen on (0: a free one)")

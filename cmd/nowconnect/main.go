@@ -28,13 +28,11 @@ commands:
   demo      run a seeded demo LDAP directory (slapd) on 127.0.0.1 until Ctrl-C
   loadtest  drive LDAP load (bind, search, group writes) with SLO gates: loadtest ldap --url ...
   check     run post-deploy checks (Nagios output, exit 0/1/2/3): check FILE... | --from-config FILE
-  version   print the version
+  health    ask a hub's /healthz: exit 0 when it answers ok (the image's HEALTHCHECK)
+  version   print the version, commit and build date (also --version)
 
 Run "nowconnect <command> -h" for the flags of a command.
 `
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -63,8 +61,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runLoadtest(ctx, args[1:], stdout, stderr)
 	case "check":
 		return runCheck(ctx, args[1:], stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "nowconnect", version)
+	case "health":
+		return runHealth(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		return runVersion(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 	default:

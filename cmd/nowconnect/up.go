@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -20,8 +22,6 @@ import (
 const (
 	// demoTarget as the TARGET of --forward starts the seeded demo directory.
 	demoTarget = "demo"
-	// demoUsers is the number of users the demo directory is seeded with.
-	demoUsers = 5
 	// probeTimeout bounds the start-up check that a target answers.
 	probeTimeout = 2 * time.Second
 )
