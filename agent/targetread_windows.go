@@ -19,7 +19,7 @@ type readState struct {
 	rb      *frameBuf
 	rerr    error
 	starved bool // rawRead found no tunnel-level credit: the loop waits for the tunnel's WINDOW
-	waited bool // the last rawRead returned false: the runtime's wait for readability is over now
+	waited  bool // the last rawRead returned false: the runtime's wait for readability is over now
 }
 
 // rawRead is the syscall.RawConn.Read callback on Windows. Windows sockets
