@@ -427,6 +427,9 @@ func TestSeedCorpus(t *testing.T) {
 		"FuzzParseFrame":    parseFrameSeeds(),
 		"FuzzParseWSHeader": wsHeaderSeeds(),
 		"FuzzStream":        streamSeeds(),
+		// mesh frames (mesh_fuzz_test.go)
+		"FuzzParseMeshFrame": meshFrameSeeds(),
+		"FuzzMeshStream":     meshStreamSeeds(),
 	}
 	for target, seeds := range corpus {
 		dir := filepath.Join("testdata", "fuzz", target)
