@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nowconnect/nowconnect/internal/wanlink"
@@ -232,6 +233,15 @@ func (r *runner) wanStall(rtt time.Duration) (*WANStall, error) {
 	// close to the live heap, so that garbage does not read as growth.
 	cfg.Env = append(cfg.Env, stallGOGC)
 	res.Env = stallGOGC
+	// Small kernel buffers on both sides of the client connection: bytes a
+	// kernel takes count as consumed (the hub cannot tell a socket buffer
+	// from a reader), so megabytes of them would let a never-reading
+	// client move at full speed, and its window rightly grow, before it
+	// stalls. Here it stalls from the first byte, as the target asks.
+	if cfg.HubConfig == nil {
+		cfg.HubConfig = map[string][]string{}
+	}
+	cfg.HubConfig["engine"] = append(cfg.HubConfig["engine"], "socket_send_buffer = 16384")
 	cfg.AgentDial = func(control string) (string, error) {
 		l, err := ls.start(control, rtt/2)
 		if err != nil {
@@ -309,16 +319,26 @@ func (r *runner) wanStall(rtt time.Duration) (*WANStall, error) {
 }
 
 // dialStalled opens n connections to addr that will never be read, with
-// small receive buffers.
+// small receive buffers (set before the handshake, so the window they
+// announce is small from the start).
 func dialStalled(addr string, n int) ([]net.Conn, error) {
-	cs, err := dialAll(addr, n, n)
-	if err != nil {
-		return nil, err
-	}
-	for _, c := range cs {
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetReadBuffer(64 << 10)
+	d := net.Dialer{Timeout: 10 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		}); err != nil {
+			return err
 		}
+		return serr
+	}}
+	cs := make([]net.Conn, 0, n)
+	for range n {
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			closeAll(cs)
+			return nil, err
+		}
+		cs = append(cs, c)
 	}
 	return cs, nil
 }

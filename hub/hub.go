@@ -88,6 +88,7 @@ type Config struct {
 	IdleTimeout      time.Duration // close streams idle this long; 0 = never
 	PDP              *PDPConfig    // policy decision point for listeners with PDP set; nil = none
 	RequestTimeout   time.Duration // control-port request head deadline, default 10s
+	HA               *HAConfig     // ownership registry and modes; nil = mode off
 }
 
 // Defaults of Config.
@@ -114,6 +115,7 @@ type Hub struct {
 	router   router
 	met      *hubMetrics
 	pdp      *pdp        // nil without a PDP
+	owners   *owners     // nil in HA mode off
 	limits   flow.Limits // what the hub grants agents (protocol 2)
 	maxConns int64
 	connLog  *rateLimit // connection open/closed lines; nil: debug only
@@ -210,6 +212,12 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.PDP != nil && cfg.PDP.URL != "" {
 		h.pdp = newPDP(h, *cfg.PDP)
 	}
+	if ha := cfg.HA; ha != nil && ha.Mode != ModeOff {
+		if ha.Registry == nil || ha.ReplicaID == "" {
+			return nil, fmt.Errorf("%w: HA mode %s needs a registry and a replica id", ErrConfig, ha.Mode)
+		}
+		h.owners = newOwners(h, *ha)
+	}
 	for _, l := range cfg.Listeners {
 		h.lis = append(h.lis, &listener{Listener: l, h: h, met: h.met.connector(l.Connector),
 			refused: newRateLimit(1, time.Second, h.met.logSuppressed("connection_refused"))})
@@ -257,6 +265,9 @@ func tickFor(cfg Config) time.Duration {
 func (h *Hub) Start() error {
 	if err := h.srv.Start(); err != nil {
 		return err
+	}
+	if h.owners != nil {
+		h.owners.start()
 	}
 	h.log.Info("control_started", "listen", h.cfg.Control, "max_connections", h.maxConns,
 		"protocol", h.cfg.MaxProtocol, "stream_window", h.cfg.Window, "max_stream_window", h.cfg.MaxWindow,
@@ -333,6 +344,9 @@ func (h *Hub) Stop(ctx context.Context) error {
 	}
 	if h.pdp != nil {
 		h.pdp.stop()
+	}
+	if h.owners != nil {
+		h.owners.close()
 	}
 	// Tunnels close on their loops, which closes every stream, including
 	// the parked and half-closed sockets gnet does not know about.
@@ -439,14 +453,46 @@ func (h *Hub) route(conn *net.TCPConn, l *listener, ap netip.AddrPort) {
 	}
 }
 
-// pick chooses the tunnel for a new stream, logging when there is none.
-func (h *Hub) pick(l *listener, ap netip.AddrPort) *tunnel {
+// pick chooses the lane for a new stream, logging when there is none: no
+// agent at all, or (HA active) only agents another hub owns.
+func (h *Hub) pick(l *listener, ap netip.AddrPort) *lane {
 	t := h.router.pick(l.Connector)
-	if t == nil {
-		l.met.noAgent.Inc()
-		h.log.Warn("no_agent_for_connector", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
+	if t != nil {
+		return t
 	}
-	return t
+	if o := h.owners; o != nil && o.Mode() == ModeActive && o.ownedElsewhere(l.Connector) {
+		l.met.notOwner.Inc()
+		if n, ok := l.refused.allow(); ok {
+			h.log.Warn("connection_refused", "listener", l.Name, "connector", l.Connector,
+				"client", h.maskAddr(ap), "reason", codec.ReasonNotOwner.String(), "suppressed", n)
+		}
+		return nil
+	}
+	l.met.noAgent.Inc()
+	h.log.Warn("no_agent_for_connector", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
+	return nil
+}
+
+// Mode returns the HA mode.
+func (h *Hub) Mode() Mode {
+	if h.owners == nil {
+		return ModeOff
+	}
+	return h.owners.Mode()
+}
+
+// SetMode switches the HA mode (SIGHUP): new decisions follow it, streams
+// in flight are untouched. Switching to or from off needs a restart (the
+// registry is set up at start), and is refused.
+func (h *Hub) SetMode(m Mode) error {
+	if h.owners == nil || m == ModeOff {
+		if m == h.Mode() {
+			return nil
+		}
+		return fmt.Errorf("%w: HA mode %s → %s needs a restart", ErrConfig, h.Mode(), m)
+	}
+	h.owners.setMode(m)
+	return nil
 }
 
 // Route answers the control port.
@@ -460,6 +506,14 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 		}
 		if h.cfg.Ready != nil && !h.cfg.Ready() {
 			return engine.Response{Status: 503, ContentType: "application/json", Body: []byte(`{"status":"degraded"}`)}
+		}
+		if h.owners != nil {
+			ok, body := h.owners.ready()
+			status := 200
+			if !ok {
+				status = 503
+			}
+			return engine.Response{Status: status, ContentType: "application/json", Body: []byte(body)}
 		}
 		return engine.Response{Status: 200, ContentType: "application/json", Body: []byte(`{"status":"ready"}`)}
 	case "/metrics":

@@ -43,6 +43,10 @@ type hubMetrics struct {
 	windowGrowths     *metrics.Counter
 	tunnelCloses      [codec.NumReasons + 1]*metrics.Counter // the last counts unknown reasons
 	openTimeoutLog    *rateLimit
+	epochMismatch     *metrics.Counter
+	agentConflicts    *metrics.Counter
+	haModeVal         atomic.Int32 // Mode, for nowconnect_ha_mode
+	ownedAgents       func() int   // set with HA
 
 	// queueSize reports the largest per-CID agent→client queue of a
 	// connector, in buffers; tunnels the number of tunnels. Both are set by
@@ -79,6 +83,7 @@ type connMetrics struct {
 	pdpListenerErr *metrics.Counter // listener_errors_total{type="pdp"}
 	pdpCacheHits   *metrics.Counter
 	acceptErr      *metrics.Counter // listener_errors_total{type="accept"}
+	notOwner       *metrics.Counter // listener_errors_total{type="not_owner"}
 	openTimeout    *metrics.Counter // listener_errors_total{type="open_timeout"}
 
 	// resets counts streams that ended without both FINs, by reason;
@@ -138,6 +143,7 @@ func newHubMetrics(set *metrics.Set) *hubMetrics {
 	m.tunnelCloses[codec.NumReasons] = set.GetOrCreateCounter(`nowconnect_tunnel_closes_total{reason="unknown"}`)
 	set.GetOrCreateGauge(`nowconnect_tunnels_connected`, func() float64 { return float64(m.tunnels()) })
 	m.openTimeoutLog = newRateLimit(10, time.Second, m.logSuppressed("open_timeout"))
+	m.initHA(set)
 	return m
 }
 
@@ -174,6 +180,7 @@ func (m *hubMetrics) connector(name string) *connMetrics {
 		pdpListenerErr: s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="pdp"}`),
 		pdpCacheHits:   s.GetOrCreateCounter(`nowconnect_pdp_cache_hits_total{` + l + `}`),
 		acceptErr:      s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="accept"}`),
+		notOwner:       s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="not_owner"}`),
 		openTimeout:    s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="open_timeout"}`),
 		set:            s,
 		label:          l,
@@ -210,6 +217,13 @@ var catalog = map[string][2]string{
 	"nowconnect_tunnel_credit_waits_total":   {"counter", "Times a stream waited for tunnel-level credit (the tunnel window was full)."},
 	"nowconnect_stream_window_growths_total": {"counter", "Times a stream's receive window doubled (auto-tuning)."},
 	"nowconnect_log_suppressed_total":        {"counter", "Log lines dropped by rate limiting, by event."},
+	"nowconnect_ha_mode":                     {"gauge", "1 for the HA mode the hub runs in (off, shadow, active)."},
+	"nowconnect_owner_epoch_mismatch_total":  {"counter", "Ownership epochs found stale: a heartbeat fenced out, or a mesh frame with an old epoch."},
+	"nowconnect_owned_agents":                {"gauge", "Agents this hub owns in the registry."},
+	"nowconnect_agent_id_conflicts_total":    {"counter", "Times an agent id kept changing hands (clones on two premises) and was paused."},
+	"nowconnect_registry_up":                 {"gauge", "1 while the ownership registry answers."},
+	"nowconnect_registry_op_seconds":         {"histogram", "Latency of registry operations, by op."},
+	"nowconnect_registry_errors_total":       {"counter", "Failed registry operations, by op."},
 }
 
 // renderBufs recycles exposition buffers between scrapes.

@@ -93,15 +93,18 @@ func (r *router) remove(t *tunnel) {
 	}
 }
 
-// pick returns the tunnel for a new stream of connector and counts the
+// pick returns the lane for a new stream of connector and counts the
 // stream on it (and on its agent), or nil when no agent serves it.
-func (r *router) pick(connector string) *tunnel {
+func (r *router) pick(connector string) *lane {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var best *tunnel
 	var bestSuspect bool
 	var bestAgent, bestTunnel int32
 	for _, t := range r.byConn[connector] {
+		if t.barred.Load() {
+			continue
+		}
 		suspect := t.suspect.Load()
 		an, tn := t.agent.active.Load(), t.active.Load()
 		better := best == nil ||
@@ -111,11 +114,12 @@ func (r *router) pick(connector string) *tunnel {
 			best, bestSuspect, bestAgent, bestTunnel = t, suspect, an, tn
 		}
 	}
-	if best != nil {
-		best.active.Add(1)
-		best.agent.active.Add(1)
+	if best == nil {
+		return nil
 	}
-	return best
+	best.active.Add(1)
+	best.agent.active.Add(1)
+	return &best.lane
 }
 
 // agents returns how many agents serve connector (an agent with several

@@ -38,7 +38,7 @@ type stream struct {
 	// set at construction
 	h      *Hub
 	lis    *listener
-	t      *tunnel
+	t      *lane // what carries it to its agent (router.pick)
 	client netip.AddrPort
 	start  time.Time
 
@@ -86,7 +86,7 @@ func outChunk(window, depth int) int {
 }
 
 // newStream returns a stream picked for t (router.pick counted it).
-func newStream(h *Hub, l *listener, t *tunnel, client netip.AddrPort) *stream {
+func newStream(h *Hub, l *listener, t *lane, client netip.AddrPort) *stream {
 	return &stream{h: h, lis: l, t: t, client: client, start: time.Now(), dup: -1, counted: true}
 }
 
@@ -128,11 +128,8 @@ func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
 	// A new stream.
 	t := s.t
 	s.opened = true
-	s.cid = t.newCID()
-	t.streams[s.cid] = s
-	s.fc = t.fc.NewStream(true)
 	s.openAt = s.lastAct
-	t.opening = append(t.opening, s)
+	t.register(s)
 	// pend holds at most one read beyond credit (a read is at most the
 	// read buffer); depth follows from the byte bound.
 	pendMax := s.h.cfg.ReadBufferBytes + codec.MaxPayload
@@ -143,13 +140,7 @@ func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
 	m.connections.Inc()
 	m.active.Inc()
 	s.logOpen()
-	b, err := codec.AppendOpen(t.ctl[:0], s.cid, s.lis.Connector, s.client.String())
-	if err != nil {
-		s.kill(codec.ReasonProtocol, false, true)
-		return gnet.Close
-	}
-	t.asked(s.lastAct)
-	t.write(b, nil)
+	t.out.sendOpen(s)
 	if s.dead {
 		return gnet.Close
 	}
@@ -214,7 +205,7 @@ func (s *stream) sent(p []byte) {
 	s.t.fc.Sent(&s.fc.Send, len(p))
 	s.up += int64(len(p))
 	s.lis.met.bytesC2A.Add(len(p))
-	s.t.sendData(s.cid, p)
+	s.t.out.sendData(s.cid, p)
 }
 
 // park detaches the client from gnet: nobody reads it until credit returns.
@@ -227,7 +218,7 @@ func (s *stream) park(c gnet.Conn) gnet.Action {
 	s.dup, s.c, s.parked = fd, nil, true
 	s.h.met.parks.Inc()
 	if s.fc.Send.Avail() >= s.t.resumeFrom {
-		s.t.waitTunnel(s) // the stream has credit: the tunnel has not
+		s.t.waitCredit(s, s.h.met) // the stream has credit: the tunnel has not
 	}
 	if s.h.debug {
 		s.h.log.Debug("stream parked", "cid", s.cid, "credit", s.fc.Send.Avail(), "tunnel_credit", s.t.fc.Send.Avail())
@@ -287,7 +278,7 @@ func (s *stream) clientEOF(c gnet.Conn) {
 		s.h.log.Debug("client fin", "cid", s.cid, "shut", s.shut, "out", s.out.Len())
 	}
 	s.lis.met.finSent.Inc()
-	s.t.sendEmpty(codec.FrameFin, s.cid)
+	s.t.out.sendEmpty(codec.FrameFin, s.cid)
 	if s.dead {
 		return
 	}
@@ -315,7 +306,7 @@ func (s *stream) readParked() {
 		room := s.sendable()
 		if room <= 0 {
 			if s.fc.Send.Avail() > 0 {
-				s.t.waitTunnel(s)
+				s.t.waitCredit(s, s.h.met)
 			}
 			return
 		}
@@ -524,7 +515,7 @@ func (s *stream) acked(n int, now time.Time) {
 			s.out.Grow(w, outChunk(w, s.h.cfg.QueueDepth))
 			s.h.met.windowGrowths.Inc()
 		}
-		s.t.sendWindow(s.cid, inc)
+		s.t.out.sendWindow(s.cid, inc)
 	}
 	s.t.released(n, now)
 }
@@ -550,7 +541,7 @@ func (s *stream) flushPend() {
 	case s.pend.Len() == 0 && s.sendable() >= s.t.resumeFrom:
 		s.unpark()
 	case s.fc.Send.Avail() >= s.t.resumeFrom || s.pend.Len() > 0 && s.fc.Send.Avail() > 0:
-		s.t.waitTunnel(s)
+		s.t.waitCredit(s, s.h.met)
 	}
 }
 
@@ -596,7 +587,7 @@ func (s *stream) kill(r codec.Reason, tellAgent, abort bool) {
 	}
 	if tellAgent && s.opened && !s.t.closed {
 		s.lis.met.rstSent.Inc()
-		s.t.sendRst(s.cid, r)
+		s.t.out.sendRst(s.cid, r)
 	}
 	if s.h.debug {
 		s.h.log.Debug("connection reset", "connector", s.lis.Connector, "cid", s.cid, "reason", r.String())

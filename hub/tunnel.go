@@ -40,9 +40,11 @@ const (
 // rather than on every engine tick (see tickFor).
 const streamScan = time.Second
 
-// tunnel is one agent's WebSocket. Everything but the fields marked shared
-// is owned by its loop.
+// tunnel is one agent's WebSocket: the carrier of its lane. Everything but
+// the fields marked shared is owned by its loop.
 type tunnel struct {
+	lane // the streams it carries (loop, flow state, bookkeeping)
+
 	// set at construction
 	h       *Hub
 	claims  Claims
@@ -51,40 +53,27 @@ type tunnel struct {
 
 	// set at OnOpen / HELLO, then read-only
 	ws         *engine.WSConn
-	loop       *engine.Loop
-	agentID    string
 	connectors []string
 	instance   uint64
-	agent      *agentState // set by router.add
-	parkBelow  int         // a stream parks when its credit falls under this
-	resumeFrom int         // and unparks once it is back to this
-	// qmax holds, per connector, the largest agent→client queue of this
-	// tunnel's streams in buffers: written by the loop, read by scrapes.
-	qmax map[string]*atomic.Int64
-
-	// shared
-	active  atomic.Int32 // streams picked for this tunnel and not yet ended
-	suspect atomic.Bool  // owes an answer and silent (see suspectAfter)
 
 	// owned by the loop
-	fc        flow.Tunnel
 	helloDone bool
-	closed    bool
-	streams   map[uint32]*stream
-	opening   []*stream // streams in OPEN order, until OPEN_ACK/OPEN_ERR (open timeout)
-	waiting   []*stream // parked streams waiting for tunnel-level credit
-	nextCID   uint32
 	lastRecv  time.Time
 	lastPing  time.Time
 	askSince  time.Time // first OPEN/PING sent since lastRecv; zero when none
 	probed    time.Time
 	lastScan  time.Time
+	barReason error // why the tunnel was barred (HA); it closes once idle
+	barredAt  time.Time
 	hdr       [codec.HeaderLen]byte
 	ctl       [64 + codec.MaxReasonLen]byte
 }
 
 func newTunnel(h *Hub, claims Claims, version int) *tunnel {
-	return &tunnel{h: h, claims: claims, version: version, opened: time.Now(), streams: make(map[uint32]*stream)}
+	t := &tunnel{h: h, claims: claims, version: version, opened: time.Now()}
+	t.streams = make(map[uint32]*stream)
+	t.out = t
+	return t
 }
 
 // OnOpen runs on the loop once the upgrade is written.
@@ -127,20 +116,13 @@ func (t *tunnel) Tick(now time.Time) bool {
 				"streams", len(t.streams))
 		}
 	}
-	t.expireOpens(now)
+	t.expireOpens(t.h, now)
+	t.maybeRetire(now)
 	if t.closed || now.Sub(t.lastScan) < streamScan {
 		return !t.closed
 	}
 	t.lastScan = now
-	for _, q := range t.qmax {
-		q.Store(0)
-	}
-	for _, s := range t.streams {
-		s.tick(now)
-		if q := t.qmax[s.lis.Connector]; q != nil && int64(s.out.Frames()) > q.Load() {
-			q.Store(int64(s.out.Frames()))
-		}
-	}
+	t.scan(now)
 	return !t.closed
 }
 
@@ -156,29 +138,6 @@ func (t *tunnel) asked(now time.Time) {
 	if t.askSince.IsZero() {
 		t.askSince = now
 	}
-}
-
-// expireOpens closes the streams whose OPEN got no answer in time. OPENs
-// are in order, so only the head of the queue is ever due.
-func (t *tunnel) expireOpens(now time.Time) {
-	i := 0
-	for ; i < len(t.opening) && !t.closed; i++ {
-		s := t.opening[i]
-		if s.dead || s.fc.Acked() {
-			continue
-		}
-		if now.Sub(s.openAt) < t.h.cfg.OpenTimeout {
-			break
-		}
-		s.lis.met.openTimeout.Inc()
-		if n, ok := t.h.met.openTimeoutLog.allow(); ok {
-			t.h.log.Warn("open_timeout", "connector", s.lis.Connector, "agent_id", t.agentID, "cid", s.cid,
-				"client", t.h.maskAddr(s.client), "timeout", t.h.cfg.OpenTimeout.String(), "suppressed", n)
-		}
-		s.kill(codec.ReasonOpenTimeout, true, false)
-	}
-	clear(t.opening[:i])
-	t.opening = append(t.opening[:0], t.opening[i:]...)
 }
 
 // OnMessage dispatches one tunnel frame from the agent.
@@ -252,36 +211,8 @@ func (t *tunnel) tunnelWindow(p []byte) error {
 	if err := t.fc.Send.Grant(inc); err != nil {
 		return fmt.Errorf("tunnel: %w", err)
 	}
-	waiting := t.waiting
-	t.waiting = nil
-	for i, s := range waiting {
-		waiting[i] = nil
-		if !s.dead && !t.closed {
-			s.waitingTunnel = false
-			s.flushPend()
-		}
-	}
-	if t.waiting == nil {
-		t.waiting = waiting[:0] // keep the array
-	}
+	t.wakeWaiting()
 	return nil
-}
-
-// waitTunnel parks s until tunnel-level credit returns.
-func (t *tunnel) waitTunnel(s *stream) {
-	if !s.waitingTunnel {
-		s.waitingTunnel = true
-		t.waiting = append(t.waiting, s)
-		t.h.met.tunnelCreditWaits.Inc()
-	}
-}
-
-// released returns tunnel-level credit for n bytes that left the hub's
-// buffers (written to a client, or dropped with a dead stream).
-func (t *tunnel) released(n int, now time.Time) {
-	if inc := t.fc.Recv.Release(n, now, t.fc.RTT.Min()); inc > 0 {
-		t.sendWindow(0, inc)
-	}
 }
 
 func (t *tunnel) hello(p []byte) error {
@@ -332,6 +263,11 @@ func (t *tunnel) hello(p []byte) error {
 		return nil
 	}
 	t.ping(time.Now()) // a first RTT sample for window growth
+	if o := t.h.owners; o != nil {
+		if err := o.joined(t); err != nil {
+			return err
+		}
+	}
 	t.h.router.add(t)
 	for _, c := range conns {
 		t.h.met.connector(c).agents.Set(float64(t.h.router.agents(c)))
@@ -355,6 +291,10 @@ func closeReason(err error) codec.Reason {
 		return codec.ReasonPeerClosed
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ETIMEDOUT):
 		return codec.ReasonIOError
+	case errors.Is(err, errNotOwner), errors.Is(err, errConflict):
+		return codec.ReasonNotOwner
+	case errors.Is(err, errSuperseded):
+		return codec.ReasonSuperseded
 	}
 	return codec.ReasonProtocol
 }
@@ -369,6 +309,9 @@ func (t *tunnel) OnClose(_ *engine.WSConn, err error) {
 	r := closeReason(err)
 	t.h.met.tunnelClose(r)
 	t.h.router.remove(t)
+	if o := t.h.owners; o != nil && t.helloDone {
+		o.left(t)
+	}
 	if t.helloDone {
 		for _, c := range t.connectors {
 			t.h.met.connector(c).agents.Set(float64(t.h.router.agents(c)))
@@ -378,12 +321,7 @@ func (t *tunnel) OnClose(_ *engine.WSConn, err error) {
 	} else {
 		t.h.log.Warn("tunnel_refused", "remote", t.ws.Conn().RemoteAddr().String(), "reason", r.String(), "detail", err.Error())
 	}
-	for _, s := range t.streams {
-		s.kill(codec.ReasonAgentGone, false, true)
-	}
-	clear(t.opening)
-	clear(t.waiting)
-	t.opening, t.waiting = nil, nil
+	t.closeStreams()
 }
 
 // closeAsync closes the tunnel from any goroutine; the channel is closed
@@ -417,17 +355,16 @@ func (t *tunnel) write(a, b []byte) {
 	}
 }
 
-// newCID returns an unused stream id.
-func (t *tunnel) newCID() uint32 {
-	for {
-		t.nextCID++
-		if t.nextCID == 0 {
-			continue
-		}
-		if _, used := t.streams[t.nextCID]; !used {
-			return t.nextCID
-		}
+// sendOpen sends OPEN for a stream just registered; the agent now owes an
+// answer (liveness).
+func (t *tunnel) sendOpen(s *stream) {
+	b, err := codec.AppendOpen(t.ctl[:0], s.cid, s.lis.Connector, s.client.String())
+	if err != nil {
+		s.kill(codec.ReasonProtocol, false, true)
+		return
 	}
+	t.asked(s.openAt)
+	t.write(b, nil)
 }
 
 // sendData sends p as DATA frames of at most MaxFramePayload bytes.

@@ -98,6 +98,24 @@ func claim(t testing.TB, r mesh.Registry, agent string, hint uint64) uint64 {
 	return e
 }
 
+// claimEventually is claim for a registry that was just (re)connected: on a
+// loaded machine (the race detector, a busy CI host) the first call may
+// miss its 1s OpTimeout, which is not what these tests are about; it
+// retries ErrUnavailable for up to 10s.
+func claimEventually(t testing.TB, r mesh.Registry, agent string, hint uint64) uint64 {
+	t.Helper()
+	var e uint64
+	var err error
+	testenv.WaitFor(t, 10*time.Second, "a claim on a healthy registry", func() bool {
+		e, err = r.Claim(ctx(t), agent, hint)
+		return err == nil || !errors.Is(err, mesh.ErrUnavailable)
+	})
+	if err != nil {
+		t.Fatalf("Claim(%q, %d): %v", agent, hint, err)
+	}
+	return e
+}
+
 func heartbeat(t testing.TB, r mesh.Registry, agent string, epoch uint64) bool {
 	t.Helper()
 	owned, err := r.Heartbeat(ctx(t), agent, epoch)

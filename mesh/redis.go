@@ -319,3 +319,10 @@ func (r *Redis) fail(o op, what string, err error) error {
 	}
 	return fmt.Errorf("registry %s%s: %w: %w", o, what, ErrUnavailable, err)
 }
+
+// CheckRedisURL reports whether NewRedis would accept url, without
+// connecting (for a config check). The error never quotes the URL.
+func CheckRedisURL(url string) error {
+	_, err := parseRedisURL(url)
+	return err
+}

@@ -22,7 +22,7 @@ func TestRedisPausedServerDetected(t *testing.T) {
 	logs := &testenv.SyncBuffer{}
 	c := cfg("hub-a", logs)
 	r := openRedis(t, srv.URL, c, 0) // the defaults: HealthInterval 1s, OpTimeout 1s
-	seen := claim(t, r, "agent-1", 0)
+	seen := claimEventually(t, r, "agent-1", 0)
 	if got := metric(t, c, `nowconnect_registry_up`); got != 1 {
 		t.Fatalf("nowconnect_registry_up = %v, want 1", got)
 	}
@@ -49,7 +49,7 @@ func TestRedisPausedServerDetected(t *testing.T) {
 		if got := metric(t, c, `nowconnect_registry_up`); got != 1 {
 			t.Fatalf("nowconnect_registry_up after SIGCONT = %v, want 1", got)
 		}
-		e := claim(t, r, "agent-1", seen)
+		e := claimEventually(t, r, "agent-1", seen)
 		if e <= seen {
 			t.Fatalf("epoch after the outage %d <= %d", e, seen)
 		}

@@ -10,9 +10,12 @@ import (
 	"os"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/nowconnect/nowconnect/hub"
 	"github.com/nowconnect/nowconnect/internal/auth"
 	"github.com/nowconnect/nowconnect/internal/config"
+	"github.com/nowconnect/nowconnect/internal/haregistry"
 )
 
 func runCloud(ctx context.Context, args []string, stderr io.Writer) error {
@@ -31,7 +34,7 @@ func runCloud(ctx context.Context, args []string, stderr io.Writer) error {
 	if *path == "" {
 		return usagef("no config: pass --config FILE or set NC_CONFIG")
 	}
-	c, err := loadCloud(*path, *level, stderr)
+	c, err := loadCloud(*path, *level, stderr, !*check)
 	if *check {
 		if err != nil {
 			return fmt.Errorf("%w\nconfiguration invalid: %s", err, *path)
@@ -50,6 +53,10 @@ func runCloud(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		cancel()
 	}
+	if c.ha != nil {
+		defer c.ha.close()
+		c.ha.clearOwn(c.log)
+	}
 	return serveHub(ctx, c.hub, c.grace, c.log)
 }
 
@@ -60,13 +67,16 @@ type cloudSetup struct {
 	jwks  bool // ver fetches keys from a JWKS URL
 	grace time.Duration
 	log   *slog.Logger
+	ha    *haSetup // nil in HA mode off
 }
 
 // loadCloud reads and checks everything a hub start needs (the config, its files, the
 // key material, the hub's own checks) and builds the hub without binding anything: the
 // path of both a start and --check-config, so the check cannot pass what a start
-// refuses. level, when set, overrides log.level.
-func loadCloud(path, level string, stderr io.Writer) (*cloudSetup, error) {
+// refuses. level, when set, overrides log.level. With open, the HA registry
+// is set up too (a start); without, it is only checked (--check-config
+// connects to nothing).
+func loadCloud(path, level string, stderr io.Writer, open bool) (*cloudSetup, error) {
 	cfg, err := config.LoadHub(path)
 	if err != nil {
 		return nil, err
@@ -90,11 +100,31 @@ func loadCloud(path, level string, stderr io.Writer) (*cloudSetup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	h, err := hub.New(hc)
-	if err != nil {
+	if err := checkHA(cfg); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return &cloudSetup{hub: h, ver: ver, jwks: cfg.Auth.JWKSURL != "", grace: cfg.Timeouts.ShutdownGrace.D(), log: log}, nil
+	hc.Metrics = metrics.NewSet()
+	var ha *haSetup
+	if open {
+		if ha, err = openHA(cfg, hc.Metrics, log); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if ha != nil {
+			hc.HA = ha.hubConfig(cfg)
+		}
+	} else if mode, _ := haMode(cfg); mode != hub.ModeOff {
+		// Checked, not opened: the hub is built with a registry that
+		// is never asked, to validate the rest of the HA config.
+		hc.HA = &hub.HAConfig{Mode: mode, ReplicaID: cfg.HA.ReplicaID, Registry: haregistry.Adapt(nil)}
+	}
+	h, err := hub.New(hc)
+	if err != nil {
+		if ha != nil {
+			ha.close()
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &cloudSetup{hub: h, ver: ver, jwks: cfg.Auth.JWKSURL != "", grace: cfg.Timeouts.ShutdownGrace.D(), log: log, ha: ha}, nil
 }
 
 // hubConfig turns the file's configuration into the hub's.

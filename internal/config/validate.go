@@ -116,6 +116,9 @@ func validateHA(ha *HA, r *reporter) {
 	default:
 		r.add("ha.mode", "%q is not one of off, shadow, active", ha.Mode)
 	}
+	if !ha.Enabled && ha.Mode != "off" && ha.Mode != "" {
+		r.add("ha.mode", "%q needs ha.enabled = true (it does nothing otherwise)", ha.Mode)
+	}
 	if ha.Enabled && ha.ReplicaID == "" {
 		r.add("ha.replica_id", "required when ha.enabled is true")
 	}

@@ -1,0 +1,533 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// HA: the hub's side of the ownership registry (seed 002, SPEC §5).
+//
+// Every agent a hub serves is claimed in the registry, which answers with
+// an epoch (strictly increasing per agent); the tunnels of one agent
+// process (same agent id and instance) share one claim. The claim runs off
+// the event loops, on ownerLoop, with a deadline, like token checks: a
+// tunnel is served locally from its HELLO on, whatever the registry says,
+// so a registry that is down or slow never stops local traffic.
+//
+// ownerLoop heartbeats every claim (compare-and-extend). A heartbeat that
+// finds another owner or epoch means this hub was fenced out: in active
+// mode the agent's tunnels get no new streams and close once idle or after
+// Grace (their streams finish: make-before-break), with reason not_owner;
+// the agent reconnects and claims again. A second HELLO with the same agent
+// id but another instance (a restarted agent, or a clone) claims a newer
+// epoch and supersedes the older tunnels the same way. An agent id that
+// keeps changing hands on this hub is logged (agent_id_conflict) and its
+// next tunnels are refused at HELLO for a growing pause, so clones cannot
+// drive a reconnect storm.
+//
+// Modes: off (no registry at all), shadow (claims, heartbeats and
+// discovery run and are logged and counted; routing stays local) and
+// active (the registry decides: fenced-out tunnels get no new streams, and
+// a client whose agent is owned by another hub is refused with not_owner
+// until the mesh carries it). SetMode switches at runtime (SIGHUP) without
+// touching local streams.
+
+// Mode is the HA mode of a hub.
+type Mode int32
+
+// HA modes.
+const (
+	ModeOff Mode = iota
+	ModeShadow
+	ModeActive
+)
+
+var modeNames = [...]string{ModeOff: "off", ModeShadow: "shadow", ModeActive: "active"}
+
+func (m Mode) String() string {
+	if int(m) < len(modeNames) {
+		return modeNames[m]
+	}
+	return "unknown"
+}
+
+// ErrMode reports an unknown mode name.
+var ErrMode = errors.New("hub: unknown HA mode")
+
+// ParseMode parses off, shadow or active.
+func ParseMode(s string) (Mode, error) {
+	for m, n := range modeNames {
+		if n == s {
+			return Mode(m), nil
+		}
+	}
+	return ModeOff, fmt.Errorf("%w %q (want off, shadow or active)", ErrMode, s)
+}
+
+// Registry is what the hub needs of the ownership registry (package mesh
+// implements it; cmd wires it). The hub calls it only from ownerLoop, never
+// from an event loop, and every call carries a deadline.
+type Registry interface {
+	Claim(ctx context.Context, agentID string, hint uint64) (epoch uint64, err error)
+	Heartbeat(ctx context.Context, agentID string, epoch uint64) (owned bool, err error)
+	Release(ctx context.Context, agentID string, epoch uint64) error
+	AddConnectors(ctx context.Context, agentID string, epoch uint64, connectors []string) error
+	// Owners lists the agents that serve connector, with their owners.
+	Owners(ctx context.Context, connector string) ([]Ownership, error)
+	Healthy() bool
+}
+
+// Ownership is who owns an agent, and at which epoch.
+type Ownership struct {
+	AgentID   string
+	ReplicaID string
+	Epoch     uint64
+}
+
+// HAConfig configures the hub's HA side. A nil Config.HA is mode off.
+type HAConfig struct {
+	Mode              Mode
+	ReplicaID         string
+	Registry          Registry      // required unless Mode is off
+	HeartbeatInterval time.Duration // how often claims are renewed, default 5s
+	OpTimeout         time.Duration // per registry call, default 1s
+	Grace             time.Duration // how long a fenced-out tunnel keeps its streams, default 30s
+}
+
+// Errors of HA.
+var (
+	errNotOwner   = errors.New("tunnel: another hub owns the agent")
+	errSuperseded = errors.New("tunnel: a newer tunnel of the agent took over")
+	errConflict   = errors.New("tunnel: agent id keeps changing hands (agent_id_conflict), refused for now")
+)
+
+// Conflict damping.
+const (
+	conflictWindow   = time.Minute // losses counted over this
+	conflictLosses   = 3           // this many in the window is a conflict
+	conflictPauseMin = 10 * time.Second
+	conflictPauseMax = 5 * time.Minute
+)
+
+// claim is one agent's ownership as this hub sees it. Guarded by owners.mu.
+type claim struct {
+	agentID    string
+	instance   uint64
+	epoch      uint64 // 0 until claimed
+	hint       uint64 // highest epoch seen for the agent
+	owned      bool   // the last claim or heartbeat said so
+	lost       bool   // fenced out: the tunnels close
+	tunnels    map[*tunnel]struct{}
+	connectors []string
+	losses     []time.Time // recent losses and supersessions (conflict detection)
+	pauseUntil time.Time   // agent_id_conflict: HELLOs refused until then
+	pause      time.Duration
+}
+
+// owners tracks the hub's claims and runs ownerLoop.
+type owners struct {
+	// set at construction
+	h   *Hub
+	cfg HAConfig
+	reg Registry
+
+	mode     atomic.Int32 // Mode
+	healthy  atomic.Bool  // the registry's health as ownerLoop last saw it
+	kick     chan struct{}
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	conflict *rateLimit
+
+	mu sync.Mutex
+	// guarded by mu
+	claims map[string]*claim
+	remote map[string][]Ownership // connector → agents of it, from the registry (routing's cache)
+}
+
+func newOwners(h *Hub, cfg HAConfig) *owners {
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 5 * time.Second
+	}
+	if cfg.OpTimeout <= 0 {
+		cfg.OpTimeout = time.Second
+	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = 30 * time.Second
+	}
+	o := &owners{h: h, cfg: cfg, reg: cfg.Registry, kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		claims: make(map[string]*claim), remote: make(map[string][]Ownership),
+		conflict: newRateLimit(1, time.Minute, h.met.logSuppressed("agent_id_conflict"))}
+	o.mode.Store(int32(cfg.Mode))
+	h.met.haMode(cfg.Mode)
+	h.met.ownedAgents = o.ownedCount
+	return o
+}
+
+// Mode returns the current mode.
+func (o *owners) Mode() Mode { return Mode(o.mode.Load()) }
+
+// start runs ownerLoop.
+func (o *owners) start() { o.wg.Go(o.ownerLoop) }
+
+// close stops ownerLoop and releases the claims (best effort, bounded).
+func (o *owners) close() {
+	close(o.stop)
+	o.wg.Wait()
+	o.mu.Lock()
+	claims := make([]*claim, 0, len(o.claims))
+	for _, c := range o.claims {
+		claims = append(claims, c)
+	}
+	o.mu.Unlock()
+	for _, c := range claims {
+		if c.owned {
+			ctx, cancel := context.WithTimeout(context.Background(), o.cfg.OpTimeout)
+			_ = o.reg.Release(ctx, c.agentID, c.epoch)
+			cancel()
+		}
+	}
+}
+
+func (o *owners) poke() {
+	select {
+	case o.kick <- struct{}{}:
+	default:
+	}
+}
+
+// joined records a tunnel after its HELLO. It returns an error when the
+// tunnel must be refused (agent_id_conflict). Called on the tunnel's loop.
+func (o *owners) joined(t *tunnel) error {
+	now := time.Now()
+	o.mu.Lock()
+	c := o.claims[t.agentID]
+	switch {
+	case c == nil:
+		c = &claim{agentID: t.agentID, instance: t.instance, tunnels: map[*tunnel]struct{}{}}
+		o.claims[t.agentID] = c
+	case now.Before(c.pauseUntil):
+		o.mu.Unlock()
+		return errConflict
+	case c.instance != t.instance || c.lost:
+		// Another process of the agent (or this one after we were fenced
+		// out): a new claim, and the older tunnels make way.
+		old := c.tunnels
+		if c.instance != t.instance {
+			o.noteLossLocked(c, now)
+		}
+		hint := max(c.hint, c.epoch)
+		losses, pause, until := c.losses, c.pause, c.pauseUntil
+		c = &claim{agentID: t.agentID, instance: t.instance, tunnels: map[*tunnel]struct{}{}, hint: hint,
+			losses: losses, pause: pause, pauseUntil: until}
+		o.claims[t.agentID] = c
+		if o.Mode() == ModeActive {
+			for ot := range old {
+				ot.bar(errSuperseded)
+			}
+		} else if len(old) > 0 {
+			o.h.log.Info("agent_superseded", "agent_id", t.agentID, "tunnels", len(old), "action", "none (shadow)")
+		}
+	}
+	c.tunnels[t] = struct{}{}
+	c.connectors = t.connectors
+	o.mu.Unlock()
+	o.poke()
+	return nil
+}
+
+// left forgets a closed tunnel. Called on its loop.
+func (o *owners) left(t *tunnel) {
+	o.mu.Lock()
+	if c := o.claims[t.agentID]; c != nil {
+		delete(c.tunnels, t)
+	}
+	o.mu.Unlock()
+	o.poke()
+}
+
+// noteLossLocked records a loss (or supersession) and pauses the agent id
+// when it keeps changing hands.
+func (o *owners) noteLossLocked(c *claim, now time.Time) {
+	kept := c.losses[:0]
+	for _, at := range c.losses {
+		if now.Sub(at) < conflictWindow {
+			kept = append(kept, at)
+		}
+	}
+	c.losses = append(kept, now)
+	if len(c.losses) < conflictLosses {
+		return
+	}
+	c.pause = min(max(2*c.pause, conflictPauseMin), conflictPauseMax)
+	c.pauseUntil = now.Add(c.pause)
+	o.h.met.agentConflicts.Inc()
+	if n, ok := o.conflict.allow(); ok {
+		o.h.log.Warn("agent_id_conflict", "agent_id", c.agentID, "changes", len(c.losses),
+			"window", conflictWindow.String(), "refused_for", c.pause.String(), "suppressed", n)
+	}
+}
+
+// ownerLoop claims, heartbeats and releases, and refreshes the routing
+// cache of remote owners, until close.
+func (o *owners) ownerLoop() {
+	t := time.NewTicker(o.cfg.HeartbeatInterval)
+	defer t.Stop()
+	lastBeat := time.Time{}
+	for {
+		o.updateHealth()
+		beat := time.Since(lastBeat) >= o.cfg.HeartbeatInterval
+		if beat {
+			lastBeat = time.Now()
+		}
+		o.pass(beat)
+		select {
+		case <-o.stop:
+			return
+		case <-t.C:
+		case <-o.kick:
+		}
+	}
+}
+
+// updateHealth tracks the registry's health and logs its changes.
+func (o *owners) updateHealth() {
+	up := o.reg.Healthy()
+	if o.healthy.Swap(up) != up {
+		if up {
+			o.h.log.Info("ha_registry_up", "mode", o.Mode().String())
+		} else {
+			o.h.log.Warn("ha_registry_down", "mode", o.Mode().String())
+		}
+	}
+}
+
+func (o *owners) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), o.cfg.OpTimeout)
+}
+
+// pass does one round of registry work: new claims always, heartbeats and
+// the cache refresh when beat.
+func (o *owners) pass(beat bool) {
+	o.mu.Lock()
+	var todo []*claim
+	for id, c := range o.claims {
+		switch {
+		case len(c.tunnels) == 0:
+			delete(o.claims, id)
+			if c.owned {
+				todo = append(todo, c) // release below
+			}
+		case c.epoch == 0 || (beat && !c.lost):
+			todo = append(todo, c)
+		}
+	}
+	o.mu.Unlock()
+	for _, c := range todo {
+		select {
+		case <-o.stop:
+			return
+		default:
+		}
+		o.mu.Lock()
+		gone := len(c.tunnels) == 0
+		o.mu.Unlock()
+		switch {
+		case gone:
+			ctx, cancel := o.ctx()
+			err := o.reg.Release(ctx, c.agentID, c.epoch)
+			cancel()
+			o.h.met.registryOp(err)
+		case c.epoch == 0:
+			o.claimOne(c)
+		default:
+			o.heartbeat(c)
+		}
+	}
+	if beat {
+		o.refreshRemote()
+	}
+}
+
+// claimOne claims c's agent and records its connectors.
+func (o *owners) claimOne(c *claim) {
+	ctx, cancel := o.ctx()
+	defer cancel()
+	epoch, err := o.reg.Claim(ctx, c.agentID, c.hint)
+	o.h.met.registryOp(err)
+	if err != nil {
+		return // retried on the next pass
+	}
+	o.mu.Lock()
+	c.epoch, c.hint, c.owned = epoch, max(c.hint, epoch), true
+	conns := c.connectors
+	o.mu.Unlock()
+	err = o.reg.AddConnectors(ctx, c.agentID, epoch, conns)
+	o.h.met.registryOp(err)
+	o.h.log.Info("ownership_claimed", "agent_id", c.agentID, "epoch", epoch, "mode", o.Mode().String())
+}
+
+// heartbeat renews c; a heartbeat that finds another owner fences c out.
+func (o *owners) heartbeat(c *claim) {
+	ctx, cancel := o.ctx()
+	owned, err := o.reg.Heartbeat(ctx, c.agentID, c.epoch)
+	cancel()
+	o.h.met.registryOp(err)
+	if err != nil || owned {
+		return
+	}
+	now := time.Now()
+	o.mu.Lock()
+	c.owned, c.lost = false, true
+	o.noteLossLocked(c, now)
+	tunnels := make([]*tunnel, 0, len(c.tunnels))
+	for t := range c.tunnels {
+		tunnels = append(tunnels, t)
+	}
+	o.mu.Unlock()
+	o.h.met.epochMismatch.Inc()
+	active := o.Mode() == ModeActive
+	o.h.log.Warn("ownership_lost", "agent_id", c.agentID, "epoch", c.epoch, "mode", o.Mode().String(),
+		"tunnels", len(tunnels), "action", map[bool]string{true: "tunnels close once idle", false: "none (shadow)"}[active])
+	if active {
+		for _, t := range tunnels {
+			t.bar(errNotOwner)
+		}
+	}
+}
+
+// refreshRemote reads who owns the agents of the hub's connectors: the
+// cache routing reads instead of asking the registry per connection.
+func (o *owners) refreshRemote() {
+	if !o.reg.Healthy() {
+		return
+	}
+	seen := map[string]bool{}
+	for _, l := range o.h.lis {
+		if seen[l.Connector] {
+			continue
+		}
+		seen[l.Connector] = true
+		ctx, cancel := o.ctx()
+		list, err := o.reg.Owners(ctx, l.Connector)
+		cancel()
+		o.h.met.registryOp(err)
+		if err != nil {
+			continue
+		}
+		o.mu.Lock()
+		o.remote[l.Connector] = list
+		o.mu.Unlock()
+	}
+}
+
+// ownedElsewhere reports whether the registry (as last read) has an agent
+// for connector owned by another hub. Safe from any goroutine.
+func (o *owners) ownedElsewhere(connector string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, a := range o.remote[connector] {
+		if a.ReplicaID != o.cfg.ReplicaID {
+			return true
+		}
+	}
+	return false
+}
+
+func (o *owners) ownedCount() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, c := range o.claims {
+		if c.owned {
+			n++
+		}
+	}
+	return n
+}
+
+// ready reports readiness: in active mode the registry must be healthy.
+func (o *owners) ready() (ok bool, body string) {
+	up := o.reg.Healthy()
+	state := map[bool]string{true: "up", false: "down"}[up]
+	switch o.Mode() {
+	case ModeActive:
+		if !up {
+			return false, `{"status":"degraded","reason":"registry unavailable","ha_mode":"active","registry":"down"}`
+		}
+		return true, `{"status":"ready","ha_mode":"active","registry":"up"}`
+	default:
+		return true, `{"status":"ready","ha_mode":"` + o.Mode().String() + `","registry":"` + state + `"}`
+	}
+}
+
+// setMode switches the mode for new decisions; local streams are untouched.
+func (o *owners) setMode(m Mode) {
+	if Mode(o.mode.Swap(int32(m))) != m {
+		o.h.met.haMode(m)
+		o.h.log.Info("ha_mode_changed", "mode", m.String())
+		o.poke()
+	}
+}
+
+// bar stops new streams on the tunnel and closes it once idle, or after
+// the grace period. Safe from any goroutine.
+func (t *tunnel) bar(why error) {
+	if t.barred.Swap(true) {
+		return
+	}
+	_ = t.loop.Execute(func() {
+		if t.closed {
+			return
+		}
+		t.barReason, t.barredAt = why, time.Now()
+		t.maybeRetire(t.barredAt)
+	})
+}
+
+// maybeRetire closes a barred tunnel once it carries no stream or its
+// grace period is over. Called on the loop.
+func (t *tunnel) maybeRetire(now time.Time) {
+	if t.barReason == nil || t.closed {
+		return
+	}
+	grace := 30 * time.Second
+	if t.h.owners != nil {
+		grace = t.h.owners.cfg.Grace
+	}
+	if len(t.streams) == 0 || now.Sub(t.barredAt) > grace {
+		t.ws.Close(t.barReason)
+	}
+}
+
+func (m *hubMetrics) haMode(mode Mode) { m.haModeVal.Store(int32(mode)) }
+
+// registryOp is where registry calls made by the hub are seen; the registry
+// itself exports nowconnect_registry_* (op latency, errors, up).
+func (m *hubMetrics) registryOp(error) {}
+
+// initHA registers the HA series of the hub.
+func (m *hubMetrics) initHA(set *metrics.Set) {
+	for i, n := range modeNames {
+		mode := Mode(i)
+		set.GetOrCreateGauge(`nowconnect_ha_mode{mode="`+n+`"}`, func() float64 {
+			if Mode(m.haModeVal.Load()) == mode {
+				return 1
+			}
+			return 0
+		})
+	}
+	m.epochMismatch = set.GetOrCreateCounter(`nowconnect_owner_epoch_mismatch_total`)
+	m.agentConflicts = set.GetOrCreateCounter(`nowconnect_agent_id_conflicts_total`)
+	set.GetOrCreateGauge(`nowconnect_owned_agents`, func() float64 {
+		if m.ownedAgents == nil {
+			return 0
+		}
+		return float64(m.ownedAgents())
+	})
+}
