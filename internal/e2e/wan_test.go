@@ -164,7 +164,6 @@ func TestStalledClientsOverWAN(t *testing.T) {
 	})
 	hub0, agent0 := heapOf(t, hubURL), heapOf(t, agentURL)
 
-	var conns []net.Conn
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		_ = rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
@@ -175,8 +174,7 @@ func TestStalledClientsOverWAN(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		conns = append(conns, c) // never read
+		defer c.Close() // never read
 	}
 	// The targets block once the windows and the kernel buffers are full.
 	a2c := func() int64 {
