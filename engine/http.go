@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"net"
+	"os"
 	"strconv"
 	"time"
 
@@ -63,6 +64,11 @@ type Response struct {
 	Subprotocol string
 	Loop        *Loop
 	Decide      func() Response
+	// Detach, with Upgrade set to nil, answers 101 and hands the socket to
+	// Detach as a net.Conn that goroutines then own (hub-to-hub links run
+	// off the event loops: they may use TLS, which gnet lacks). The client
+	// sends nothing before the 101, so no byte is in flight.
+	Detach func(net.Conn)
 }
 
 // Router answers control-port requests. Route runs on the event loop and
@@ -151,6 +157,9 @@ func (h *httpConn) OnTraffic(c gnet.Conn) gnet.Action {
 		case resp.Upgrade != nil && req.Upgrade:
 			h.done = true
 			return h.upgrade(c, wsKey, resp)
+		case resp.Detach != nil && req.Upgrade:
+			h.done = true
+			return h.detach(c, wsKey, resp)
 		case resp.Render != nil:
 			h.busy = true
 			h.renderOffLoop(resp, keepAlive)
@@ -213,6 +222,9 @@ func (h *httpConn) decideLoop(decide func() Response, upgrade bool, wsKey string
 		case resp.Upgrade != nil && upgrade:
 			h.done = true
 			action = h.upgrade(h.c, wsKey, resp)
+		case resp.Detach != nil && upgrade:
+			h.done = true
+			action = h.detach(h.c, wsKey, resp)
 		default:
 			h.reply(resp.Status, resp.ContentType, resp.Body, keepAlive)
 			if !keepAlive {
@@ -251,18 +263,46 @@ func (h *httpConn) upgrade(c gnet.Conn, key string, resp Response) gnet.Action {
 	return gnet.Close // the original descriptor; the socket lives on in the moved one
 }
 
-// acceptWS writes the 101 on c and installs the WebSocket handler.
-func acceptWS(c gnet.Conn, loop *Loop, key string, resp Response) gnet.Action {
+// switching returns the 101 answer to a WebSocket upgrade.
+func switching(key, subprotocol string) []byte {
 	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	var b []byte
 	b = append(b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	b = base64.StdEncoding.AppendEncode(b, sum[:])
-	if resp.Subprotocol != "" {
+	if subprotocol != "" {
 		b = append(b, "\r\nSec-WebSocket-Protocol: "...)
-		b = append(b, resp.Subprotocol...)
+		b = append(b, subprotocol...)
 	}
-	b = append(b, "\r\n\r\n"...)
-	if _, err := c.Write(b); err != nil {
+	return append(b, "\r\n\r\n"...)
+}
+
+// detach answers 101 with a blocking write on a dup of the socket (gnet's
+// outbound buffer stays empty) and hands the dup to resp.Detach.
+func (h *httpConn) detach(c gnet.Conn, key string, resp Response) gnet.Action {
+	fd, err := c.Dup()
+	if err != nil {
+		h.s.log.Warn("detach_failed", "err", err.Error())
+		return gnet.Close
+	}
+	c.SetContext(detached{})
+	f := os.NewFile(uintptr(fd), "detached")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		h.s.log.Warn("detach_failed", "err", err.Error())
+		return gnet.Close
+	}
+	if _, err := nc.Write(switching(key, resp.Subprotocol)); err != nil {
+		nc.Close()
+		return gnet.Close
+	}
+	h.s.workers.Go(func() { resp.Detach(nc) }) // detachedHandoff: the callee owns nc (it starts its own goroutines)
+	return gnet.Close
+}
+
+// acceptWS writes the 101 on c and installs the WebSocket handler.
+func acceptWS(c gnet.Conn, loop *Loop, key string, resp Response) gnet.Action {
+	if _, err := c.Write(switching(key, resp.Subprotocol)); err != nil {
 		return gnet.Close
 	}
 	w := &WSConn{c: c, loop: loop, h: resp.Upgrade}

@@ -294,9 +294,14 @@ func TestDescriptorExhaustion(t *testing.T) {
 			testenv.WaitFor(t, 10*time.Second, "descriptors back to the baseline", func() bool {
 				return fdCount(t, h.Pid()) <= base
 			})
-			if err := echoOnce(listen, 5*time.Second); err != nil {
-				t.Fatalf("a new client after the flood: %v", err)
-			}
+			// Recovered on its own: new clients are served. (The first may
+			// still meet the tail of the flood: connections the kernel queued
+			// while no descriptor was left, which their clients gave up on.)
+			var lastErr error
+			testenv.WaitFor(t, 10*time.Second, "a new client served after the flood", func() bool {
+				lastErr = echoOnce(listen, 5*time.Second)
+				return lastErr == nil
+			})
 			if h.Exited() {
 				t.Fatal("the hub exited")
 			}
