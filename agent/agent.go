@@ -13,11 +13,14 @@
 // (tunnel handshake and reader), send.go (the tunnel writer and frame
 // buffers), stream.go (per-stream state, target dialing and writing),
 // targetread_linux.go (the epoll pollers that read targets),
-// targetread_other.go (a reader goroutine per stream elsewhere), metrics.go.
+// targetread_other.go (a reader goroutine per stream elsewhere), token.go
+// (the token: asked before every attempt, its expiry watched), lograte.go
+// (rate-limited log lines), metrics.go.
 //
 // Goroutines. Run owns one tunnelLoop per tunnel, each of which reads its
-// tunnel on its own goroutine, and one target poller per P (Linux), which
-// reads every stream's target without a goroutine per stream. Per tunnel:
+// tunnel on its own goroutine, one target poller per P (Linux), which
+// reads every stream's target without a goroutine per stream, and
+// tokenWatchLoop (the hourly expiry check). Per tunnel:
 // tunnelWriteLoop (batches frames into one writev) and pingLoop (PING,
 // liveness, context cancellation). Per stream:
 // dialLoop while the target is being dialed, plus targetWriteLoop only while

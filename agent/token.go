@@ -29,9 +29,10 @@ type tokenState struct {
 
 	mu sync.Mutex
 	// guarded by mu
-	last     string    // the latest good token (TokenSource's, else Config.Token)
-	warned   string    // the token token_expiring was last logged for
-	warnedAt time.Time // when
+	last          string    // the latest good token (TokenSource's, else Config.Token)
+	warned        string    // the token token_expiring was last logged for
+	warnedAt      time.Time // when
+	warnedExpired bool      // and whether it had expired then
 }
 
 // token returns the token for the next attempt: from TokenSource when set
@@ -61,8 +62,8 @@ func (a *Agent) token(log *slog.Logger) string {
 }
 
 // noteToken records tok's expiry for the metric and logs token_expiring
-// when it expires within expiryWarning: once per token, repeated every
-// warnEvery. Safe from any goroutine.
+// when it expires within expiryWarning: once per token, again once it has
+// expired, and repeated every warnEvery. Safe from any goroutine.
 func (a *Agent) noteToken(tok string, now time.Time, log *slog.Logger) {
 	exp, ok := tokenExpiry(tok)
 	if !ok {
@@ -75,14 +76,15 @@ func (a *Agent) noteToken(tok string, now time.Time, log *slog.Logger) {
 		return
 	}
 	a.tok.mu.Lock()
-	due := tok != a.tok.warned || now.Sub(a.tok.warnedAt) >= warnEvery
+	expired := left <= 0
+	due := tok != a.tok.warned || now.Sub(a.tok.warnedAt) >= warnEvery || (expired && !a.tok.warnedExpired)
 	if due {
-		a.tok.warned, a.tok.warnedAt = tok, now
+		a.tok.warned, a.tok.warnedAt, a.tok.warnedExpired = tok, now, expired
 	}
 	a.tok.mu.Unlock()
 	if due {
 		log.Warn("token_expiring", "agent_id", a.cfg.AgentID, "expires_at", exp.UTC().Format(time.RFC3339),
-			"expires_in", left.Round(time.Second).String(), "expired", left <= 0)
+			"expires_in", left.Round(time.Second).String(), "expired", expired)
 	}
 }
 

@@ -332,3 +332,41 @@ func TestRefusalLogged(t *testing.T) {
 		t.Fatal("token logged")
 	}
 }
+
+// TestNoteTokenWarnings: token_expiring once per token, again when it has
+// expired, and every warnEvery; never for a token far from its exp.
+func TestNoteTokenWarnings(t *testing.T) {
+	logs := &testenv.SyncBuffer{}
+	a := newAgent(t, testConfig([]string{"ws://127.0.0.1:1/tunnel"}, map[string]string{"ldap": "127.0.0.1:1"}, logs))
+	tok := fakeJWT(`{"exp":1900000000}`)
+	exp := time.Unix(1900000000, 0)
+	steps := []struct {
+		at      time.Duration // from exp
+		tok     string
+		warns   bool
+		expired bool
+	}{
+		{at: -48 * time.Hour, tok: tok},
+		{at: -2 * time.Hour, tok: tok, warns: true},
+		{at: -90 * time.Minute, tok: tok},
+		{at: -30 * time.Minute, tok: tok, warns: true}, // an hour later
+		{at: time.Second, tok: tok, warns: true, expired: true},
+		{at: 10 * time.Second, tok: tok},
+		{at: 20 * time.Second, tok: fakeJWT(`{"exp":1900000000,"jti":"x"}`), warns: true, expired: true}, // another token
+		{at: 2 * time.Hour, tok: fakeJWT(`{"exp":1900000000,"jti":"x"}`), warns: true, expired: true},
+	}
+	for i, s := range steps {
+		before := len(logRecords(t, logs.String(), "token_expiring"))
+		a.noteToken(s.tok, exp.Add(s.at), a.log)
+		recs := logRecords(t, logs.String(), "token_expiring")
+		if warned := len(recs) > before; warned != s.warns {
+			t.Fatalf("step %d (%v): warned %v, want %v", i, s.at, warned, s.warns)
+		}
+		if s.warns && recs[len(recs)-1]["expired"] != s.expired {
+			t.Fatalf("step %d: %v", i, recs[len(recs)-1])
+		}
+	}
+	if got := a.tok.exp.Load(); got != 1900000000 {
+		t.Fatalf("exp gauge %d", got)
+	}
+}
