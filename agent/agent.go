@@ -13,11 +13,14 @@
 // (tunnel handshake and reader), send.go (the tunnel writer and frame
 // buffers), stream.go (per-stream state, target dialing and writing),
 // targetread_linux.go (the epoll pollers that read targets),
-// targetread_other.go (a reader goroutine per stream elsewhere), metrics.go.
+// targetread_other.go (a reader goroutine per stream elsewhere), token.go
+// (the token: asked before every attempt, its expiry watched), lograte.go
+// (rate-limited log lines), metrics.go.
 //
 // Goroutines. Run owns one tunnelLoop per tunnel, each of which reads its
-// tunnel on its own goroutine, and one target poller per P (Linux), which
-// reads every stream's target without a goroutine per stream. Per tunnel:
+// tunnel on its own goroutine, one target poller per P (Linux), which
+// reads every stream's target without a goroutine per stream, and
+// tokenWatchLoop (the hourly expiry check). Per tunnel:
 // tunnelWriteLoop (batches frames into one writev) and pingLoop (PING,
 // liveness, context cancellation). Per stream:
 // dialLoop while the target is being dialed, plus targetWriteLoop only while
@@ -61,6 +64,14 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 )
 
+// ProxyV2 is the value of Config.ProxyProtocol that puts a PROXY protocol
+// version 2 header in front of every target connection of a connector.
+const ProxyV2 = "v2"
+
+// tokenCheckEvery is how often a connected agent looks at its token's
+// expiry (it also does at every connection attempt).
+const tokenCheckEvery = time.Hour
+
 // stableAfter is how long a tunnel must stay up for the reconnect backoff to
 // start again from ReconnectMin. A hub that accepts the tunnel and drops it
 // at once therefore still sees growing delays.
@@ -93,6 +104,18 @@ type Config struct {
 	// Connectors maps a connector name (1..255 bytes, at most 64) to its
 	// target host:port. At least one is required.
 	Connectors map[string]string
+	// ProxyProtocol maps a connector name to the PROXY protocol its target
+	// expects: ProxyV2 ("v2") writes a version 2 header (the client address
+	// of the OPEN frame as source, the target address as dialed as
+	// destination; internal/proxyproto) as the first bytes of every target
+	// connection, before any client byte; a client address that does not
+	// parse gets a LOCAL header instead. Absent or "": none. Another value,
+	// or a name not in Connectors, is an error.
+	ProxyProtocol map[string]string
+	// MaskClientAddr logs client addresses (from OPEN frames) as their /24
+	// (IPv4) or /48 (IPv6) prefix, as the hub's log.mask_client_addr does
+	// (internal/logmask). Default false.
+	MaskClientAddr bool
 	// DialTimeout bounds dialing a target. Default 5s.
 	DialTimeout time.Duration
 	// TLSConfig is used for wss:// URLs (set RootCAs for a private CA, and
@@ -150,6 +173,10 @@ type Agent struct {
 
 	// owned by Run
 	pollers pollers // target readers, started and stopped by Run
+
+	tok        tokenState    // the token of the latest attempt and its expiry
+	tokenEvery time.Duration // tokenWatchLoop's period (tokenCheckEvery; tests shorten it)
+	dialLog    *logLimit     // target_dial_failed lines
 
 	up       atomic.Int32 // tunnels up (HELLO_ACK received)
 	urlIdx   atomic.Int32 // the hub URL every tunnel uses (see tunnelLoop)
@@ -252,6 +279,14 @@ func New(cfg Config) (*Agent, error) {
 			bad("Connectors[%q]: target %q: %v", name, addr, err)
 		}
 	}
+	for name, v := range cfg.ProxyProtocol {
+		if _, ok := cfg.Connectors[name]; !ok {
+			bad("ProxyProtocol[%q]: no such connector", name)
+		}
+		if v != "" && v != ProxyV2 {
+			bad("ProxyProtocol[%q]: unknown value %q (want %q or empty)", name, v, ProxyV2)
+		}
+	}
 	slices.Sort(names)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -271,11 +306,16 @@ func New(cfg Config) (*Agent, error) {
 		qDepth:     cfg.Window/queueChunk + 3,
 		instance:   rand.Uint64(),
 		idle:       make(chan struct{}, 1),
+		tokenEvery: tokenCheckEvery,
 	}
+	a.tok.last = cfg.Token
 	for _, name := range names {
-		a.connectors[name] = newConnector(cfg.Metrics, name, cfg.Connectors[name])
+		c := newConnector(cfg.Metrics, name, cfg.Connectors[name])
+		c.proxy = cfg.ProxyProtocol[name] == ProxyV2
+		a.connectors[name] = c
 	}
 	a.m = newAgentMetrics(cfg.Metrics, a)
+	a.dialLog = newLogLimit(dialLogPerSecond, a.m.logSuppressed("target_dial_failed"))
 	return a, nil
 }
 
@@ -327,6 +367,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for i := range a.cfg.Tunnels {
 		wg.Go(func() { a.tunnelLoop(ctx, i) })
 	}
+	wg.Go(func() { a.tokenWatchLoop(ctx) })
 	wg.Wait()
 	return nil
 }
@@ -335,28 +376,74 @@ func (a *Agent) Run(ctx context.Context) error {
 // the hub URL a.urlIdx names; a tunnel whose attempt failed, or whose
 // tunnel dropped, moves that index on (once: the others follow), so the
 // tunnels of one agent stay on one hub.
+//
+// A refused attempt (401, 403: a bad or expired token) backs off like any
+// other failure; with a TokenSource the wait ends early once the source
+// gives a token other than the refused one (a rotated token file is used
+// within about a second).
 func (a *Agent) tunnelLoop(ctx context.Context, idx int) {
 	rbuf := make([]byte, readBufLen)
-	attempt := 0
+	r := retry{lo: a.cfg.ReconnectMin, hi: a.cfg.ReconnectMax, rnd: rand.Int64N}
 	for {
 		i := int(a.urlIdx.Load())
-		up := a.runSession(ctx, i, idx, rbuf)
+		up, refused := a.runSession(ctx, i, idx, rbuf)
 		if ctx.Err() != nil {
 			return
 		}
 		a.urlIdx.CompareAndSwap(int32(i), int32((i+1)%len(a.urls)))
-		if up >= stableAfter {
-			attempt = 0
-		}
-		d := backoff(attempt, a.cfg.ReconnectMin, a.cfg.ReconnectMax, rand.Int64N)
-		attempt++
 		a.m.reconnects.inc()
-		t := time.NewTimer(d)
+		if !a.waitRetry(ctx, r.next(up), refused) {
+			return
+		}
+	}
+}
+
+// retry is a tunnel's reconnect backoff: each attempt waits longer (capped,
+// jittered, see backoff), and a tunnel that stayed up for stableAfter
+// starts again from lo. Owned by one tunnelLoop.
+type retry struct {
+	lo, hi  time.Duration
+	rnd     func(int64) int64
+	attempt int
+}
+
+// next returns the wait after a session that was up for up (0: the
+// attempt failed or was refused).
+func (r *retry) next(up time.Duration) time.Duration {
+	if up >= stableAfter {
+		r.attempt = 0
+	}
+	d := backoff(r.attempt, r.lo, r.hi, r.rnd)
+	r.attempt++
+	return d
+}
+
+// tokenPoll is how often a tunnel refused by the hub asks the TokenSource
+// whether the token changed while it waits to retry.
+const tokenPoll = time.Second
+
+// waitRetry waits d before the next attempt and reports false if ctx ended
+// first. refused is the token the hub just refused ("" if it did not): with
+// a TokenSource, the wait ends as soon as the source gives another token.
+func (a *Agent) waitRetry(ctx context.Context, d time.Duration, refused string) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var poll <-chan time.Time
+	if refused != "" && a.cfg.TokenSource != nil && d > tokenPoll {
+		tk := time.NewTicker(tokenPoll)
+		defer tk.Stop()
+		poll = tk.C
+	}
+	for {
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return
+			return false
 		case <-t.C:
+			return true
+		case <-poll:
+			if tok, err := a.cfg.TokenSource(); err == nil && tok != "" && tok != refused {
+				return true
+			}
 		}
 	}
 }

@@ -42,6 +42,7 @@ type hubOpts struct {
 	noAck      bool   // do not answer HELLO with HELLO_ACK
 	noPong     bool   // do not answer PING
 	rejectN    int    // refuse the first rejectN upgrades with 401
+	rejectAuth string // refuse upgrades whose Authorization is this, with 401
 	tls        *tls.Config
 	keepPongs  bool // deliver PONG frames to the test
 	keepPings  bool // deliver PING frames to the test (still answered unless noPong)
@@ -130,7 +131,7 @@ func (h *testHub) serveLoop(c net.Conn) {
 			return nil
 		},
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
-			if h.rejected.Load() < int32(h.opts.rejectN) {
+			if h.rejected.Load() < int32(h.opts.rejectN) || (h.opts.rejectAuth != "" && auth == h.opts.rejectAuth) {
 				h.rejected.Add(1)
 				return nil, ws.RejectConnectionError(ws.RejectionStatus(http.StatusUnauthorized))
 			}

@@ -25,7 +25,10 @@ import (
 //	nowconnect_agent_dial_seconds{connector}              histogram target dial latency (successes)
 //	nowconnect_agent_dial_errors_total{connector,reason}  counter  reason dial_failed | dial_timeout
 //	nowconnect_agent_bytes_total{direction,connector}     counter  c2a: hub→target, a2c: target→hub
+//	nowconnect_agent_token_expiry_timestamp_seconds       gauge    exp of the token in use (unix s), 0: none
+//	nowconnect_agent_log_suppressed_total{event}          counter  log lines dropped by rate limiting
 type agentMetrics struct {
+	set           *metrics.Set // nil without metrics
 	reconnects    counter
 	windowGrowths counter
 	rttHist       *metrics.PrometheusHistogram // nil without metrics
@@ -48,10 +51,21 @@ func (m *agentMetrics) tunnelClose(r codec.Reason) {
 	m.closes[r].inc()
 }
 
+// logSuppressed returns the suppressed-lines counter of a log event.
+func (m *agentMetrics) logSuppressed(event string) counter {
+	if m.set == nil {
+		return counter{}
+	}
+	return counter{m.set.GetOrCreateCounter(`nowconnect_agent_log_suppressed_total{event="` + labelEscape(event) + `"}`)}
+}
+
 func newAgentMetrics(set *metrics.Set, a *Agent) agentMetrics {
 	if set == nil {
 		return agentMetrics{}
 	}
+	set.GetOrCreateGauge("nowconnect_agent_token_expiry_timestamp_seconds", func() float64 {
+		return float64(a.tok.exp.Load())
+	})
 	set.GetOrCreateGauge("nowconnect_agent_tunnel_up", func() float64 {
 		if a.Connected() {
 			return 1
@@ -63,6 +77,7 @@ func newAgentMetrics(set *metrics.Set, a *Agent) agentMetrics {
 		return float64(a.active.Load())
 	})
 	m := agentMetrics{
+		set:           set,
 		reconnects:    counter{set.GetOrCreateCounter("nowconnect_agent_reconnects_total")},
 		windowGrowths: counter{set.GetOrCreateCounter("nowconnect_agent_stream_window_growths_total")},
 		rttHist:       set.GetOrCreatePrometheusHistogramExt("nowconnect_agent_tunnel_rtt_seconds", rttBuckets),
@@ -80,8 +95,9 @@ func newAgentMetrics(set *metrics.Set, a *Agent) agentMetrics {
 // connector is one served connector with its cached metric handles.
 type connector struct {
 	// set at construction
-	name string
-	addr string
+	name  string
+	addr  string
+	proxy bool // PROXY protocol v2 header in front of every target connection
 
 	dialSeconds *metrics.PrometheusHistogram // nil without metrics
 	dialFailed  counter

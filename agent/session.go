@@ -80,34 +80,27 @@ type session struct {
 	snap    []*stream          // scratch for closeStreams
 }
 
-// token returns the token for the next attempt: from TokenSource when set.
-func (a *Agent) token(log *slog.Logger) string {
-	if a.cfg.TokenSource == nil {
-		return a.cfg.Token
-	}
-	tok, err := a.cfg.TokenSource()
-	if err != nil {
-		log.Warn("token unreadable, using the previous one", "agent_id", a.cfg.AgentID, "error", err.Error())
-		return a.cfg.Token
-	}
-	return tok
-}
-
 // runSession dials url i as tunnel idx, serves the tunnel until it drops
-// and returns how long it was up (0 if HELLO_ACK never arrived). Called by
-// tunnelLoop only; rbuf is its read buffer.
-func (a *Agent) runSession(ctx context.Context, i, idx int, rbuf []byte) time.Duration {
+// and returns how long it was up (0 if HELLO_ACK never arrived) and, when
+// the hub refused the upgrade with 401 or 403, the token it refused.
+// Called by tunnelLoop only; rbuf is its read buffer.
+func (a *Agent) runSession(ctx context.Context, i, idx int, rbuf []byte) (time.Duration, string) {
 	log := a.log.With("url", a.logURLs[i], "tunnel", idx)
 	log.Info("connecting to cloud")
 	start := time.Now()
+	tok := a.token(log)
 	hdr := http.Header{
-		"Authorization":     {"Bearer " + a.token(log)},
+		"Authorization":     {"Bearer " + tok},
 		"Nowconnect-Tunnel": {strconv.Itoa(idx)},
 	}
+	var refusal string // the hub's reason, from the body of a refusal
 	d := ws.Dialer{
 		Header:    ws.HandshakeHeaderHTTP(hdr),
 		TLSConfig: a.cfg.TLSConfig,
 		Timeout:   a.cfg.HandshakeTimeout,
+		OnStatusError: func(_ int, _ []byte, resp io.Reader) {
+			refusal = refusalReason(resp)
+		},
 	}
 	if a.cfg.MaxProtocol >= codec.Version {
 		d.Protocols = []string{codec.Subprotocol}
@@ -115,23 +108,26 @@ func (a *Agent) runSession(ctx context.Context, i, idx int, rbuf []byte) time.Du
 	conn, br, hs, err := d.Dial(ctx, a.urls[i])
 	if err != nil {
 		if ctx.Err() != nil {
-			return 0
+			return 0, ""
 		}
 		msg := err.Error()
 		if a.urls[i] != a.logURLs[i] {
 			msg = strings.ReplaceAll(msg, a.urls[i], a.logURLs[i])
 		}
 		var se ws.StatusError
-		if errors.As(err, &se) {
-			hint := ""
-			if se == http.StatusUnauthorized || se == http.StatusForbidden {
-				hint = "token refused"
-			}
-			log.Warn("tunnel refused by hub", "agent_id", a.cfg.AgentID, "status", int(se), "hint", hint)
-		} else {
+		if !errors.As(err, &se) {
 			log.Warn("tunnel dial failed", "agent_id", a.cfg.AgentID, "error", msg)
+			return 0, ""
 		}
-		return 0
+		authz := se == http.StatusUnauthorized || se == http.StatusForbidden
+		if refusal == "" && authz {
+			refusal = "token refused"
+		}
+		log.Warn("tunnel refused by hub", "agent_id", a.cfg.AgentID, "status", int(se), "reason", refusal)
+		if authz {
+			return 0, tok
+		}
+		return 0, ""
 	}
 	s := &session{
 		a:       a,
@@ -149,7 +145,36 @@ func (a *Agent) runSession(ctx context.Context, i, idx int, rbuf []byte) time.Du
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.snd.init(conn)
-	return s.serve(br, start.Add(a.cfg.HandshakeTimeout))
+	return s.serve(br, start.Add(a.cfg.HandshakeTimeout)), ""
+}
+
+// maxRefusalLen bounds the part of a refusal's body that is read and
+// logged.
+const maxRefusalLen = 256
+
+// refusalReason returns the start of the body of the hub's non-101 answer
+// (resp: the whole response from its status line), printable ASCII only:
+// the hub's short reason ("unauthorized: expired"). It reads at most
+// maxRefusalLen bytes of body, within the handshake's deadline; "" if the
+// response does not parse or has no body.
+func refusalReason(resp io.Reader) string {
+	r, err := http.ReadResponse(bufio.NewReader(resp), nil)
+	if err != nil {
+		return ""
+	}
+	defer r.Body.Close()
+	var buf [maxRefusalLen]byte
+	n, _ := io.ReadFull(r.Body, buf[:])
+	out := buf[:0]
+	for _, c := range buf[:n] {
+		switch {
+		case c >= 0x20 && c < 0x7f:
+			out = append(out, c)
+		case c == '\n' || c == '\r' || c == '\t':
+			out = append(out, ' ')
+		}
+	}
+	return strings.Join(strings.Fields(string(out)), " ")
 }
 
 // serve runs the tunnel on the caller's goroutine until it closes, then

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/internal/flow"
+	"github.com/nowconnect/nowconnect/internal/logmask"
+	"github.com/nowconnect/nowconnect/internal/proxyproto"
 	"github.com/nowconnect/nowconnect/ring"
 )
 
@@ -44,9 +47,10 @@ func queueChunkFor(window, depth int) int {
 // bytes move (TestIdleStreamMemory measures it).
 type stream struct {
 	// set at creation
-	sess *session
-	cid  uint32
-	conn *connector
+	sess   *session
+	cid    uint32
+	conn   *connector
+	client netip.AddrPort // from OPEN; invalid if it did not parse
 
 	// set by dialLoop under mu before open is set; read-only after
 	target *net.TCPConn
@@ -96,6 +100,7 @@ func (s *session) handleOpen(cid uint32, p []byte) {
 		return
 	}
 	st := newStream(s, cid, c)
+	st.client, _ = netip.ParseAddrPort(string(client))
 	s.mu.Lock()
 	s.streams[cid] = st
 	st.next = s.head
@@ -106,7 +111,7 @@ func (s *session) handleOpen(cid uint32, p []byte) {
 	s.mu.Unlock()
 	a.active.Add(1)
 	if debugOn(s.log) {
-		s.log.Debug("stream open", "cid", cid, "connector", c.name, "client", string(client))
+		s.log.Debug("stream open", "cid", cid, "connector", c.name, "client", a.logClient(st.client))
 	}
 	s.wg.Go(st.dialLoop)
 }
@@ -375,9 +380,7 @@ func (st *stream) dialLoop() {
 			c.dialFailed.inc()
 		}
 		st.refuseOpen(r, msg)
-		if debugOn(s.log) {
-			s.log.Debug("target dial failed", "cid", st.cid, "connector", c.name, "reason", r.String(), "error", err)
-		}
+		st.logDialFailed(r, msg)
 		return
 	}
 	if c.dialSeconds != nil {
@@ -392,6 +395,18 @@ func (st *stream) dialLoop() {
 		_ = nc.Close()
 		st.refuseOpen(codec.ReasonDialFailed, "target connection unusable")
 		return
+	}
+	if c.proxy {
+		// First bytes on the connection: before OPEN_ACK, before any
+		// pipelined client byte, before the reader starts.
+		if err := st.writeProxyHeader(tc); err != nil {
+			_ = nc.Close()
+			msg := "proxy header: " + shortErr(err)
+			c.dialFailed.inc()
+			st.refuseOpen(codec.ReasonDialFailed, msg)
+			st.logDialFailed(codec.ReasonDialFailed, msg)
+			return
+		}
 	}
 	st.mu.Lock()
 	if st.closed {
@@ -418,6 +433,51 @@ func (st *stream) dialLoop() {
 		st.startWriterLocked()
 	}
 	st.mu.Unlock()
+}
+
+// logDialFailed logs target_dial_failed at warn, at most dialLogPerSecond
+// lines a second (the next line says how many were suppressed). Called by
+// dialLoop.
+func (st *stream) logDialFailed(r codec.Reason, msg string) {
+	s := st.sess
+	sup, ok := s.a.dialLog.allow(time.Now())
+	if !ok {
+		return
+	}
+	s.log.Warn("target_dial_failed", "agent_id", s.a.cfg.AgentID, "cid", st.cid, "connector", st.conn.name,
+		"target", st.conn.addr, "reason", r.String(), "detail", msg, "client", s.a.logClient(st.client), "suppressed", sup)
+}
+
+// writeProxyHeader writes the PROXY protocol v2 header to the freshly
+// dialed target: source the client of the OPEN frame, destination the
+// address dialed, or LOCAL when the client address did not parse. Called
+// by dialLoop before the target is shared with anything.
+func (st *stream) writeProxyHeader(tc *net.TCPConn) error {
+	var b [proxyproto.MaxLen]byte
+	var dst netip.AddrPort
+	if ra, ok := tc.RemoteAddr().(*net.TCPAddr); ok {
+		dst = ra.AddrPort()
+	}
+	hdr, err := proxyproto.AppendProxy(b[:0], st.client, dst)
+	if err != nil {
+		hdr = proxyproto.AppendLocal(b[:0])
+	}
+	_ = tc.SetWriteDeadline(time.Now().Add(st.sess.a.cfg.DialTimeout))
+	_, err = tc.Write(hdr)
+	_ = tc.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// logClient renders a client address of an OPEN frame for logs, masked
+// with Config.MaskClientAddr; "invalid" when it did not parse.
+func (a *Agent) logClient(ap netip.AddrPort) string {
+	switch {
+	case !ap.IsValid():
+		return "invalid"
+	case a.cfg.MaskClientAddr:
+		return logmask.Addr(ap)
+	}
+	return ap.String()
 }
 
 // dialReason maps a dial error to an OPEN_ERR reason and a short message

@@ -538,7 +538,7 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 			if err != nil {
 				h.met.authFailures.Inc()
 				h.log.Warn("agent_auth_failed", "remote", remote, "err", err.Error())
-				return engine.Response{Status: 401, Body: []byte("unauthorized\n")}
+				return engine.Response{Status: 401, ContentType: "text/plain; charset=utf-8", Body: unauthorizedBody(err)}
 			}
 			resp := engine.Response{
 				Upgrade: newTunnel(h, Claims{AgentID: id, Connectors: conns}, version),

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+
+	"github.com/nowconnect/nowconnect/internal/logmask"
 )
 
 // router maps connectors to the tunnels that serve them, grouped by agent.
@@ -202,11 +204,5 @@ func (h *Hub) maskAddr(ap netip.AddrPort) string {
 	if !h.cfg.MaskClientAddr {
 		return ap.String()
 	}
-	ip := ap.Addr().Unmap()
-	bits := 24
-	if ip.Is6() {
-		bits = 48
-	}
-	p, _ := ip.Prefix(bits)
-	return p.String()
+	return logmask.Addr(ap)
 }

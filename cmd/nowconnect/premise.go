@@ -279,9 +279,22 @@ func agentConfig(cfg *config.Agent) (agent.Config, error) {
 		ReconnectMax: cfg.ReconnectMax.D(),
 		PingInterval: cfg.PingInterval.D(),
 		PingTimeout:  cfg.PingTimeout.D(),
+
+		MaskClientAddr: cfg.Log.MaskClientAddr,
+	}
+	if f := cfg.TokenFile; f != "" {
+		// Read again before every connection attempt: a token rotated in
+		// place is used without a restart. NC_TOKEN stays as it was.
+		ac.TokenSource = func() (string, error) { return config.ReadTokenFile(f) }
 	}
 	for _, c := range cfg.Connectors {
 		ac.Connectors[c.Name] = c.Target
+		if c.ProxyProtocol != "" {
+			if ac.ProxyProtocol == nil {
+				ac.ProxyProtocol = map[string]string{}
+			}
+			ac.ProxyProtocol[c.Name] = c.ProxyProtocol
+		}
 	}
 	if cfg.CAFile != "" || cfg.InsecureSkipVerify {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify}

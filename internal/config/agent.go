@@ -27,7 +27,8 @@ type Agent struct {
 	// ApplyEnv; never in the file itself, never to be logged. Required.
 	Token string `toml:"-"`
 	// Connectors are the targets this agent serves. At least one, env
-	// NC_CONNECTORS ("name=host:port,...").
+	// NC_CONNECTORS ("name=host:port,...", an entry may add
+	// ";proxy=v2": "name=host:port;proxy=v2").
 	Connectors []Connector `toml:"connectors"`
 	// DialTimeout bounds dialing a target. Default 5s, env NC_DIAL_TIMEOUT.
 	DialTimeout Duration `toml:"dial_timeout"`
@@ -79,6 +80,10 @@ type Connector struct {
 	Name string `toml:"name"`
 	// Target is the host:port to dial. Required.
 	Target string `toml:"target"`
+	// ProxyProtocol is the PROXY protocol header the target expects in
+	// front of every connection: "v2" (the client's address as the hub saw
+	// it; e.g. slapd on a pldap:// listener), or "" for none. Default "".
+	ProxyProtocol string `toml:"proxy_protocol"`
 }
 
 // DefaultAgent returns an agent configuration with every default filled in.
@@ -105,7 +110,7 @@ func DefaultAgent() *Agent {
 //	NC_AGENT_ID      agent id
 //	NC_TOKEN         the JWT itself
 //	NC_TOKEN_FILE    a file holding the JWT (read now, trimmed)
-//	NC_CONNECTORS    "addomain=openldap:389,other=10.0.0.5:636"
+//	NC_CONNECTORS    "addomain=openldap:389,other=10.0.0.5:636;proxy=v2"
 //	NC_DIAL_TIMEOUT  "5s"
 //	NC_CA_FILE       extra CA bundle for wss://
 //	NC_TUNNELS       tunnels to the hub, 1..16
@@ -191,8 +196,9 @@ func (a *Agent) applyEnv(getenv func(string) string, r *reporter) {
 	}
 }
 
-// parseConnectors parses "name=host:port,name2=host:port"; empty entries
-// (a trailing comma) are skipped.
+// parseConnectors parses "name=host:port,name2=host:port;proxy=v2"; empty
+// entries (a trailing comma) are skipped. After the target an entry may
+// carry ";key=value" options: proxy (Connector.ProxyProtocol).
 func parseConnectors(v string) ([]Connector, []error) {
 	var cs []Connector
 	var errs []error
@@ -202,6 +208,8 @@ func parseConnectors(v string) ([]Connector, []error) {
 			continue
 		}
 		name, target, ok := strings.Cut(e, "=")
+		opts := strings.Split(target, ";")
+		target = opts[0]
 		name, target = strings.TrimSpace(name), strings.TrimSpace(target)
 		switch {
 		case !ok || name == "" || target == "":
@@ -215,14 +223,47 @@ func parseConnectors(v string) ([]Connector, []error) {
 			errs = append(errs, fmt.Errorf("connector %q: %v", name, err))
 			continue
 		}
+		c := Connector{Name: name, Target: target}
+		if err := parseConnectorOptions(&c, opts[1:]); err != nil {
+			errs = append(errs, fmt.Errorf("connector %q: %v", name, err))
+			continue
+		}
 		seen[name] = true
-		cs = append(cs, Connector{Name: name, Target: target})
+		cs = append(cs, c)
 	}
 	if len(cs) == 0 && len(errs) == 0 {
 		errs = append(errs, fmt.Errorf("no connector in %q", v))
 	}
 	return cs, errs
 }
+
+// parseConnectorOptions applies the ";key=value" options of an
+// NC_CONNECTORS entry (split at ';', the target left out) to c.
+func parseConnectorOptions(c *Connector, opts []string) error {
+	for _, o := range opts {
+		o = strings.TrimSpace(o)
+		k, v, ok := strings.Cut(o, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch {
+		case o == "":
+			return fmt.Errorf("empty option after ';'")
+		case !ok:
+			return fmt.Errorf("option %q: want key=value", o)
+		case k != "proxy":
+			return fmt.Errorf("unknown option %q (known: proxy)", k)
+		case v != "v2":
+			return fmt.Errorf("proxy: unknown value %q (want v2)", v)
+		}
+		c.ProxyProtocol = v
+	}
+	return nil
+}
+
+// ReadTokenFile reads an agent token file as loading the configuration
+// does: surrounding space trimmed, an empty file an error naming it. The
+// agent calls it before every connection attempt, so a token rotated in
+// place is used without a restart.
+func ReadTokenFile(path string) (string, error) { return readToken(path) }
 
 // readToken reads a token file and trims it; an empty file is an error.
 func readToken(path string) (string, error) {

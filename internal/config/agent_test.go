@@ -61,6 +61,15 @@ func TestLoadAgentErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "proxy_protocol",
+			file: "premise.toml",
+			body: "cloud_url = \"ws://cloud/tunnel\"\nagent_id = \"a\"\n[[connectors]]\nname = \"x\"\ntarget = \"h:1\"\nproxy_protocol = \"v2\"\n[[connectors]]\nname = \"y\"\ntarget = \"h:2\"\nproxy_protocol = \"v1\"\n",
+			want: []wantErr{
+				{10, "connectors[1].proxy_protocol", `unknown value "v1"`},
+				{0, "token_file", "required"},
+			},
+		},
+		{
 			name: "required fields and both url keys",
 			file: "premise.yaml",
 			body: "cloud_url: ws://a/tunnel\ncloud_urls: [ws://b/tunnel]\ntoken: secret\nconnectors: []\n",
@@ -106,7 +115,7 @@ func TestApplyEnv(t *testing.T) {
 				"NC_CLOUD_URL":    "wss://a.example.com/tunnel, ws://b:8765/tunnel,",
 				"NC_AGENT_ID":     "agent-7",
 				"NC_TOKEN_FILE":   tokenFile,
-				"NC_CONNECTORS":   "addomain=openldap:389, other=10.0.0.5:636,v6=[::1]:389,",
+				"NC_CONNECTORS":   "addomain=openldap:389, other=10.0.0.5:636 ; proxy = v2,v6=[::1]:389,",
 				"NC_DIAL_TIMEOUT": "750ms",
 				"NC_CA_FILE":      "testdata/certs/ca.pem",
 			},
@@ -114,7 +123,8 @@ func TestApplyEnv(t *testing.T) {
 				if !reflect.DeepEqual(a.CloudURLs, []string{"wss://a.example.com/tunnel", "ws://b:8765/tunnel"}) {
 					t.Errorf("CloudURLs = %q", a.CloudURLs)
 				}
-				want := []Connector{{"addomain", "openldap:389"}, {"other", "10.0.0.5:636"}, {"v6", "[::1]:389"}}
+				want := []Connector{{Name: "addomain", Target: "openldap:389"},
+					{Name: "other", Target: "10.0.0.5:636", ProxyProtocol: "v2"}, {Name: "v6", Target: "[::1]:389"}}
 				if !reflect.DeepEqual(a.Connectors, want) {
 					t.Errorf("Connectors = %+v", a.Connectors)
 				}
@@ -157,6 +167,17 @@ func TestApplyEnv(t *testing.T) {
 				`NC_CONNECTORS: connector "x": "nohost" is not host:port`,
 				`NC_CONNECTORS: connector "y": "h:99999" has a bad port`,
 				`NC_CONNECTORS: connector "addomain" listed twice`,
+			},
+		},
+		{
+			name: "connector options",
+			env:  map[string]string{"NC_CONNECTORS": "a=h:1;proxy=v1,b=h:2;ppp=v2,c=h:3;proxy,d=h:4;,e=h:5;proxy=v2;proxy=V2"},
+			wantErr: []string{
+				`NC_CONNECTORS: connector "a": proxy: unknown value "v1" (want v2)`,
+				`NC_CONNECTORS: connector "b": unknown option "ppp" (known: proxy)`,
+				`NC_CONNECTORS: connector "c": option "proxy": want key=value`,
+				`NC_CONNECTORS: connector "d": empty option after ';'`,
+				`NC_CONNECTORS: connector "e": proxy: unknown value "V2"`,
 			},
 		},
 		{
@@ -249,5 +270,26 @@ func TestLoadAgentEnv(t *testing.T) {
 		if !strings.Contains(got, w) {
 			t.Errorf("error lacks %q:\n%s", w, got)
 		}
+	}
+}
+
+func TestLoadAgentProxyProtocol(t *testing.T) {
+	tok := writeFile(t, "agent.token", testToken+"\n")
+	path := writeFile(t, "premise.toml", "cloud_url = \"ws://cloud/tunnel\"\nagent_id = \"a\"\ntoken_file = \""+tok+"\"\n"+
+		"[[connectors]]\nname = \"plain\"\ntarget = \"h:1\"\n[[connectors]]\nname = \"pldap\"\ntarget = \"h:2\"\nproxy_protocol = \"v2\"\n")
+	a, err := LoadAgent(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Connector{{Name: "plain", Target: "h:1"}, {Name: "pldap", Target: "h:2", ProxyProtocol: "v2"}}
+	if !reflect.DeepEqual(a.Connectors, want) {
+		t.Fatalf("Connectors = %+v", a.Connectors)
+	}
+	// ReadTokenFile reads as loading does: trimmed, an empty file refused.
+	if got, err := ReadTokenFile(tok); err != nil || got != testToken {
+		t.Fatalf("ReadTokenFile = %q, %v", got, err)
+	}
+	if _, err := ReadTokenFile(writeFile(t, "empty.token", " \n")); err == nil || !strings.Contains(err.Error(), "token file is empty") {
+		t.Fatalf("empty token file: %v", err)
 	}
 }

@@ -202,6 +202,9 @@ func validateAgent(a *Agent, r *reporter) {
 		} else if err := checkHostPort(c.Target, true); err != nil {
 			r.add(k+".target", "%v", err)
 		}
+		if c.ProxyProtocol != "" && c.ProxyProtocol != "v2" {
+			r.add(k+".proxy_protocol", "unknown value %q (want \"v2\", or none)", c.ProxyProtocol)
+		}
 	}
 	durMin(r, "dial_timeout", a.DialTimeout, true)
 	file(r, "ca_file", a.CAFile)

@@ -43,6 +43,16 @@ type Options struct {
 	Port int
 	// Output receives slapd's stdout and stderr. Nil discards them.
 	Output io.Writer
+	// ExtraURLs are more listener URLs for slapd's -h, after
+	// ldap://127.0.0.1:Port/ (which Addr and URL name), e.g.
+	// "pldap://127.0.0.1:PORT/": a listener that expects a PROXY protocol
+	// header in front of every connection (OpenLDAP 2.5 or later). Their
+	// ports are the caller's to choose. Default none.
+	ExtraURLs []string
+	// Debug is slapd's -d level. Default "0": nothing is printed. "stats"
+	// prints a line per connection (with the client's address) and per
+	// operation to Output.
+	Debug string
 }
 
 // Server is a running slapd. Its methods are safe for concurrent use.
@@ -115,7 +125,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 				return nil, fmt.Errorf("ldapdemo: free port: %w", err)
 			}
 		}
-		if seeded, err = s.startOn(ctx, bin, conf, port, o.Output); err == nil || !errors.Is(err, ErrExitedEarly) {
+		if seeded, err = s.startOn(ctx, bin, conf, port, o); err == nil || !errors.Is(err, ErrExitedEarly) {
 			break
 		}
 	}
@@ -170,13 +180,17 @@ func (s *Server) Stop() error {
 // startOn runs slapd on port and waits until it answers. It reports whether the base
 // entry exists already. ErrExitedEarly (wrapped) means slapd died during start-up,
 // typically because the port was taken: try another one.
-func (s *Server) startOn(ctx context.Context, bin, conf string, port int, out io.Writer) (seeded bool, err error) {
+func (s *Server) startOn(ctx context.Context, bin, conf string, port int, o Options) (seeded bool, err error) {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	url := "ldap://" + addr
-	// -d 0 keeps slapd in the foreground, attached to us, with no debug output. (With -d 0
-	// slapd prints nothing even when it fails to bind; it just exits with status 1.)
-	cmd := exec.Command(bin, "-f", conf, "-h", url+"/", "-d", "0")
-	cmd.Stdout, cmd.Stderr = out, out
+	debug := o.Debug
+	if debug == "" {
+		debug = "0"
+	}
+	// -d keeps slapd in the foreground, attached to us; -d 0 prints no debug output. (With
+	// -d 0 slapd prints nothing even when it fails to bind; it just exits with status 1.)
+	cmd := exec.Command(bin, "-f", conf, "-h", strings.Join(append([]string{url + "/"}, o.ExtraURLs...), " "), "-d", debug)
+	cmd.Stdout, cmd.Stderr = o.Output, o.Output
 	cmd.SysProcAttr = procAttr()
 	cmd.WaitDelay = 2 * time.Second // a grandchild holding the output open cannot block Wait
 	if err := cmd.Start(); err != nil {

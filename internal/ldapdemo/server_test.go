@@ -156,3 +156,24 @@ func TestBadOptionsAndCancel(t *testing.T) {
 		t.Fatalf("cancelled start: %v", err)
 	}
 }
+
+// TestExtraURLsAndDebug: ExtraURLs adds listeners, Debug "stats" logs every
+// connection with its peer address to Output.
+func TestExtraURLsAndDebug(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := &testenv.SyncBuffer{}
+	extra := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	s, err := ldapdemo.Start(ctx, ldapdemo.Options{Users: 1, Output: out, Debug: "stats", ExtraURLs: []string{"ldap://" + extra + "/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	if res, err := testenv.RunLDAPSearch(ctx, extra, "", "", ldapdemo.BaseDN, "(uid=user0000)", "uid"); err != nil || countDN(res) != 1 {
+		t.Fatalf("search on the extra listener: %v\n%s", err, res)
+	}
+	testenv.WaitFor(t, 5*time.Second, "an ACCEPT line for the extra listener", func() bool {
+		return strings.Contains(out.String(), "ACCEPT from IP=127.0.0.1:") && strings.Contains(out.String(), "(IP="+extra+")")
+	})
+}
