@@ -146,8 +146,9 @@ type owners struct {
 
 	mu sync.Mutex
 	// guarded by mu
-	claims map[string]*claim
-	remote map[string][]Ownership // connector → agents of it, from the registry (routing's cache)
+	claims     map[string]*claim
+	remote     map[string][]Ownership // connector → agents of it, from the registry (routing's cache)
+	refreshNow bool                   // read remote again at the next pass (a stale epoch, a new link)
 }
 
 func newOwners(h *Hub, cfg HAConfig) *owners {
@@ -349,7 +350,11 @@ func (o *owners) pass(beat bool) {
 			o.heartbeat(c)
 		}
 	}
-	if beat {
+	o.mu.Lock()
+	refresh := beat || o.refreshNow
+	o.refreshNow = false
+	o.mu.Unlock()
+	if refresh {
 		o.refreshRemote()
 	}
 }
@@ -424,6 +429,67 @@ func (o *owners) refreshRemote() {
 		o.remote[l.Connector] = list
 		o.mu.Unlock()
 	}
+}
+
+// epochOf returns the epoch under which this hub owns agent, if it does.
+// Safe from any goroutine.
+func (o *owners) epochOf(agent string) (uint64, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	c := o.claims[agent]
+	if c == nil || !c.owned || c.lost {
+		return 0, false
+	}
+	return c.epoch, true
+}
+
+// remoteOwners returns the agents of connector that other hubs own, as
+// last read from the registry. Safe from any goroutine.
+func (o *owners) remoteOwners(connector string) []Ownership {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []Ownership
+	for _, a := range o.remote[connector] {
+		if a.ReplicaID != o.cfg.ReplicaID {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// remoteReplicas returns the other hubs that own agents of our connectors.
+func (o *owners) remoteReplicas() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for _, list := range o.remote {
+		for _, a := range list {
+			if a.ReplicaID != o.cfg.ReplicaID && !seen[a.ReplicaID] {
+				seen[a.ReplicaID] = true
+				out = append(out, a.ReplicaID)
+			}
+		}
+	}
+	return out
+}
+
+// invalidate forgets what the cache says of agent (a peer answered with a
+// stale epoch) and has the registry read again at once.
+func (o *owners) invalidate(agent string) {
+	o.mu.Lock()
+	for c, list := range o.remote {
+		kept := list[:0]
+		for _, a := range list {
+			if a.AgentID != agent {
+				kept = append(kept, a)
+			}
+		}
+		o.remote[c] = kept
+	}
+	o.refreshNow = true
+	o.mu.Unlock()
+	o.poke()
 }
 
 // ownedElsewhere reports whether the registry (as last read) has an agent

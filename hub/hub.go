@@ -27,6 +27,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -89,6 +90,8 @@ type Config struct {
 	PDP              *PDPConfig    // policy decision point for listeners with PDP set; nil = none
 	RequestTimeout   time.Duration // control-port request head deadline, default 10s
 	HA               *HAConfig     // ownership registry and modes; nil = mode off
+	Mesh             Mesh          // hub-to-hub links (HA part 2); nil = no /mesh
+	MeshLimits       flow.Limits   // what this hub grants peers on a link (the values its M_HELLO announces)
 }
 
 // Defaults of Config.
@@ -108,20 +111,24 @@ var (
 // Hub is a running cloud hub.
 type Hub struct {
 	// set at construction
-	cfg      Config
-	log      *slog.Logger
-	srv      *engine.Server
-	lis      []*listener
-	router   router
-	met      *hubMetrics
-	pdp      *pdp        // nil without a PDP
-	owners   *owners     // nil in HA mode off
-	limits   flow.Limits // what the hub grants agents (protocol 2)
-	maxConns int64
-	connLog  *rateLimit // connection open/closed lines; nil: debug only
-	shutdown atomic.Bool
-	stopped  atomic.Bool // Stop ran
-	debug    bool        // per-connection debug lines enabled
+	cfg        Config
+	log        *slog.Logger
+	srv        *engine.Server
+	lis        []*listener
+	router     router
+	met        *hubMetrics
+	pdp        *pdp    // nil without a PDP
+	owners     *owners // nil in HA mode off
+	mesh       Mesh    // nil without a mesh
+	peers      peers   // links up
+	meshLimits flow.Limits
+	meshLis    sync.Map    // connector → *listener of relayed streams (metrics)
+	limits     flow.Limits // what the hub grants agents (protocol 2)
+	maxConns   int64
+	connLog    *rateLimit // connection open/closed lines; nil: debug only
+	shutdown   atomic.Bool
+	stopped    atomic.Bool // Stop ran
+	debug      bool        // per-connection debug lines enabled
 
 	conns atomic.Int64 // client connections held (accepted, not yet closed)
 }
@@ -211,6 +218,14 @@ func New(cfg Config) (*Hub, error) {
 	h.router.init()
 	if cfg.PDP != nil && cfg.PDP.URL != "" {
 		h.pdp = newPDP(h, *cfg.PDP)
+	}
+	h.mesh = cfg.Mesh
+	h.peers.links, h.peers.by = make(map[string]*peerLink), make(map[MeshLink]*peerLink)
+	h.meshLimits = cfg.MeshLimits
+	if h.mesh != nil {
+		if err := h.meshLimits.Validate(); err != nil || h.meshLimits.Tunnel == 0 {
+			return nil, fmt.Errorf("%w: mesh windows: %v", ErrConfig, err)
+		}
 	}
 	if ha := cfg.HA; ha != nil && ha.Mode != ModeOff {
 		if ha.Registry == nil || ha.ReplicaID == "" {
@@ -439,13 +454,14 @@ func (h *Hub) route(conn *net.TCPConn, l *listener, ap netip.AddrPort) {
 		_ = conn.Close()
 		return
 	}
-	t := h.pick(l, ap)
+	t, via := h.pick(l, ap)
 	if t == nil {
 		h.conns.Add(-1)
 		_ = conn.Close()
 		return
 	}
 	s := newStream(h, l, t, ap)
+	s.via = via
 	if err := t.loop.Adopt(conn, s); err != nil {
 		s.release()
 		l.met.sessionErr.Inc()
@@ -453,24 +469,48 @@ func (h *Hub) route(conn *net.TCPConn, l *listener, ap netip.AddrPort) {
 	}
 }
 
-// pick chooses the lane for a new stream, logging when there is none: no
-// agent at all, or (HA active) only agents another hub owns.
-func (h *Hub) pick(l *listener, ap netip.AddrPort) *lane {
-	t := h.router.pick(l.Connector)
-	if t != nil {
-		return t
+// pick chooses the lane for a new stream: a local agent's tunnel first;
+// else, in active mode, the mesh link to the hub that owns an agent of the
+// connector (with what the stream reaches). It logs when there is none: no
+// agent at all, agents only on hubs without a link up (mesh_down), or
+// without a mesh (not_owner).
+func (h *Hub) pick(l *listener, ap netip.AddrPort) (*lane, *remote) {
+	if t := h.router.pick(l.Connector); t != nil {
+		return t, nil
 	}
 	if o := h.owners; o != nil && o.Mode() == ModeActive && o.ownedElsewhere(l.Connector) {
-		l.met.notOwner.Inc()
+		reason := codec.ReasonNotOwner
+		if h.mesh != nil {
+			ln, via, _ := h.pickRemote(l.Connector)
+			if ln != nil {
+				return ln, via
+			}
+			reason = codec.ReasonMeshDown
+			l.met.meshDown.Inc()
+		} else {
+			l.met.notOwner.Inc()
+		}
 		if n, ok := l.refused.allow(); ok {
 			h.log.Warn("connection_refused", "listener", l.Name, "connector", l.Connector,
-				"client", h.maskAddr(ap), "reason", codec.ReasonNotOwner.String(), "suppressed", n)
+				"client", h.maskAddr(ap), "reason", reason.String(), "suppressed", n)
 		}
-		return nil
+		return nil, nil
 	}
 	l.met.noAgent.Inc()
 	h.log.Warn("no_agent_for_connector", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
-	return nil
+	return nil, nil
+}
+
+// meshListener returns the listener that relayed streams of connector are
+// counted under (their clients are on other hubs).
+func (h *Hub) meshListener(connector string) *listener {
+	if l, ok := h.meshLis.Load(connector); ok {
+		return l.(*listener)
+	}
+	l := &listener{Listener: Listener{Name: "mesh", Connector: connector}, h: h, met: h.met.connector(connector),
+		refused: newRateLimit(1, time.Second, h.met.logSuppressed("connection_refused"))}
+	v, _ := h.meshLis.LoadOrStore(connector, l)
+	return v.(*listener)
 }
 
 // Mode returns the HA mode.
@@ -509,6 +549,11 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 		}
 		if h.owners != nil {
 			ok, body := h.owners.ready()
+			if ok {
+				if meshOK, why := h.meshReady(); !meshOK {
+					ok, body = false, `{"status":"degraded","reason":"`+why+`","ha_mode":"active","registry":"up"}`
+				}
+			}
 			status := 200
 			if !ok {
 				status = 503
@@ -518,6 +563,8 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 		return engine.Response{Status: 200, ContentType: "application/json", Body: []byte(`{"status":"ready"}`)}
 	case "/metrics":
 		return engine.Response{Status: 200, ContentType: "text/plain; version=0.0.4; charset=utf-8", Render: h.renderMetrics}
+	case "/mesh":
+		return h.meshRoute(req)
 	case "/tunnel":
 		if !req.Upgrade {
 			return engine.Response{Status: 426, Body: []byte("websocket upgrade required\n")}

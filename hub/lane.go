@@ -37,11 +37,16 @@ type lane struct {
 	// owned by the loop
 	fc      flow.Tunnel
 	closed  bool
-	streams map[uint32]*stream
-	opening []*stream // streams in OPEN order, until OPEN_ACK/OPEN_ERR (open timeout)
-	waiting []*stream // parked streams waiting for lane-level credit
+	streams map[uint32]laneStream
+	opening []laneStream // streams in OPEN order, until OPEN_ACK/OPEN_ERR (open timeout)
+	waiting []laneStream // parked streams waiting for lane-level credit
 	nextCID uint32
 	cidStep uint32 // CIDs this side allocates: every cidStep-th from nextCID (mesh links split the space)
+
+	// set with the lane: the mesh link whose lane this is (nil for a
+	// tunnel); its link-level flow state is shared with the relays of the
+	// link, which live on other loops, so it is the link's, under its lock
+	link *peerLink
 }
 
 // carrier sends a lane's frames. Every method runs on the lane's loop; a
@@ -49,7 +54,7 @@ type lane struct {
 // so callers re-check their state afterwards.
 type carrier interface {
 	// sendOpen announces a stream just registered on the lane.
-	sendOpen(s *stream)
+	sendOpen(s laneStream)
 	// sendData sends p as DATA for cid, in frames the carrier chooses.
 	sendData(cid uint32, p []byte)
 	// sendEmpty sends a frame without payload (FIN).
@@ -75,20 +80,55 @@ func (ln *lane) newCID() uint32 {
 }
 
 // register gives s a CID and its flow state, and announces it.
-func (ln *lane) register(s *stream) {
-	s.cid = ln.newCID()
-	ln.streams[s.cid] = s
-	s.fc = ln.fc.NewStream(true)
-	ln.opening = append(ln.opening, s)
+func (ln *lane) register(s laneStream, opener bool) {
+	b := s.base()
+	b.cid = ln.newCID()
+	ln.streams[b.cid] = s
+	b.fc = ln.fc.NewStream(opener)
+	if opener {
+		ln.opening = append(ln.opening, s)
+	}
+}
+
+// sendable returns how much a stream with credit c may send: the smaller of
+// its credit and the lane's.
+func (ln *lane) sendable(c *flow.Credit) int {
+	if ln.link != nil {
+		return ln.link.sendable(c)
+	}
+	return ln.fc.SendAvail(c)
+}
+
+// spend takes n bytes of a stream's credit and of the lane's.
+func (ln *lane) spend(c *flow.Credit, n int) {
+	if ln.link != nil {
+		ln.link.spend(c, n)
+		return
+	}
+	ln.fc.Sent(c, n)
+}
+
+// minRTT is the round trip window growth is judged by.
+func (ln *lane) minRTT() time.Duration {
+	if ln.link != nil {
+		return ln.link.rtt()
+	}
+	return ln.fc.RTT.Min()
 }
 
 // waitCredit parks s until lane-level credit returns.
-func (ln *lane) waitCredit(s *stream, m *hubMetrics) {
-	if !s.waitingTunnel {
-		s.waitingTunnel = true
-		ln.waiting = append(ln.waiting, s)
-		m.tunnelCreditWaits.Inc()
+func (ln *lane) waitCredit(s laneStream, m *hubMetrics) {
+	b := s.base()
+	if b.waitingTunnel {
+		return
 	}
+	b.waitingTunnel = true
+	m.tunnelCreditWaits.Inc()
+	if ln.link != nil {
+		ln.link.wait(ln.loop, s)
+		return
+	}
+	ln.waiting = append(ln.waiting, s)
 }
 
 // wakeWaiting lets the streams that waited for lane-level credit send.
@@ -97,19 +137,28 @@ func (ln *lane) wakeWaiting() {
 	ln.waiting = nil
 	for i, s := range waiting {
 		waiting[i] = nil
-		if !s.dead && !ln.closed {
-			s.waitingTunnel = false
-			s.flushPend()
-		}
+		wake(s, ln.closed)
 	}
 	if ln.waiting == nil {
 		ln.waiting = waiting[:0] // keep the array
 	}
 }
 
+// wake lets one stream that waited for lane-level credit send. On its loop.
+func wake(s laneStream, closed bool) {
+	if b := s.base(); !b.dead && !closed {
+		b.waitingTunnel = false
+		s.flushPend()
+	}
+}
+
 // released returns lane-level credit for n bytes that left the hub's
 // buffers (written to a client, or dropped with a dead stream).
 func (ln *lane) released(n int, now time.Time) {
+	if ln.link != nil {
+		ln.link.released(n, now)
+		return
+	}
 	if inc := ln.fc.Recv.Release(n, now, ln.fc.RTT.Min()); inc > 0 {
 		ln.out.sendWindow(0, inc)
 	}
@@ -120,7 +169,8 @@ func (ln *lane) released(n int, now time.Time) {
 func (ln *lane) expireOpens(h *Hub, now time.Time) {
 	i := 0
 	for ; i < len(ln.opening) && !ln.closed; i++ {
-		s := ln.opening[i]
+		st := ln.opening[i]
+		s := st.base()
 		if s.dead || s.fc.Acked() {
 			continue
 		}
@@ -132,7 +182,7 @@ func (ln *lane) expireOpens(h *Hub, now time.Time) {
 			h.log.Warn("open_timeout", "connector", s.lis.Connector, "agent_id", ln.agentID, "cid", s.cid,
 				"client", h.maskAddr(s.client), "timeout", h.cfg.OpenTimeout.String(), "suppressed", n)
 		}
-		s.kill(codec.ReasonOpenTimeout, true, false)
+		st.kill(codec.ReasonOpenTimeout, true, false)
 	}
 	clear(ln.opening[:i])
 	ln.opening = append(ln.opening[:0], ln.opening[i:]...)
@@ -145,8 +195,8 @@ func (ln *lane) scan(now time.Time) {
 	}
 	for _, s := range ln.streams {
 		s.tick(now)
-		if q := ln.qmax[s.lis.Connector]; q != nil && int64(s.out.Frames()) > q.Load() {
-			q.Store(int64(s.out.Frames()))
+		if q := ln.qmax[s.base().lis.Connector]; q != nil && int64(s.queued()) > q.Load() {
+			q.Store(int64(s.queued()))
 		}
 	}
 }

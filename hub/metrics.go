@@ -47,6 +47,9 @@ type hubMetrics struct {
 	agentConflicts    *metrics.Counter
 	haModeVal         atomic.Int32 // Mode, for nowconnect_ha_mode
 	ownedAgents       func() int   // set with HA
+	meshLinksUp       atomic.Int64
+	meshDrops         *metrics.Counter
+	meshAuthFailures  *metrics.Counter
 
 	// queueSize reports the largest per-CID agent→client queue of a
 	// connector, in buffers; tunnels the number of tunnels. Both are set by
@@ -84,6 +87,7 @@ type connMetrics struct {
 	pdpCacheHits   *metrics.Counter
 	acceptErr      *metrics.Counter // listener_errors_total{type="accept"}
 	notOwner       *metrics.Counter // listener_errors_total{type="not_owner"}
+	meshDown       *metrics.Counter // listener_errors_total{type="mesh_down"}
 	openTimeout    *metrics.Counter // listener_errors_total{type="open_timeout"}
 
 	// resets counts streams that ended without both FINs, by reason;
@@ -144,6 +148,9 @@ func newHubMetrics(set *metrics.Set) *hubMetrics {
 	set.GetOrCreateGauge(`nowconnect_tunnels_connected`, func() float64 { return float64(m.tunnels()) })
 	m.openTimeoutLog = newRateLimit(10, time.Second, m.logSuppressed("open_timeout"))
 	m.initHA(set)
+	m.meshDrops = set.GetOrCreateCounter(`nowconnect_mesh_stream_resets_total{reason="backpressure"}`)
+	m.meshAuthFailures = set.GetOrCreateCounter(`nowconnect_mesh_auth_failures_total`)
+	set.GetOrCreateGauge(`nowconnect_mesh_peers_up`, func() float64 { return float64(m.meshLinksUp.Load()) })
 	return m
 }
 
@@ -181,6 +188,7 @@ func (m *hubMetrics) connector(name string) *connMetrics {
 		pdpCacheHits:   s.GetOrCreateCounter(`nowconnect_pdp_cache_hits_total{` + l + `}`),
 		acceptErr:      s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="accept"}`),
 		notOwner:       s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="not_owner"}`),
+		meshDown:       s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="mesh_down"}`),
 		openTimeout:    s.GetOrCreateCounter(`nowconnect_listener_errors_total{` + l + `,type="open_timeout"}`),
 		set:            s,
 		label:          l,
@@ -222,6 +230,9 @@ var catalog = map[string][2]string{
 	"nowconnect_owned_agents":                {"gauge", "Agents this hub owns in the registry."},
 	"nowconnect_agent_id_conflicts_total":    {"counter", "Times an agent id kept changing hands (clones on two premises) and was paused."},
 	"nowconnect_registry_up":                 {"gauge", "1 while the ownership registry answers."},
+	"nowconnect_mesh_stream_resets_total":    {"counter", "Mesh streams reset because their link could not take a frame (backpressure)."},
+	"nowconnect_mesh_auth_failures_total":    {"counter", "/mesh upgrades refused for a missing or bad mesh token."},
+	"nowconnect_mesh_peers_up":               {"gauge", "Peer hubs with a mesh link up."},
 	"nowconnect_registry_op_seconds":         {"histogram", "Latency of registry operations, by op."},
 	"nowconnect_registry_errors_total":       {"counter", "Failed registry operations, by op."},
 }

@@ -124,6 +124,28 @@ func (r *router) pick(connector string) *lane {
 	return &best.lane
 }
 
+// pickAgent returns the lane of a tunnel of agentID that serves connector
+// (for a stream another hub forwards), counted, or nil.
+func (r *router) pickAgent(connector, agentID string) *lane {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var best *tunnel
+	for _, t := range r.byConn[connector] {
+		if t.agentID != agentID || t.barred.Load() {
+			continue
+		}
+		if best == nil || (best.suspect.Load() && !t.suspect.Load()) || t.active.Load() < best.active.Load() {
+			best = t
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	best.active.Add(1)
+	best.agent.active.Add(1)
+	return &best.lane
+}
+
 // agents returns how many agents serve connector (an agent with several
 // tunnels counts once).
 func (r *router) agents(connector string) int {

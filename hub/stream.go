@@ -35,33 +35,68 @@ import (
 //	open ──client FIN──▶ read-closed (FIN sent; the dup is written to)
 //	any ──both FINs done / kill──▶ dead (end ran once; slot released)
 type stream struct {
+	streamBase // what its lane knows of it
+
 	// set at construction
-	h      *Hub
-	lis    *listener
-	t      *lane // what carries it to its agent (router.pick)
-	client netip.AddrPort
-	start  time.Time
+	h     *Hub
+	t     *lane // what carries it to its agent (router.pick)
+	start time.Time
+	via   *remote // the agent on another hub this stream reaches over the mesh; nil for a local agent
 
 	// owned by the tunnel's loop
+	c          gnet.Conn // attached connection, nil otherwise
+	dup        int       // our descriptor while not attached, else -1
+	parked     bool      // detached from gnet for backpressure
+	unparking  bool      // enrolled again, OnOpen pending
+	pend       ring.Queue
+	out        ring.Queue // agent→client bytes the socket has not taken
+	draining   bool       // registered with the loop's drain poller
+	drainStart time.Time  // when the queue last became non-empty
+	shut       bool       // we shut the client's write side
+	opened     bool       // stream registered on the tunnel
+	counted    bool       // holds a slot (t.active, its agent's, h.conns) until release
+	lastAct    time.Time
+	up, down   int64 // bytes client→agent, agent→client
+}
+
+// streamBase is what a lane knows of every stream it carries: a client
+// stream (this file) or, on the hub that owns the agent, a relay of a
+// stream another hub opened over the mesh (relay.go). Owned by the lane's
+// loop.
+type streamBase struct {
 	cid           uint32
-	c             gnet.Conn // attached connection, nil otherwise
-	dup           int       // our descriptor while not attached, else -1
 	fc            flow.Stream
 	openAt        time.Time
-	parked        bool // detached from gnet for backpressure
-	unparking     bool // enrolled again, OnOpen pending
-	waitingTunnel bool // in t.waiting: parked for tunnel-level credit
-	pend          ring.Queue
-	out           ring.Queue // agent→client bytes the socket has not taken
-	draining      bool       // registered with the loop's drain poller
-	drainStart    time.Time  // when the queue last became non-empty
-	shut          bool       // we shut the client's write side
-	opened        bool       // stream registered on the tunnel
-	counted       bool       // holds a slot (t.active, its agent's, h.conns) until release
 	dead          bool
-	lastAct       time.Time
-	up, down      int64 // bytes client→agent, agent→client
+	waitingTunnel bool // in the lane's waiting list: parked for lane-level credit
+	lis           *listener
+	client        netip.AddrPort
 }
+
+// laneStream is a stream a lane carries.
+type laneStream interface {
+	base() *streamBase
+	// onFrame handles a frame from the lane's carrier for this stream.
+	onFrame(ft codec.FrameType, p []byte, now time.Time)
+	// kill aborts the stream (see stream.kill).
+	kill(r codec.Reason, tellAgent, abort bool)
+	// tick enforces the idle timeout.
+	tick(now time.Time)
+	// queued returns the buffers waiting for the client (the inbound queue gauge).
+	queued() int
+	// flushPend sends what waited for credit, now that lane-level credit is back.
+	flushPend()
+}
+
+// remote is the agent on another hub that a mesh stream reaches.
+type remote struct {
+	agentID string
+	epoch   uint64
+	seq     uint64 // the last seq sent on the stream
+}
+
+func (s *stream) base() *streamBase { return &s.streamBase }
+func (s *stream) queued() int       { return s.out.Frames() }
 
 // pendChunk is the buffer size of the client→agent overflow queue.
 const pendChunk = 16 << 10
@@ -87,7 +122,7 @@ func outChunk(window, depth int) int {
 
 // newStream returns a stream picked for t (router.pick counted it).
 func newStream(h *Hub, l *listener, t *lane, client netip.AddrPort) *stream {
-	return &stream{h: h, lis: l, t: t, client: client, start: time.Now(), dup: -1, counted: true}
+	return &stream{streamBase: streamBase{lis: l, client: client}, h: h, t: t, start: time.Now(), dup: -1, counted: true}
 }
 
 // fd is the descriptor to write the client's bytes to.
@@ -100,7 +135,7 @@ func (s *stream) fd() int {
 
 // sendable returns the client→agent bytes the stream may send now: its own
 // credit and the tunnel's.
-func (s *stream) sendable() int { return s.t.fc.SendAvail(&s.fc.Send) }
+func (s *stream) sendable() int { return s.t.sendable(&s.fc.Send) }
 
 // OnOpen runs on the tunnel's loop for a client handed to it, or unparked.
 func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
@@ -129,7 +164,7 @@ func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
 	t := s.t
 	s.opened = true
 	s.openAt = s.lastAct
-	t.register(s)
+	t.register(s, true)
 	// pend holds at most one read beyond credit (a read is at most the
 	// read buffer); depth follows from the byte bound.
 	pendMax := s.h.cfg.ReadBufferBytes + codec.MaxPayload
@@ -202,7 +237,7 @@ func (s *stream) OnTraffic(c gnet.Conn) gnet.Action {
 
 // sent sends p as DATA, spending stream and tunnel credit.
 func (s *stream) sent(p []byte) {
-	s.t.fc.Sent(&s.fc.Send, len(p))
+	s.t.spend(&s.fc.Send, len(p))
 	s.up += int64(len(p))
 	s.lis.met.bytesC2A.Add(len(p))
 	s.t.out.sendData(s.cid, p)
@@ -221,7 +256,7 @@ func (s *stream) park(c gnet.Conn) gnet.Action {
 		s.t.waitCredit(s, s.h.met) // the stream has credit: the tunnel has not
 	}
 	if s.h.debug {
-		s.h.log.Debug("stream parked", "cid", s.cid, "credit", s.fc.Send.Avail(), "tunnel_credit", s.t.fc.Send.Avail())
+		s.h.log.Debug("stream parked", "cid", s.cid, "credit", s.fc.Send.Avail(), "lane_credit", s.t.sendable(&s.fc.Send))
 	}
 	return gnet.Close
 }
@@ -506,7 +541,7 @@ func (s *stream) acked(n int, now time.Time) {
 	if n <= 0 {
 		return
 	}
-	rtt := s.t.fc.RTT.Min()
+	rtt := s.t.minRTT()
 	before := s.fc.Recv.Size()
 	if inc := s.fc.Recv.Release(n, now, rtt); inc > 0 {
 		if w := s.fc.Recv.Size(); w > before {

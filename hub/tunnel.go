@@ -71,7 +71,7 @@ type tunnel struct {
 
 func newTunnel(h *Hub, claims Claims, version int) *tunnel {
 	t := &tunnel{h: h, claims: claims, version: version, opened: time.Now()}
-	t.streams = make(map[uint32]*stream)
+	t.streams = make(map[uint32]laneStream)
 	t.out = t
 	return t
 }
@@ -357,10 +357,11 @@ func (t *tunnel) write(a, b []byte) {
 
 // sendOpen sends OPEN for a stream just registered; the agent now owes an
 // answer (liveness).
-func (t *tunnel) sendOpen(s *stream) {
+func (t *tunnel) sendOpen(st laneStream) {
+	s := st.base()
 	b, err := codec.AppendOpen(t.ctl[:0], s.cid, s.lis.Connector, s.client.String())
 	if err != nil {
-		s.kill(codec.ReasonProtocol, false, true)
+		st.kill(codec.ReasonProtocol, false, true)
 		return
 	}
 	t.asked(s.openAt)

@@ -1,0 +1,165 @@
+package hub
+
+import (
+	"sync"
+	"time"
+
+	"github.com/nowconnect/nowconnect/codec"
+)
+
+// meshLane is the origin lane of a link: the client streams this hub
+// forwards to the peer, living on the lane's home loop. It is their
+// carrier too: it turns their frames into mesh frames.
+type meshLane struct {
+	lane
+	pl *peerLink
+
+	// owned by the loop
+	lastScan time.Time
+	hdr      [codec.MeshHeaderMax + 8]byte
+}
+
+// Tick enforces the open timeout and walks the streams (idle timeout).
+func (ml *meshLane) Tick(now time.Time) bool {
+	if ml.closed {
+		return false
+	}
+	ml.expireOpens(ml.pl.h, now)
+	if now.Sub(ml.lastScan) >= streamScan {
+		ml.lastScan = now
+		ml.scan(now)
+	}
+	return !ml.closed
+}
+
+// streamOf returns the stream of cid with what it reaches, nil if gone.
+func (ml *meshLane) streamOf(cid uint32) (*stream, *remote) {
+	st, _ := ml.streams[cid].(*stream)
+	if st == nil || st.via == nil {
+		return nil, nil
+	}
+	return st, st.via
+}
+
+// send queues a control frame; a link that cannot take it resets the
+// stream (its bytes cannot be carried whole any more).
+func (ml *meshLane) send(s *stream, f []byte, err error) {
+	if err == nil {
+		err = ml.pl.l.SendControl(f)
+	}
+	if err != nil && s != nil && !s.dead {
+		ml.pl.h.met.meshDrops.Inc()
+		s.kill(codec.ReasonOverload, false, true)
+	}
+}
+
+func (ml *meshLane) sendOpen(st laneStream) {
+	s, r := ml.streamOf(st.base().cid)
+	if s == nil {
+		return
+	}
+	r.seq = 1
+	f, err := codec.AppendMeshOpen(ml.hdr[:0], s.cid, r.epoch, r.agentID, s.lis.Connector, s.client.String())
+	ml.send(s, f, err)
+}
+
+func (ml *meshLane) sendData(cid uint32, p []byte) {
+	s, r := ml.streamOf(cid)
+	if s == nil {
+		return
+	}
+	for len(p) > 0 && !s.dead {
+		n := min(len(p), codec.MaxPayload)
+		r.seq++
+		h, err := codec.AppendMeshHeader(ml.hdr[:0], codec.MeshFrameData, cid, r.seq, r.epoch, r.agentID, s.lis.Connector)
+		if err == nil {
+			err = ml.pl.l.SendData(h, p[:n])
+		}
+		if err != nil {
+			ml.pl.h.met.meshDrops.Inc()
+			s.kill(codec.ReasonOverload, false, true)
+			return
+		}
+		p = p[n:]
+	}
+}
+
+func (ml *meshLane) sendEmpty(ft codec.FrameType, cid uint32) {
+	s, r := ml.streamOf(cid)
+	if s == nil {
+		return
+	}
+	r.seq++
+	f, err := codec.AppendMeshHeader(ml.hdr[:0], meshType(ft), cid, r.seq, r.epoch, r.agentID, s.lis.Connector)
+	ml.send(s, f, err)
+}
+
+func (ml *meshLane) sendWindow(cid uint32, n int) {
+	if cid == 0 {
+		return // the link level is the link's (peerLink.released)
+	}
+	s, r := ml.streamOf(cid)
+	if s == nil {
+		return
+	}
+	r.seq++
+	f, err := codec.AppendMeshWindow(ml.hdr[:0], cid, r.seq, r.epoch, r.agentID, s.lis.Connector, uint32(n))
+	ml.send(s, f, err)
+}
+
+func (ml *meshLane) sendRst(cid uint32, reason codec.Reason) {
+	s, r := ml.streamOf(cid)
+	if s == nil {
+		return
+	}
+	r.seq++
+	f, err := codec.AppendMeshReason(ml.hdr[:0], codec.MeshFrameRst, cid, r.seq, r.epoch, r.agentID, s.lis.Connector, reason, "")
+	if err == nil {
+		_ = ml.pl.l.SendControl(f) // the stream is ending anyway
+	}
+}
+
+// meshBufs recycles the copies of mesh payloads handed to a loop.
+var meshBufs = sync.Pool{New: func() any { b := make([]byte, 0, codec.MaxPayload); return &b }}
+
+// copyPayload copies p into a pooled buffer.
+func copyPayload(p []byte) *[]byte {
+	b := meshBufs.Get().(*[]byte)
+	*b = append((*b)[:0], p...)
+	return b
+}
+
+// fromLink hands a frame from the peer for one of our streams to the home
+// loop. On the link's reader goroutine; p is copied.
+func (ml *meshLane) fromLink(fh codec.MeshHeader, p []byte) {
+	buf := copyPayload(p)
+	cid, t, reason := fh.CID, fh.Type, codec.ReasonNone
+	if t == codec.MeshFrameRst || t == codec.MeshFrameOpenErr {
+		reason, _, _ = codec.ParseReason(p)
+	}
+	agent := string(fh.Agent)
+	err := ml.loop.Execute(func() {
+		defer meshBufs.Put(buf)
+		ml.dispatch(cid, t, *buf, reason, agent)
+	})
+	if err != nil {
+		meshBufs.Put(buf)
+	}
+}
+
+// dispatch runs a peer frame for cid on the home loop.
+func (ml *meshLane) dispatch(cid uint32, t codec.MeshFrameType, p []byte, reason codec.Reason, agent string) {
+	now := time.Now()
+	st := ml.streams[cid]
+	if st == nil {
+		if t == codec.MeshFrameData {
+			ml.pl.released(len(p), now)
+		}
+		return // ended: the late frames of a stream are ignored
+	}
+	if reason == codec.ReasonStaleEpoch && ml.pl.h.owners != nil {
+		// Our cached owner is outdated: read the registry again, once.
+		ml.pl.h.owners.invalidate(agent)
+	}
+	st.onFrame(tunnelType(t), p, now)
+}

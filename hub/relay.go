@@ -1,0 +1,422 @@
+package hub
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/flow"
+	"github.com/nowconnect/nowconnect/ring"
+)
+
+// relay is, on the hub that owns the agent, a stream another hub opened
+// over the mesh: it rides the agent's tunnel lane like a client stream, but
+// its "client" is the peer hub. It lives on the tunnel's loop and has two
+// flow-controlled legs:
+//
+//	peer ──M_DATA──▶ toAgent ──DATA──▶ agent    (mesh leg mfc.Recv, tunnel leg fc.Send)
+//	peer ◀──M_DATA── toPeer ◀──DATA── agent     (mesh leg mfc.Send, tunnel leg fc.Recv)
+//
+// Bytes wait in toAgent or toPeer only while the next leg has no credit,
+// each queue bounded by the window of the leg that filled it; credit is
+// returned on a leg once its bytes went on to the other. A FIN is passed on
+// once the bytes before it went. Frames from the peer arrive on the link's
+// reader goroutine and run here through the loop (fromLink).
+type relay struct {
+	streamBase // on the tunnel lane: cid, fc (the tunnel leg), lis, client, openAt
+
+	// set at construction
+	h         *Hub
+	t         *lane
+	pl        *peerLink
+	mcid      uint32 // the stream's CID on the link
+	agentID   string
+	connector string
+	epoch     uint64
+
+	// owned by the tunnel's loop
+	mfc        flow.Stream // the mesh leg
+	seq        uint64      // the last seq sent to the peer
+	toAgent    ring.Queue
+	toPeer     ring.Queue
+	peerFin    bool // the peer sent M_FIN; FIN goes to the agent once toAgent is empty
+	agentFin   bool // the agent sent FIN; M_FIN goes to the peer once toPeer is empty
+	finAgent   bool // FIN sent to the agent
+	finPeer    bool // M_FIN sent to the peer
+	registered bool
+	counted    bool
+	hdr        [codec.MeshHeaderMax + 8]byte
+}
+
+// openRelay serves an M_OPEN from the peer: in active mode, for an agent
+// this hub owns at the frame's epoch, on one of its local tunnels; else it
+// refuses (one hop only). On the link's reader goroutine.
+func (pl *peerLink) openRelay(fh codec.MeshHeader, p []byte) {
+	h := pl.h
+	o := h.owners
+	agent, connector := string(fh.Agent), string(fh.Connector)
+	if o == nil || o.Mode() != ModeActive {
+		pl.rst(fh, codec.ReasonNotOwner)
+		return
+	}
+	epoch, owned := o.epochOf(agent)
+	switch {
+	case !owned:
+		pl.rst(fh, codec.ReasonNotOwner)
+		return
+	case fh.Epoch != epoch:
+		h.met.epochMismatch.Inc()
+		h.log.Warn("mesh_stale_epoch", "peer", pl.peer, "agent_id", agent, "epoch", fh.Epoch, "owned_epoch", epoch)
+		pl.rst(fh, codec.ReasonStaleEpoch)
+		return
+	}
+	t := h.router.pickAgent(connector, agent)
+	if t == nil {
+		pl.rst(fh, codec.ReasonNotOwner)
+		return
+	}
+	clientStr, _ := codec.ParseMeshOpen(p)
+	client, _ := netip.ParseAddrPort(string(clientStr))
+	r := &relay{h: h, t: t, pl: pl, mcid: fh.CID, agentID: agent, connector: connector, epoch: epoch, counted: true}
+	r.lis = h.meshListener(connector)
+	r.client = client
+	pl.mu.Lock()
+	if pl.down {
+		pl.mu.Unlock()
+		r.release()
+		return
+	}
+	pl.relays[fh.CID] = r
+	pl.mu.Unlock()
+	if err := t.loop.Execute(r.open); err != nil {
+		pl.mu.Lock()
+		delete(pl.relays, fh.CID)
+		pl.mu.Unlock()
+		r.release()
+		pl.rst(fh, codec.ReasonAgentGone)
+	}
+}
+
+// open registers the relay on the tunnel and sends OPEN to the agent. On
+// the tunnel's loop.
+func (r *relay) open() {
+	if r.dead {
+		return
+	}
+	if r.t.closed {
+		r.kill(codec.ReasonAgentGone, false, true)
+		return
+	}
+	r.openAt = time.Now()
+	r.t.register(r, true)
+	r.registered = true
+	pl := r.pl
+	r.mfc = flow.NewStream(pl.fc.Peer(), pl.fc.Local(), false)
+	w := r.fc.Recv.Size()
+	r.toPeer.Init(r.h.cfg.QueueDepth, w, outChunk(w, r.h.cfg.QueueDepth))
+	mw := r.mfc.Recv.Size()
+	r.toAgent.Init(r.h.cfg.QueueDepth, mw, outChunk(mw, r.h.cfg.QueueDepth))
+	r.lis.met.connections.Inc()
+	r.lis.met.active.Inc()
+	r.t.out.sendOpen(r)
+}
+
+func (r *relay) base() *streamBase { return &r.streamBase }
+func (r *relay) queued() int       { return r.toPeer.Frames() }
+func (r *relay) tick(time.Time)    {}
+
+// peerSend queues a control frame to the peer.
+func (r *relay) peerSend(f []byte, err error) {
+	if err == nil {
+		err = r.pl.l.SendControl(f)
+	}
+	if err != nil && !r.dead {
+		r.h.met.meshDrops.Inc()
+		r.kill(codec.ReasonOverload, true, false)
+	}
+}
+
+func (r *relay) peerHeader(t codec.MeshFrameType) ([]byte, error) {
+	r.seq++
+	return codec.AppendMeshHeader(r.hdr[:0], t, r.mcid, r.seq, r.epoch, r.agentID, r.connector)
+}
+
+// onFrame handles a frame from the agent. On the tunnel's loop.
+func (r *relay) onFrame(ft codec.FrameType, p []byte, now time.Time) {
+	switch ft {
+	case codec.FrameOpenAck:
+		if r.fc.OpenAck() != nil {
+			r.kill(codec.ReasonProtocol, true, true)
+			return
+		}
+		r.peerSend(r.peerHeader(codec.MeshFrameOpenAck))
+	case codec.FrameOpenErr:
+		reason, msg, _ := codec.ParseReason(p)
+		r.seq++
+		r.peerSend(codec.AppendMeshReason(r.hdr[:0], codec.MeshFrameOpenErr, r.mcid, r.seq, r.epoch, r.agentID, r.connector, reason, string(msg)))
+		r.end()
+	case codec.FrameData:
+		if err := r.fc.Data(len(p)); err != nil {
+			r.t.released(len(p), now)
+			r.kill(codec.ReasonProtocol, true, true)
+			return
+		}
+		r.lis.met.bytesA2C.Add(len(p))
+		if r.toPeer.Empty() {
+			p = p[r.sendPeer(p, now):]
+		}
+		if len(p) > 0 && r.toPeer.Push(p) != nil {
+			r.kill(codec.ReasonWindowExceeded, true, true)
+		}
+	case codec.FrameFin:
+		if r.fc.Fin() != nil {
+			r.kill(codec.ReasonProtocol, true, true)
+			return
+		}
+		r.agentFin = true
+		r.flushPeer(now)
+	case codec.FrameRst:
+		reason, _, _ := codec.ParseReason(p)
+		r.lis.met.rstRecv.Inc()
+		r.kill(reason, false, true) // RST goes on to the peer
+	case codec.FrameWindow:
+		inc, err := codec.ParseWindow(p)
+		if err == nil {
+			err = r.fc.Window(inc)
+		}
+		if err != nil {
+			r.kill(codec.ReasonProtocol, true, true)
+			return
+		}
+		r.flushAgent(now)
+	default:
+		r.kill(codec.ReasonProtocol, true, true)
+	}
+}
+
+// sendPeer sends as much of p to the peer as the mesh leg's credit allows
+// and returns the tunnel credit for it; it returns how much it sent.
+func (r *relay) sendPeer(p []byte, now time.Time) int {
+	sent := 0
+	for len(p) > 0 && !r.dead {
+		n := min(len(p), codec.MaxPayload, r.pl.sendable(&r.mfc.Send))
+		if n <= 0 {
+			r.pl.wait(r.t.loop, r)
+			break
+		}
+		h, err := r.peerHeader(codec.MeshFrameData)
+		if err == nil {
+			err = r.pl.l.SendData(h, p[:n])
+		}
+		if err != nil {
+			r.h.met.meshDrops.Inc()
+			r.kill(codec.ReasonOverload, true, true)
+			return sent
+		}
+		r.pl.spend(&r.mfc.Send, n)
+		if inc := r.fc.Recv.Release(n, now, r.t.minRTT()); inc > 0 {
+			r.t.out.sendWindow(r.cid, inc)
+		}
+		r.t.released(n, now)
+		sent += n
+		p = p[n:]
+	}
+	return sent
+}
+
+// flushPeer sends queued agent bytes to the peer, then a pending M_FIN.
+func (r *relay) flushPeer(now time.Time) {
+	for !r.toPeer.Empty() && !r.dead {
+		b := r.toPeer.Peek(r.t.loop.Iov[:0], 1)[0]
+		n := r.sendPeer(b, now)
+		clear(r.t.loop.Iov[:1])
+		r.toPeer.Discard(n)
+		if n < len(b) {
+			return
+		}
+	}
+	if r.dead || !r.agentFin || r.finPeer {
+		return
+	}
+	r.finPeer = true
+	r.peerSend(r.peerHeader(codec.MeshFrameFin))
+	r.maybeDone()
+}
+
+// fromLink hands a frame from the peer to the relay's loop. On the link's
+// reader goroutine; p is copied.
+func (r *relay) fromLink(t codec.MeshFrameType, p []byte) {
+	buf := copyPayload(p)
+	if err := r.t.loop.Execute(func() {
+		defer meshBufs.Put(buf)
+		r.onPeer(t, *buf, time.Now())
+	}); err != nil {
+		meshBufs.Put(buf)
+	}
+}
+
+// onPeer handles a frame from the peer. On the tunnel's loop.
+func (r *relay) onPeer(t codec.MeshFrameType, p []byte, now time.Time) {
+	if r.dead {
+		if t == codec.MeshFrameData {
+			r.pl.released(len(p), now)
+		}
+		return
+	}
+	switch t {
+	case codec.MeshFrameData:
+		if err := r.mfc.Data(len(p)); err != nil {
+			r.pl.released(len(p), now)
+			r.kill(codec.ReasonWindowExceeded, true, true)
+			return
+		}
+		r.lis.met.bytesC2A.Add(len(p))
+		if r.toAgent.Empty() {
+			p = p[r.sendAgent(p, now):]
+		}
+		if len(p) > 0 && r.toAgent.Push(p) != nil {
+			r.kill(codec.ReasonWindowExceeded, true, true)
+		}
+	case codec.MeshFrameFin:
+		if r.mfc.Fin() != nil {
+			r.kill(codec.ReasonProtocol, true, true)
+			return
+		}
+		r.peerFin = true
+		r.flushAgent(now)
+	case codec.MeshFrameRst:
+		r.lis.met.rstSent.Inc()
+		if r.registered {
+			r.t.out.sendRst(r.cid, codec.ReasonClientReset)
+		}
+		r.end()
+	case codec.MeshFrameWindow:
+		inc, err := codec.ParseWindow(p)
+		if err == nil {
+			err = r.mfc.Window(inc)
+		}
+		if err != nil {
+			r.kill(codec.ReasonProtocol, true, true)
+			return
+		}
+		r.flushPeer(now)
+	default:
+		r.kill(codec.ReasonProtocol, true, true)
+	}
+}
+
+// sendAgent sends as much of p to the agent as the tunnel leg's credit
+// allows and returns the mesh credit for it; it returns how much it sent.
+func (r *relay) sendAgent(p []byte, now time.Time) int {
+	n := min(len(p), r.t.sendable(&r.fc.Send))
+	if n <= 0 {
+		if r.fc.Send.Avail() > 0 {
+			r.t.waitCredit(r, r.h.met) // the tunnel level is short
+		}
+		return 0
+	}
+	r.t.spend(&r.fc.Send, n)
+	r.t.out.sendData(r.cid, p[:n])
+	if inc := r.mfc.Recv.Release(n, now, r.pl.rtt()); inc > 0 {
+		h, err := codec.AppendMeshWindow(r.hdr[:0], r.mcid, r.nextSeq(), r.epoch, r.agentID, r.connector, uint32(inc))
+		r.peerSend(h, err)
+	}
+	r.pl.released(n, now)
+	return n
+}
+
+func (r *relay) nextSeq() uint64 { r.seq++; return r.seq }
+
+// flushAgent sends queued peer bytes to the agent, then a pending FIN.
+func (r *relay) flushAgent(now time.Time) {
+	for !r.toAgent.Empty() && !r.dead {
+		b := r.toAgent.Peek(r.t.loop.Iov[:0], 1)[0]
+		n := r.sendAgent(b, now)
+		clear(r.t.loop.Iov[:1])
+		r.toAgent.Discard(n)
+		if n < len(b) {
+			return
+		}
+	}
+	if r.dead || !r.peerFin || r.finAgent {
+		return
+	}
+	r.finAgent = true
+	r.fc.SendFin()
+	r.t.out.sendEmpty(codec.FrameFin, r.cid)
+	r.maybeDone()
+}
+
+// flushPend resumes both legs once lane-level credit (the tunnel's or the
+// link's) is back.
+func (r *relay) flushPend() {
+	now := time.Now()
+	r.flushAgent(now)
+	r.flushPeer(now)
+}
+
+// maybeDone ends the relay once both directions are complete.
+func (r *relay) maybeDone() {
+	if r.finAgent && r.finPeer && r.toAgent.Empty() && r.toPeer.Empty() {
+		r.end()
+	}
+}
+
+// kill aborts both legs: RST to the agent (tellAgent) and to the peer.
+func (r *relay) kill(reason codec.Reason, tellAgent, _ bool) {
+	if r.dead {
+		return
+	}
+	if tellAgent && r.registered && !r.t.closed {
+		r.lis.met.rstSent.Inc()
+		r.t.out.sendRst(r.cid, reason)
+	}
+	r.seq++
+	if f, err := codec.AppendMeshReason(r.hdr[:0], codec.MeshFrameRst, r.mcid, r.seq, r.epoch, r.agentID, r.connector, reason, ""); err == nil {
+		_ = r.pl.l.SendControl(f)
+	}
+	if r.registered {
+		r.lis.met.reset(reason)
+	}
+	r.end()
+}
+
+// end forgets the relay on both sides and gives its credit back.
+func (r *relay) end() {
+	if r.dead {
+		return
+	}
+	r.dead = true
+	now := time.Now()
+	if r.registered {
+		if b := r.fc.Recv.Buffered(); b > 0 && !r.t.closed {
+			r.t.released(b, now)
+		}
+		delete(r.t.streams, r.cid)
+		r.t.fc.Recent.Add(r.cid)
+		r.lis.met.active.Dec()
+	}
+	if b := r.mfc.Recv.Buffered(); b > 0 {
+		r.pl.released(b, now)
+	}
+	r.toAgent.Reset()
+	r.toPeer.Reset()
+	r.pl.mu.Lock()
+	if r.pl.relays[r.mcid] == r {
+		delete(r.pl.relays, r.mcid)
+		r.pl.recent.Add(r.mcid)
+	}
+	r.pl.mu.Unlock()
+	r.release()
+}
+
+func (r *relay) release() {
+	if !r.counted {
+		return
+	}
+	r.counted = false
+	r.t.active.Add(-1)
+	if a := r.t.agent; a != nil {
+		a.active.Add(-1)
+	}
+}
