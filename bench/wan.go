@@ -143,25 +143,54 @@ func (r *runner) wan() error {
 		}
 		direct[name] = l.Addr()
 	}
-	cfg.AgentDial = func(control string) (string, error) {
-		l, err := ls.start(control, 0)
-		if err != nil {
-			return "", err
-		}
-		return l.Addr(), nil
-	}
-	r.p.phase("wan: starting gateway (agent → link → hub)", nil, "", 0)
-	gw, err := r.gateway(cfg)
-	if err != nil {
-		return err
-	}
-	defer gw.Close() // before the links close
-	hubPid, agentPid := gw.Pids()
-	pids := [2]int{hubPid, agentPid}
 	for _, rtt := range rtts {
 		if err := ls.setDelay(rtt / 2); err != nil {
 			return err
 		}
+		// A fresh gateway per round trip: windows start at stream_window
+		// and the RTT estimate at nothing, as on a real path (a path whose
+		// delay jumps keeps the old minimum RTT for a while, 8 pings).
+		var gls links
+		cfg.AgentDial = func(control string) (string, error) {
+			l, err := gls.start(control, rtt/2)
+			if err != nil {
+				return "", err
+			}
+			return l.Addr(), nil
+		}
+		r.p.phase(fmt.Sprintf("wan %g ms RTT: starting gateway (agent → link → hub)", msOf(rtt)), nil, "", 0)
+		gw, err := r.gateway(cfg)
+		if err != nil {
+			gls.close()
+			return err
+		}
+		err = r.wanRTT(rep, gw, direct, rtt, w)
+		gw.Close() // before its link closes
+		gls.close()
+		if err != nil {
+			return err
+		}
+	}
+	ls.close()
+	ls = nil
+
+	if r.opts.Mode != "procs" {
+		r.note("wan stalled client: measured in procs mode only (it reads the hub's and the agent's own memory)")
+		return nil
+	}
+	st, err := r.wanStall(rtts[len(rtts)-1])
+	if err != nil {
+		return fmt.Errorf("stalled client: %w", err)
+	}
+	rep.Stall = st
+	return nil
+}
+
+// wanRTT measures the figures of one round trip through gw.
+func (r *runner) wanRTT(rep *WANReport, gw Gateway, direct map[string]string, rtt time.Duration, w window) error {
+	hubPid, agentPid := gw.Pids()
+	pids := [2]int{hubPid, agentPid}
+	{
 		for _, streams := range []int{1, r.multi} {
 			for _, up := range []bool{true, false} {
 				conn, dir := "source", "download"
@@ -197,19 +226,6 @@ func (r *runner) wan() error {
 			r.p.note("%s: %.0f req/s, p50 %.0fµs p99 %.0fµs", label, res.Rate, res.Latency.P50, res.Latency.P99)
 		}
 	}
-	gw.Close()
-	ls.close()
-	ls = nil
-
-	if r.opts.Mode != "procs" {
-		r.note("wan stalled client: measured in procs mode only (it reads the hub's and the agent's own memory)")
-		return nil
-	}
-	st, err := r.wanStall(rtts[len(rtts)-1])
-	if err != nil {
-		return fmt.Errorf("stalled client: %w", err)
-	}
-	rep.Stall = st
 	return nil
 }
 
