@@ -30,6 +30,11 @@ type Options struct {
 	Progress   io.Writer // nil: silent
 	TTY        bool      // Progress is a terminal: one updating line
 
+	// AgentArgs are extra `nowconnect premise` flags for every gateway of
+	// the run (procs mode), e.g. {"--tunnels", "1"} for an A-B of the
+	// tunnel count.
+	AgentArgs []string
+
 	// Overrides; zero = defaults for the mode.
 	Warm, Dur, SweepDur time.Duration
 	OpenRates           []int
@@ -242,6 +247,9 @@ func (r *runner) connectors() connectors {
 }
 
 func (r *runner) gateway(cfg GatewayConfig) (Gateway, error) {
+	if len(r.opts.AgentArgs) > 0 && r.opts.Mode != "inproc" {
+		cfg.AgentArgs = append(append([]string(nil), r.opts.AgentArgs...), cfg.AgentArgs...)
+	}
 	if r.opts.Mode == "inproc" {
 		return startInprocGateway(cfg, r.connectors())
 	}

@@ -41,6 +41,7 @@ func run() int {
 	rates := flag.String("rates", "", "open-loop offered rates, req/s, comma-separated (default 5000,10000,20000)")
 	idle := flag.String("idle", "", "idle connection counts, comma-separated (default 1000,10000)")
 	dur := flag.Duration("dur", 0, "measurement duration per scenario (default 2s; smoke 150ms)")
+	agentArgs := flag.String("agent-args", "", "extra premise flags for every gateway, space-separated (procs mode), e.g. \"--tunnels 1\"")
 	flag.Parse()
 	if *memprofile != "" {
 		runtime.MemProfileRate = 64 // fine-grained: attribute per-stream allocations
@@ -98,6 +99,13 @@ func run() int {
 	opts.Command = strings.TrimSpace(opts.Command)
 	if *only != "" {
 		opts.Only = strings.Split(*only, ",")
+	}
+	if *agentArgs != "" {
+		if *mode == "inproc" {
+			fmt.Fprintln(os.Stderr, "nc-bench: -agent-args needs -mode procs")
+			return 2
+		}
+		opts.AgentArgs = strings.Fields(*agentArgs)
 	}
 	if opts.OpenRates, err = ints(*rates); err != nil {
 		fmt.Fprintln(os.Stderr, "nc-bench: -rates:", err)
