@@ -534,11 +534,29 @@ func (o *owners) ready() (ok bool, body string) {
 
 // setMode switches the mode for new decisions; local streams are untouched.
 func (o *owners) setMode(m Mode) {
-	if Mode(o.mode.Swap(int32(m))) != m {
-		o.h.met.haMode(m)
-		o.h.log.Info("ha_mode_changed", "mode", m.String())
-		o.poke()
+	if Mode(o.mode.Swap(int32(m))) == m {
+		return
 	}
+	o.h.met.haMode(m)
+	o.h.log.Info("ha_mode_changed", "mode", m.String())
+	if m == ModeActive {
+		// What shadow only observed now applies: tunnels of agents this hub
+		// lost make way (their streams finish).
+		o.mu.Lock()
+		var barred []*tunnel
+		for _, c := range o.claims {
+			if c.lost {
+				for t := range c.tunnels {
+					barred = append(barred, t)
+				}
+			}
+		}
+		o.mu.Unlock()
+		for _, t := range barred {
+			t.bar(errNotOwner)
+		}
+	}
+	o.poke()
 }
 
 // bar stops new streams on the tunnel and closes it once idle, or after

@@ -218,6 +218,17 @@ type Mesh struct {
 	PerLinkMaxInflightBytes int `toml:"per_link_max_inflight_bytes"`
 	// ConnectBackoffMaxSec caps the reconnect backoff in seconds. Default 30.
 	ConnectBackoffMaxSec int `toml:"connect_backoff_max_sec"`
+	// SecretFile holds a shared secret (at least 32 bytes) from which hubs
+	// mint and verify short-lived mesh tokens: how peers prove they are
+	// hubs behind an ingress that terminates mTLS, and what /mesh on the
+	// control port requires. Default none. Without it and without mTLS
+	// (require_mtls with the tls files), the mesh is off: /mesh answers
+	// 404 and no peer is dialed.
+	SecretFile string `toml:"secret_file" path:"file"`
+	// AdvertiseURL is this hub's /mesh URL as peers reach it, published in
+	// the registry for discovery (peers = ha.mesh.peers ∪ the registry's
+	// hubs). Default none: not published.
+	AdvertiseURL string `toml:"advertise_url"`
 	// TLS holds the mesh certificates.
 	TLS TLS `toml:"tls"`
 }

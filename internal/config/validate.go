@@ -138,6 +138,12 @@ func validateHA(ha *HA, r *reporter) {
 			r.add(indexPath("ha.mesh.peers", i), "empty URL")
 		}
 	}
+	if m.SecretFile != "" {
+		file(r, "ha.mesh.secret_file", m.SecretFile)
+	}
+	if m.AdvertiseURL != "" {
+		urlKey(r, "ha.mesh.advertise_url", m.AdvertiseURL, "ws", "wss")
+	}
 	intRange(r, "ha.mesh.send_queue_depth", m.SendQueueDepth, 1, 1_000_000)
 	intRange(r, "ha.mesh.per_link_max_inflight_bytes", m.PerLinkMaxInflightBytes, 65536, 1<<30)
 	intRange(r, "ha.mesh.connect_backoff_max_sec", m.ConnectBackoffMaxSec, 1, 3600)
