@@ -218,6 +218,52 @@ func (a *Agent) isRetired(s *session) bool {
 	return s.retired
 }
 
+// retiredDrain bounds how long a retired tunnel, once the hub closed it,
+// waits for its streams that exchanged both FINs but still write their
+// last bytes to the target (a target may half-close before it read
+// everything): the hub forgets a stream at both FINs, so it may close the
+// tunnel before those bytes are out. They need no tunnel to finish.
+const retiredDrain = 30 * time.Second
+
+// drainRetired waits, up to retiredDrain or until Run ends, for the
+// finishing streams of a retired session. Called by serve after the reader
+// exited, before closeStreams.
+func (s *session) drainRetired() {
+	t := time.NewTimer(retiredDrain)
+	defer t.Stop()
+	for s.finishing() > 0 {
+		select {
+		case <-s.gone:
+		case <-t.C:
+			return
+		case <-s.parent.Done():
+			return
+		}
+	}
+}
+
+// finishing counts the streams that exchanged both FINs and still write to
+// their target. Called by serve only (it uses the closeStreams scratch).
+func (s *session) finishing() int {
+	s.mu.Lock()
+	snap := s.snap[:0]
+	for st := s.head; st != nil; st = st.next {
+		snap = append(snap, st)
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, st := range snap {
+		st.mu.Lock()
+		if !st.closed && st.fc.Complete() {
+			n++
+		}
+		st.mu.Unlock()
+	}
+	clear(snap)
+	s.snap = snap[:0]
+	return n
+}
+
 // liveStreams returns the number of streams the session carries.
 func (s *session) liveStreams() int {
 	s.mu.Lock()

@@ -49,6 +49,7 @@ type session struct {
 	set      *connSet        // the connectors announced in HELLO
 	succeeds *session        // a replacement (reload.go): the session it retires once up; nil otherwise
 	settled  chan struct{}   // replacements: closed once HELLO_ACK was handled or the session ended
+	gone     chan struct{}   // cap 1: a stream was forgotten (drainRetired waits on it)
 	rbuf     []byte          // the tunnel read buffer, the tunnelLoop's
 	parent   context.Context // Run's context
 	ctx      context.Context // done when the session closes
@@ -153,6 +154,7 @@ func (a *Agent) dialSession(ctx context.Context, i, idx int, rbuf []byte, succee
 		set:      a.conns.Load(),
 		succeeds: succeeds,
 		rbuf:     rbuf,
+		gone:     make(chan struct{}, 1),
 		parent:   ctx,
 		log:      log,
 		start:    start,
@@ -220,6 +222,9 @@ func (s *session) serve() time.Duration {
 		s.send(hello)
 		err = s.tunnelReadLoop(s.br)
 		s.close(readCause(err, s.acked))
+		if a.isRetired(s) {
+			s.drainRetired()
+		}
 	} else {
 		s.close(closeCause{msg: "encode HELLO: " + err.Error(), code: ws.StatusInternalServerError})
 	}

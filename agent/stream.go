@@ -161,6 +161,10 @@ func (st *stream) forgetLocked() {
 	st.prev, st.next = nil, nil
 	s.recent.Add(st.cid)
 	s.mu.Unlock()
+	select {
+	case s.gone <- struct{}{}:
+	default:
+	}
 	// Bytes received and never written give their tunnel-level credit back.
 	s.releaseTunnel(st.fc.Recv.Buffered())
 	s.a.streamGone()

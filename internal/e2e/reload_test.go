@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -525,4 +526,87 @@ func TestAgentReloadInProcess(t *testing.T) {
 			t.Errorf("a stream was reset: %s", line)
 		}
 	}
+}
+
+// TestRetiredTunnelFinishesHalfClosed: a target that half-closes at once
+// and reads only later leaves the agent holding the client's bytes after
+// both FINs, when the hub has already forgotten the stream. The tunnel is
+// then retired (a reload rotates it) and the hub closes it at once, idle;
+// the agent still writes every byte to the target.
+func TestRetiredTunnelFinishesHalfClosed(t *testing.T) {
+	leakCheck(t)
+	// More than the kernel buffers on both sides of the target connection
+	// take (loopback's send buffer grows to megabytes), within the
+	// agent's window: the hub forwards it all, and the agent holds the rest.
+	const size, window = 16 << 20, 32 << 20
+	gate := make(chan struct{})
+	got := make(chan []byte, 1)
+	// A small receive buffer from the SYN on (set before listen, so the
+	// window it advertises is small too): the agent's writes stall early.
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10) })
+	}}
+	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	targetDone := make(chan struct{})
+	go func() { // targetLoop: one connection
+		defer close(targetDone)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.(*net.TCPConn).CloseWrite()
+		<-gate
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	t.Cleanup(func() { ln.Close(); <-targetDone })
+	th := startHub(t, []string{"a", "b"})
+	a := startAgent(t, th, "drain", map[string]string{"a": ln.Addr().String()},
+		func(c *agent.Config) {
+			c.Token, c.Tunnels = token(t, "drain", nil), 1
+			c.Window, c.MaxWindow, c.TunnelWindow = window, window, 2*window
+		})
+	var once sync.Once
+	release := func() { once.Do(func() { close(gate) }) }
+	defer release()
+
+	c, err := net.Dial("tcp", th.Addr["a"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	want := make([]byte, size)
+	_, _ = io.ReadFull(newPRNG(15), want)
+	if _, err := c.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	if n, err := io.Copy(io.Discard, c); n != 0 || err != nil {
+		t.Fatalf("client read %d, %v: want the target's FIN", n, err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the hub forgot the stream (both FINs)", func() bool { return th.ActiveStreams() == 0 })
+	if a.ActiveStreams() != 1 {
+		t.Fatalf("the agent has %d streams: the target took every byte, the test proves nothing", a.ActiveStreams())
+	}
+
+	if _, err := a.Reload(agent.Config{Connectors: map[string]string{"a": ln.Addr().String(), "b": ln.Addr().String()}}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the old tunnel retired and closed", func() bool {
+		return metricValue(t, th, `nowconnect_tunnel_closes_total{reason="superseded"}`) == 1
+	})
+	release()
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, want) {
+			t.Fatalf("the target got %d of %d bytes (or corrupted)", len(b), size)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the target never got its bytes")
+	}
+	testenv.WaitFor(t, 10*time.Second, "the stream ended", func() bool { return a.ActiveStreams() == 0 })
 }
