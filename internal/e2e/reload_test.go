@@ -379,6 +379,14 @@ func TestCloudReloadAllowAndMode(t *testing.T) {
 	if !hasChange(rec, "ha.mode shadow → active") || !hasChange(rec, "allow_cidrs") {
 		t.Errorf("the reload line does not say what changed: %v", rec)
 	}
+	// Roll back (seed 003): active → shadow.
+	rec = cloud.hup(t, `allow_cidrs = ["10.0.0.0/8"]`+"\n"+listenerTOML("l1", l1, "svc", "")+ha("shadow"))
+	if rec["msg"] != "config_reloaded" || !hasChange(rec, "ha.mode active → shadow") {
+		t.Fatalf("rollback: %v", rec)
+	}
+	if code, body := readyz(t, cloud.control); code != 200 || !strings.Contains(body, `"ha_mode":"shadow"`) {
+		t.Errorf("readyz after the rollback: %d %s", code, body)
+	}
 	// ha.mode to off needs a restart: refused for that key, counted as a
 	// failure, the rest still applies.
 	rec = cloud.hup(t, `allow_cidrs = ["127.0.0.0/8"]`+"\n"+listenerTOML("l1", l1, "svc", "")+ha("off"))
