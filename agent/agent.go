@@ -10,7 +10,8 @@
 // next of several together.
 //
 // Files, one per stage: agent.go (config, Run loop, backoff), session.go
-// (tunnel handshake and reader), send.go (the tunnel writer and frame
+// (tunnel handshake and reader), reload.go (SIGHUP: connectors swapped,
+// tunnels rotated make-before-break), send.go (the tunnel writer and frame
 // buffers), stream.go (per-stream state, target dialing and writing),
 // targetread_linux.go (the epoll pollers that read targets),
 // targetread_other.go (a reader goroutine per stream elsewhere), token.go
@@ -19,8 +20,10 @@
 //
 // Goroutines. Run owns one tunnelLoop per tunnel, each of which reads its
 // tunnel on its own goroutine, one target poller per P (Linux), which
-// reads every stream's target without a goroutine per stream, and
-// tokenWatchLoop (the hourly expiry check). Per tunnel:
+// reads every stream's target without a goroutine per stream,
+// tokenWatchLoop (the hourly expiry check) and rotateLoop (reload.go),
+// which starts the tunnelLoop of a replacement tunnel while the one it
+// replaces drains. Per tunnel:
 // tunnelWriteLoop (batches frames into one writev) and pingLoop (PING,
 // liveness, context cancellation). Per stream:
 // dialLoop while the target is being dialed, plus targetWriteLoop only while
@@ -102,7 +105,8 @@ type Config struct {
 	// then only its fallback when it fails.
 	TokenSource func() (string, error)
 	// Connectors maps a connector name (1..255 bytes, at most 64) to its
-	// target host:port. At least one is required.
+	// target host:port. At least one is required. Reload changes them (and
+	// ProxyProtocol).
 	Connectors map[string]string
 	// ProxyProtocol maps a connector name to the PROXY protocol its target
 	// expects: ProxyV2 ("v2") writes a version 2 header (the client address
@@ -114,7 +118,7 @@ type Config struct {
 	ProxyProtocol map[string]string
 	// MaskClientAddr logs client addresses (from OPEN frames) as their /24
 	// (IPv4) or /48 (IPv6) prefix, as the hub's log.mask_client_addr does
-	// (internal/logmask). Default false.
+	// (internal/logmask). Default false. Reload changes it.
 	MaskClientAddr bool
 	// DialTimeout bounds dialing a target. Default 5s.
 	DialTimeout time.Duration
@@ -159,17 +163,15 @@ type Config struct {
 // Agent is a premise agent. Create it with New and start it with Run.
 type Agent struct {
 	// set at construction, read-only after
-	cfg        Config
-	log        *slog.Logger
-	urls       []string // as given
-	logURLs    []string // with any user info redacted, for logs
-	names      []string // sorted connector names, for HELLO
-	connectors map[string]*connector
-	dialer     net.Dialer
-	limits     flow.Limits // what the agent grants the hub with protocol 2
-	qDepth     int         // ring.Queue depth per stream
-	instance   uint64      // random id of this process, in HELLO
-	m          agentMetrics
+	cfg      Config
+	log      *slog.Logger
+	urls     []string // as given
+	logURLs  []string // with any user info redacted, for logs
+	dialer   net.Dialer
+	limits   flow.Limits // what the agent grants the hub with protocol 2
+	qDepth   int         // ring.Queue depth per stream
+	instance uint64      // random id of this process, in HELLO
+	m        agentMetrics
 
 	// owned by Run
 	pollers pollers // target readers, started and stopped by Run
@@ -177,6 +179,15 @@ type Agent struct {
 	tok        tokenState    // the token of the latest attempt and its expiry
 	tokenEvery time.Duration // tokenWatchLoop's period (tokenCheckEvery; tests shorten it)
 	dialLog    *logLimit     // target_dial_failed lines
+
+	conns      atomic.Pointer[connSet] // the connectors new streams and HELLOs use (Reload swaps)
+	mask       atomic.Bool             // MaskClientAddr, as last reloaded
+	rotateKick chan struct{}           // cap 1: rotateLoop has tunnels to rotate
+	reloadMu   sync.Mutex              // serialises Reload
+
+	slotMu sync.Mutex
+	// guarded by slotMu
+	slots []*session // per tunnel index, its session that is up; nil while it reconnects
 
 	up       atomic.Int32 // tunnels up (HELLO_ACK received)
 	urlIdx   atomic.Int32 // the hub URL every tunnel uses (see tunnelLoop)
@@ -263,31 +274,7 @@ func New(cfg Config) (*Agent, error) {
 			bad("URLs[%d]: no host", i)
 		}
 	}
-	if len(cfg.Connectors) == 0 {
-		bad("Connectors: at least one connector is required")
-	}
-	if len(cfg.Connectors) > codec.MaxConnectors {
-		bad("Connectors: %d connectors, at most %d", len(cfg.Connectors), codec.MaxConnectors)
-	}
-	names := make([]string, 0, len(cfg.Connectors))
-	for name, addr := range cfg.Connectors {
-		names = append(names, name)
-		if l := len(name); l == 0 || l > 255 {
-			bad("Connectors[%q]: name length %d out of range 1..255", name, l)
-		}
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			bad("Connectors[%q]: target %q: %v", name, addr, err)
-		}
-	}
-	for name, v := range cfg.ProxyProtocol {
-		if _, ok := cfg.Connectors[name]; !ok {
-			bad("ProxyProtocol[%q]: no such connector", name)
-		}
-		if v != "" && v != ProxyV2 {
-			bad("ProxyProtocol[%q]: unknown value %q (want %q or empty)", name, v, ProxyV2)
-		}
-	}
-	slices.Sort(names)
+	errs = append(errs, checkConnectors(cfg)...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -299,21 +286,18 @@ func New(cfg Config) (*Agent, error) {
 		log:        cfg.Logger,
 		urls:       slices.Clone(cfg.URLs),
 		logURLs:    logURLs,
-		names:      names,
-		connectors: make(map[string]*connector, len(names)),
 		dialer:     net.Dialer{Timeout: cfg.DialTimeout},
 		limits:     limits,
 		qDepth:     cfg.Window/queueChunk + 3,
 		instance:   rand.Uint64(),
 		idle:       make(chan struct{}, 1),
 		tokenEvery: tokenCheckEvery,
+		rotateKick: make(chan struct{}, 1),
+		slots:      make([]*session, cfg.Tunnels),
 	}
 	a.tok.last = cfg.Token
-	for _, name := range names {
-		c := newConnector(cfg.Metrics, name, cfg.Connectors[name])
-		c.proxy = cfg.ProxyProtocol[name] == ProxyV2
-		a.connectors[name] = c
-	}
+	a.conns.Store(newConnSet(cfg, nil))
+	a.mask.Store(cfg.MaskClientAddr)
 	a.m = newAgentMetrics(cfg.Metrics, a)
 	a.dialLog = newLogLimit(dialLogPerSecond, a.m.logSuppressed("target_dial_failed"))
 	return a, nil
@@ -365,9 +349,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.pollers.stop() // after every session ended: no stream is left
 	var wg sync.WaitGroup
 	for i := range a.cfg.Tunnels {
-		wg.Go(func() { a.tunnelLoop(ctx, i) })
+		wg.Go(func() { a.tunnelLoop(ctx, i, nil) })
 	}
 	wg.Go(func() { a.tokenWatchLoop(ctx) })
+	wg.Go(func() { a.rotateLoop(ctx, &wg) })
 	wg.Wait()
 	return nil
 }
@@ -381,12 +366,35 @@ func (a *Agent) Run(ctx context.Context) error {
 // other failure; with a TokenSource the wait ends early once the source
 // gives a token other than the refused one (a rotated token file is used
 // within about a second).
-func (a *Agent) tunnelLoop(ctx context.Context, idx int) {
-	rbuf := make([]byte, readBufLen)
+//
+// first, when set, is a replacement tunnel rotateLoop dialed (reload.go):
+// the loop serves it first, and ends with it if it never took over its
+// slot. A loop whose session was retired (GOAWAY sent: its replacement
+// serves the slot now) ends once the hub closed it.
+func (a *Agent) tunnelLoop(ctx context.Context, idx int, first *session) {
+	var rbuf []byte
+	if first != nil {
+		rbuf = first.rbuf
+	} else {
+		rbuf = make([]byte, readBufLen)
+	}
 	r := retry{lo: a.cfg.ReconnectMin, hi: a.cfg.ReconnectMax, rnd: rand.Int64N}
 	for {
 		i := int(a.urlIdx.Load())
-		up, refused := a.runSession(ctx, i, idx, rbuf)
+		s, refused := first, ""
+		first = nil
+		if s == nil {
+			s, refused = a.dialSession(ctx, i, idx, rbuf, nil)
+		} else {
+			i = s.urlIdx
+		}
+		var up time.Duration
+		if s != nil {
+			up = s.serve()
+			if a.leaveSlot(s) {
+				return
+			}
+		}
 		if ctx.Err() != nil {
 			return
 		}

@@ -76,7 +76,7 @@ func TestHubDataNoAllocs(t *testing.T) {
 	s := newBareSession(t, tun)
 	target, peerEnd := tcpPair(t)
 	drain(&wg, peerEnd)
-	st := newStream(s, 4, s.a.connectors["c"])
+	st := newStream(s, 4, s.a.conns.Load().byName["c"])
 	st.open, st.writing, st.target = true, true, target
 	s.streams[4] = st
 	f := append(codec.AppendHeader(nil, codec.FrameData, 4), make([]byte, 20000)...)

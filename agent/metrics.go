@@ -21,6 +21,7 @@ import (
 //	nowconnect_agent_stream_resets_total{connector,reason} counter streams that ended without both FINs
 //	nowconnect_agent_stream_window_growths_total          counter  stream receive windows doubled (auto-tuning)
 //	nowconnect_agent_reconnects_total                     counter  reconnect attempts after a failure or drop
+//	nowconnect_agent_tunnel_rotations_total               counter  tunnels replaced make-before-break (reload: connectors changed)
 //	nowconnect_agent_streams_active                       gauge    live streams
 //	nowconnect_agent_dial_seconds{connector}              histogram target dial latency (successes)
 //	nowconnect_agent_dial_errors_total{connector,reason}  counter  reason dial_failed | dial_timeout
@@ -30,6 +31,7 @@ import (
 type agentMetrics struct {
 	set           *metrics.Set // nil without metrics
 	reconnects    counter
+	rotations     counter
 	windowGrowths counter
 	rttHist       *metrics.PrometheusHistogram // nil without metrics
 	closes        [codec.NumReasons + 1]counter
@@ -79,6 +81,7 @@ func newAgentMetrics(set *metrics.Set, a *Agent) agentMetrics {
 	m := agentMetrics{
 		set:           set,
 		reconnects:    counter{set.GetOrCreateCounter("nowconnect_agent_reconnects_total")},
+		rotations:     counter{set.GetOrCreateCounter("nowconnect_agent_tunnel_rotations_total")},
 		windowGrowths: counter{set.GetOrCreateCounter("nowconnect_agent_stream_window_growths_total")},
 		rttHist:       set.GetOrCreatePrometheusHistogramExt("nowconnect_agent_tunnel_rtt_seconds", rttBuckets),
 	}

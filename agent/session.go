@@ -35,21 +35,29 @@ func protoErr(format string, args ...any) closeCause {
 
 // session is one tunnel: a WebSocket to one hub URL from dial to close.
 //
-// Lock order: stream.mu, then session.fcMu or session.mu (never both).
+// Lock order: stream.mu, then session.fcMu or session.mu (never both);
+// Agent.slotMu is never held with any of them.
 type session struct {
 	// set at construction
-	a       *Agent
-	index   int // which of the agent's tunnels
-	version int // protocol settled by the upgrade
-	conn    net.Conn
-	rbuf    []byte          // the tunnel read buffer, the tunnelLoop's
-	parent  context.Context // Run's context
-	ctx     context.Context // done when the session closes
-	cancel  context.CancelFunc
-	log     *slog.Logger // carries url and tunnel
-	start   time.Time
-	snd     sender
-	wg      sync.WaitGroup // every goroutine of the session and its streams
+	a        *Agent
+	index    int // which of the agent's tunnels
+	urlIdx   int // which of the hub URLs
+	version  int // protocol settled by the upgrade
+	conn     net.Conn
+	br       *bufio.Reader   // bytes the hub sent right after the handshake, or nil
+	deadline time.Time       // for HELLO_ACK
+	set      *connSet        // the connectors announced in HELLO
+	succeeds *session        // a replacement (reload.go): the session it retires once up; nil otherwise
+	settled  chan struct{}   // replacements: closed once HELLO_ACK was handled or the session ended
+	gone     chan struct{}   // cap 1: a stream was forgotten (drainRetired waits on it)
+	rbuf     []byte          // the tunnel read buffer, the tunnelLoop's
+	parent   context.Context // Run's context
+	ctx      context.Context // done when the session closes
+	cancel   context.CancelFunc
+	log      *slog.Logger // carries url and tunnel
+	start    time.Time
+	snd      sender
+	wg       sync.WaitGroup // every goroutine of the session and its streams
 
 	// set by the reader at HELLO_ACK, before any stream exists; read-only after
 	peer     flow.Limits // what the hub grants agent→hub DATA
@@ -78,13 +86,19 @@ type session struct {
 	head    *stream            // every stream of the session (also detached ones)
 	recent  flow.Recent        // streams that ended lately (late frames are ignored)
 	snap    []*stream          // scratch for closeStreams
+
+	// guarded by Agent.slotMu (reload.go)
+	promoted bool // a replacement that took over its slot
+	retired  bool // GOAWAY sent: the hub closes it once idle, and its tunnelLoop ends with it
+	ended    bool // serve returned
 }
 
-// runSession dials url i as tunnel idx, serves the tunnel until it drops
-// and returns how long it was up (0 if HELLO_ACK never arrived) and, when
-// the hub refused the upgrade with 401 or 403, the token it refused.
-// Called by tunnelLoop only; rbuf is its read buffer.
-func (a *Agent) runSession(ctx context.Context, i, idx int, rbuf []byte) (time.Duration, string) {
+// dialSession dials url i as tunnel idx and returns the session, ready to
+// serve, or nil and, when the hub refused the upgrade with 401 or 403, the
+// token it refused. rbuf becomes its read buffer; succeeds is the session
+// a replacement retires once up (nil for a plain attempt). Called by
+// tunnelLoop and rotateLoop.
+func (a *Agent) dialSession(ctx context.Context, i, idx int, rbuf []byte, succeeds *session) (*session, string) {
 	log := a.log.With("url", a.logURLs[i], "tunnel", idx)
 	log.Info("connecting to cloud")
 	start := time.Now()
@@ -108,7 +122,7 @@ func (a *Agent) runSession(ctx context.Context, i, idx int, rbuf []byte) (time.D
 	conn, br, hs, err := d.Dial(ctx, a.urls[i])
 	if err != nil {
 		if ctx.Err() != nil {
-			return 0, ""
+			return nil, ""
 		}
 		msg := err.Error()
 		if a.urls[i] != a.logURLs[i] {
@@ -117,7 +131,7 @@ func (a *Agent) runSession(ctx context.Context, i, idx int, rbuf []byte) (time.D
 		var se ws.StatusError
 		if !errors.As(err, &se) {
 			log.Warn("tunnel dial failed", "agent_id", a.cfg.AgentID, "error", msg)
-			return 0, ""
+			return nil, ""
 		}
 		authz := se == http.StatusUnauthorized || se == http.StatusForbidden
 		if refusal == "" && authz {
@@ -125,27 +139,36 @@ func (a *Agent) runSession(ctx context.Context, i, idx int, rbuf []byte) (time.D
 		}
 		log.Warn("tunnel refused by hub", "agent_id", a.cfg.AgentID, "status", int(se), "reason", refusal)
 		if authz {
-			return 0, tok
+			return nil, tok
 		}
-		return 0, ""
+		return nil, ""
 	}
 	s := &session{
-		a:       a,
-		index:   idx,
-		version: codec.Version1,
-		conn:    conn,
-		rbuf:    rbuf,
-		parent:  ctx,
-		log:     log,
-		start:   start,
-		streams: make(map[uint32]*stream),
+		a:        a,
+		index:    idx,
+		urlIdx:   i,
+		version:  codec.Version1,
+		conn:     conn,
+		br:       br,
+		deadline: start.Add(a.cfg.HandshakeTimeout),
+		set:      a.conns.Load(),
+		succeeds: succeeds,
+		rbuf:     rbuf,
+		gone:     make(chan struct{}, 1),
+		parent:   ctx,
+		log:      log,
+		start:    start,
+		streams:  make(map[uint32]*stream),
+	}
+	if succeeds != nil {
+		s.settled = make(chan struct{})
 	}
 	if hs.Protocol == codec.Subprotocol {
 		s.version = codec.Version
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.snd.init(conn)
-	return s.serve(br, start.Add(a.cfg.HandshakeTimeout)), ""
+	return s, ""
 }
 
 // maxRefusalLen bounds the part of a refusal's body that is read and
@@ -178,8 +201,9 @@ func refusalReason(resp io.Reader) string {
 }
 
 // serve runs the tunnel on the caller's goroutine until it closes, then
-// closes every stream and waits for all the session's goroutines.
-func (s *session) serve(br *bufio.Reader, deadline time.Time) time.Duration {
+// closes every stream and waits for all the session's goroutines. It
+// returns how long the tunnel was up (0 if HELLO_ACK never arrived).
+func (s *session) serve() time.Duration {
 	a := s.a
 	s.wg.Go(s.tunnelWriteLoop)
 	s.wg.Go(s.pingLoop)
@@ -187,22 +211,27 @@ func (s *session) serve(br *bufio.Reader, deadline time.Time) time.Duration {
 		Version:    uint8(s.version),
 		Window:     uint32(a.limits.Stream),
 		AgentID:    a.cfg.AgentID,
-		Connectors: a.names,
+		Connectors: s.set.names,
 	}
 	if s.version >= codec.Version {
 		h.MaxWindow, h.TunnelWindow, h.Instance = uint32(a.limits.MaxStream), uint32(a.limits.Tunnel), a.instance
 	}
 	hello, err := codec.AppendHello(nil, h)
 	if err == nil {
-		_ = s.conn.SetReadDeadline(deadline)
+		_ = s.conn.SetReadDeadline(s.deadline)
 		s.send(hello)
-		err = s.tunnelReadLoop(br)
+		err = s.tunnelReadLoop(s.br)
 		s.close(readCause(err, s.acked))
+		if a.isRetired(s) {
+			s.drainRetired()
+		}
 	} else {
 		s.close(closeCause{msg: "encode HELLO: " + err.Error(), code: ws.StatusInternalServerError})
 	}
 	if s.acked {
 		a.up.Add(-1)
+	} else if s.settled != nil {
+		close(s.settled) // a replacement that never came up
 	}
 	s.closeStreams()
 	s.wg.Wait()
@@ -213,11 +242,15 @@ func (s *session) serve(br *bufio.Reader, deadline time.Time) time.Duration {
 	if s.acked {
 		up = time.Since(s.ackedAt)
 	}
-	a.m.tunnelClose(cause.metricReason())
 	level := slog.LevelWarn
 	if s.parent.Err() != nil {
 		level = slog.LevelInfo
 	}
+	if a.isRetired(s) {
+		// The hub closed it once idle, as GOAWAY asked: its replacement serves.
+		cause.reason, cause.msg, level = codec.ReasonSuperseded, "retired: "+cause.msg, slog.LevelInfo
+	}
+	a.m.tunnelClose(cause.metricReason())
 	s.log.Log(context.Background(), level, "tunnel closed",
 		"agent_id", a.cfg.AgentID, "reason", cause.msg, "up", up.Round(time.Millisecond).String())
 	return up
@@ -522,6 +555,8 @@ func (s *session) handleFrame(b []byte) error {
 		s.pong(p)
 	case codec.FrameHello:
 		return protoErr("HELLO from hub")
+	case codec.FrameGoAway:
+		return protoErr("GOAWAY from hub")
 	case codec.FrameOpen:
 		s.handleOpen(h.CID, p)
 	case codec.FrameData:
@@ -611,6 +646,9 @@ func (s *session) handleHelloAck(p []byte) error {
 	}
 	if err := s.peer.Validate(); err != nil {
 		return protoErr("HELLO_ACK: %v", err)
+	}
+	if err := s.a.joinSlot(s); err != nil {
+		return err
 	}
 	s.fcMu.Lock()
 	s.fc = flow.NewTunnel(s.peer, s.local)

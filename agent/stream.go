@@ -91,7 +91,7 @@ func (s *session) handleOpen(cid uint32, p []byte) {
 		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonOverload, "too many streams")
 		return
 	}
-	c := a.connectors[string(name)]
+	c := a.conns.Load().byName[string(name)]
 	if c == nil {
 		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonUnknownConnector, "")
 		if debugOn(s.log) {
@@ -161,6 +161,10 @@ func (st *stream) forgetLocked() {
 	st.prev, st.next = nil, nil
 	s.recent.Add(st.cid)
 	s.mu.Unlock()
+	select {
+	case s.gone <- struct{}{}:
+	default:
+	}
 	// Bytes received and never written give their tunnel-level credit back.
 	s.releaseTunnel(st.fc.Recv.Buffered())
 	s.a.streamGone()
@@ -469,12 +473,13 @@ func (st *stream) writeProxyHeader(tc *net.TCPConn) error {
 }
 
 // logClient renders a client address of an OPEN frame for logs, masked
-// with Config.MaskClientAddr; "invalid" when it did not parse.
+// with Config.MaskClientAddr (as last reloaded); "invalid" when it did not
+// parse.
 func (a *Agent) logClient(ap netip.AddrPort) string {
 	switch {
 	case !ap.IsValid():
 		return "invalid"
-	case a.cfg.MaskClientAddr:
+	case a.mask.Load():
 		return logmask.Addr(ap)
 	}
 	return ap.String()

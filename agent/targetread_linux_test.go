@@ -59,7 +59,7 @@ func TestDataPathNoAllocs(t *testing.T) {
 	skipAllocsUnderRace(t)
 	s, p, tun := pollerSession(t)
 	target, peerEnd := tcpPair(t)
-	st := newStream(s, 9, s.a.connectors["c"])
+	st := newStream(s, 9, s.a.conns.Load().byName["c"])
 	st.target = target
 	st.raw, _ = target.SyscallConn()
 	st.mu.Lock()
@@ -106,7 +106,7 @@ func TestDataPathNoAllocs(t *testing.T) {
 // registered returns a stream of s reading target through p.
 func registered(t *testing.T, s *session, p *poller, cid uint32, target *net.TCPConn) *stream {
 	t.Helper()
-	st := newStream(s, cid, s.a.connectors["c"])
+	st := newStream(s, cid, s.a.conns.Load().byName["c"])
 	st.target = target
 	st.raw, _ = target.SyscallConn()
 	st.mu.Lock()

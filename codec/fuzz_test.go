@@ -178,7 +178,7 @@ func streamFrames(seed []byte) []frame {
 	var out []frame
 	total := 0
 	for len(out) == 0 || (r.more() && len(out) < maxStreamFrames && total < maxStreamBytes) {
-		f := frame{Type: FrameType(r.byte()%uint8(FramePong) + 1)}
+		f := frame{Type: FrameType(r.byte()%uint8(FrameGoAway) + 1)}
 		switch f.Type {
 		case FrameHello:
 			f.Hello = Hello{Version: r.byte(), Window: r.window(), AgentID: r.str(1)}
@@ -204,6 +204,7 @@ func streamFrames(seed []byte) []frame {
 			f.CID, f.Connector, f.ClientAddr = r.cid(), r.str(1), r.str(0)
 		case FrameOpenAck, FrameFin:
 			f.CID = r.cid()
+		case FrameGoAway: // cid 0, no payload
 		case FrameOpenErr, FrameRst:
 			f.CID, f.Reason = r.cid(), Reason(r.byte())
 			f.Msg = string(r.fill(int(r.byte()) % (MaxReasonLen + 1)))
@@ -393,7 +394,7 @@ func TestStreamFramesCoverage(t *testing.T) {
 			classes[WSHeaderLen(BinaryHeader(len(b)))] = true
 		}
 	}
-	for ft := FrameHello; ft <= FramePong; ft++ {
+	for ft := FrameHello; ft <= FrameGoAway; ft++ {
 		if !types[ft] {
 			t.Errorf("no stream seed makes a %v frame", ft)
 		}
@@ -461,7 +462,7 @@ func TestSeedCorpus(t *testing.T) {
 			valid[f.Type] = true
 		}
 	}
-	for ft := FrameHello; ft <= FramePong; ft++ {
+	for ft := FrameHello; ft <= FrameGoAway; ft++ {
 		if !valid[ft] {
 			t.Errorf("FuzzParseFrame corpus has no valid %v frame", ft)
 		}
@@ -503,10 +504,13 @@ func parseFrameSeeds() []seed {
 		one("window_max", AppendWindow(nil, 1, MaxWindow)),
 		one("ping", AppendPing(nil, FramePing, 0x0102030405060708)),
 		one("pong", AppendPing(nil, FramePong, ^uint64(0))),
+		one("goaway", AppendEmpty(nil, FrameGoAway, 0)),
 		// Malformed.
 		one("empty", []byte{}),
 		one("short_header", []byte{byte(FrameFin), 0, 0, 1}),
-		one("unknown_type", frameBytes(FramePong+1, 0, make([]byte, 8))),
+		one("unknown_type", frameBytes(FrameGoAway+1, 0, make([]byte, 8))),
+		one("goaway_cid_1", frameBytes(FrameGoAway, 1)),
+		one("goaway_payload", frameBytes(FrameGoAway, 0, []byte{0})),
 		one("data_cid_0", frameBytes(FrameData, 0, []byte("x"))),
 		one("ping_cid_1", frameBytes(FramePing, 1, make([]byte, 8))),
 		one("hello_cid_1", frameBytes(FrameHello, 1, helloHead, str("a"), []byte{0})),
@@ -603,6 +607,7 @@ func streamSeeds() []seed {
 		sType(FrameOpenErr), sCID(2), []byte{byte(ReasonDialFailed), 7, 'e'},
 		sType(FrameFin), sCID(1),
 		sType(FrameRst), sCID(1), []byte{byte(ReasonIdle), 0, 0},
+		sType(FrameGoAway),
 	)
 	boundaries := cat(
 		sData(1, 120, 1), // WebSocket length 125: 7-bit

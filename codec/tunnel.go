@@ -27,6 +27,7 @@
 //	  |<--> FIN (cid N) --------------------->|  one direction ends; the other goes on
 //	  |<--> RST (cid N) --------------------->|  abort with a reason
 //	  |<--> PING / PONG (cid 0) ------------->|  liveness and RTT
+//	  |---- GOAWAY (cid 0) ------------------>|  version 2: retire this tunnel
 //
 // CIDs are chosen by the hub, are never 0 for a stream, and are not reused
 // while the stream lives. Flow control is per stream and per direction: each
@@ -61,6 +62,16 @@
 // DATA, and every DATA byte counts at the tunnel level, also for a CID that
 // has just ended.
 //
+// # Retiring a tunnel (version 2)
+//
+// The hub learns an agent's connectors only from HELLO. An agent whose
+// connector set changed (a reload) opens a replacement tunnel with a new
+// HELLO, and once its HELLO_ACK arrived sends GOAWAY on the old one: the
+// hub gives the old tunnel no new streams and closes it once it carries
+// none (reason superseded); its streams finish undisturbed. An agent sends
+// GOAWAY only on a tunnel that settled version 2; a hub that receives it on
+// version 1 treats it as a protocol error.
+//
 // # Version history
 //
 //	1: initial protocol.
@@ -68,6 +79,10 @@
 //	   window (and HELLO an instance id per agent process); WINDOW on CID 0
 //	   is tunnel-level credit; negotiated with the WebSocket subprotocol
 //	   "nowconnect.v2".
+//	   GOAWAY was added later within version 2 (it needs no negotiation:
+//	   only agents send it, only to hubs that settled 2). A version-2 hub
+//	   built before it reads GOAWAY as an unknown frame type and closes the
+//	   tunnel as a protocol error, streams included.
 package codec
 
 import (
@@ -126,13 +141,16 @@ const (
 	FramePing FrameType = 0x0a
 	// FramePong (both, cid 0): opaque:8 echoed from the PING.
 	FramePong FrameType = 0x0b
+	// FrameGoAway (agent→hub, cid 0, version 2): empty. Give this tunnel
+	// no new streams and close it once it carries none.
+	FrameGoAway FrameType = 0x0c
 )
 
 var frameTypeNames = [...]string{
 	FrameHello: "HELLO", FrameHelloAck: "HELLO_ACK", FrameOpen: "OPEN",
 	FrameOpenAck: "OPEN_ACK", FrameOpenErr: "OPEN_ERR", FrameData: "DATA",
 	FrameFin: "FIN", FrameRst: "RST", FrameWindow: "WINDOW",
-	FramePing: "PING", FramePong: "PONG",
+	FramePing: "PING", FramePong: "PONG", FrameGoAway: "GOAWAY",
 }
 
 func (t FrameType) String() string {
@@ -143,7 +161,7 @@ func (t FrameType) String() string {
 }
 
 // Valid reports whether t is a known frame type.
-func (t FrameType) Valid() bool { return t >= FrameHello && t <= FramePong }
+func (t FrameType) Valid() bool { return t >= FrameHello && t <= FrameGoAway }
 
 const (
 	// HeaderLen is the length of a tunnel frame header.
@@ -260,7 +278,8 @@ func ParseFrame(b []byte) (Header, []byte, error) {
 	if !h.Type.Valid() {
 		return h, nil, ErrUnknownType
 	}
-	connLevel := h.Type == FrameHello || h.Type == FrameHelloAck || h.Type == FramePing || h.Type == FramePong
+	connLevel := h.Type == FrameHello || h.Type == FrameHelloAck || h.Type == FramePing || h.Type == FramePong ||
+		h.Type == FrameGoAway
 	if connLevel != (h.CID == 0) && h.Type != FrameWindow { // WINDOW on CID 0 is tunnel-level
 		return h, nil, ErrBadCID
 	}
@@ -270,7 +289,7 @@ func ParseFrame(b []byte) (Header, []byte, error) {
 		if len(p) == 0 {
 			return h, nil, ErrBadPayload
 		}
-	case FrameOpenAck, FrameFin:
+	case FrameOpenAck, FrameFin, FrameGoAway:
 		if len(p) != 0 {
 			return h, nil, ErrBadPayload
 		}
@@ -549,7 +568,8 @@ func ParsePing(p []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(p), nil
 }
 
-// AppendEmpty appends a whole frame without payload (OPEN_ACK, FIN).
+// AppendEmpty appends a whole frame without payload (OPEN_ACK, FIN, and
+// GOAWAY with cid 0).
 func AppendEmpty(dst []byte, t FrameType, cid uint32) []byte {
 	return AppendHeader(dst, t, cid)
 }

@@ -35,7 +35,7 @@ func appendFrame(dst []byte, f frame) ([]byte, error) {
 		return AppendHelloAck(dst, f.Ack), nil
 	case FrameOpen:
 		return AppendOpen(dst, f.CID, f.Connector, f.ClientAddr)
-	case FrameOpenAck, FrameFin:
+	case FrameOpenAck, FrameFin, FrameGoAway:
 		return AppendEmpty(dst, f.Type, f.CID), nil
 	case FrameOpenErr, FrameRst:
 		return AppendReason(dst, f.Type, f.CID, f.Reason, f.Msg), nil
@@ -295,6 +295,11 @@ func TestRoundTrip(t *testing.T) {
 			in:   frame{Type: FrameFin, CID: 1},
 			wire: "07 00000001",
 		},
+		{
+			name: "GOAWAY",
+			in:   frame{Type: FrameGoAway},
+			wire: "0c 00000000",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -395,7 +400,7 @@ func TestMalformed(t *testing.T) {
 		{name: "DATA over MaxFrameLen", in: frameBytes(FrameData, 1, make([]byte, MaxPayload+1)), want: ErrFrameTooLarge},
 		{name: "unknown type over MaxFrameLen", in: frameBytes(0xee, 1, make([]byte, MaxPayload+1)), want: ErrFrameTooLarge},
 		{name: "type 0", in: frameBytes(0, 1), want: ErrUnknownType},
-		{name: "type 0x0c", in: frameBytes(FramePong+1, 0, make([]byte, 8)), want: ErrUnknownType},
+		{name: "type 0x0d", in: frameBytes(FrameGoAway+1, 0), want: ErrUnknownType},
 		{name: "type 0xff", in: frameBytes(0xff, 1, []byte("x")), want: ErrUnknownType},
 		{name: "OPEN cid 0", in: frameBytes(FrameOpen, 0, str("c"), str("a")), want: ErrBadCID},
 		{name: "OPEN_ACK cid 0", in: frameBytes(FrameOpenAck, 0), want: ErrBadCID},
@@ -407,6 +412,8 @@ func TestMalformed(t *testing.T) {
 		{name: "HELLO_ACK cid 1", in: frameBytes(FrameHelloAck, 1, helloHead(1)), want: ErrBadCID},
 		{name: "PING cid 1", in: frameBytes(FramePing, 1, make([]byte, 8)), want: ErrBadCID},
 		{name: "PONG cid max", in: frameBytes(FramePong, 0xffffffff, make([]byte, 8)), want: ErrBadCID},
+		{name: "GOAWAY cid 1", in: frameBytes(FrameGoAway, 1), want: ErrBadCID},
+		{name: "payload on GOAWAY", in: frameBytes(FrameGoAway, 0, []byte{0}), want: ErrBadPayload},
 		{name: "empty DATA", in: frameBytes(FrameData, 1), want: ErrBadPayload},
 		{name: "payload on FIN", in: frameBytes(FrameFin, 1, []byte{0}), want: ErrBadPayload},
 		{name: "payload on OPEN_ACK", in: frameBytes(FrameOpenAck, 1, []byte{0}), want: ErrBadPayload},
@@ -652,6 +659,7 @@ func TestZeroAlloc(t *testing.T) {
 			buf = AppendHelloAck(buf[:0], HelloAck{Version: Version, Window: 1 << 20, MaxWindow: 16 << 20, TunnelWindow: 64 << 20})
 		}},
 		{name: "AppendEmpty", f: func() { buf = AppendEmpty(buf[:0], FrameFin, 7) }},
+		{name: "AppendEmpty GOAWAY", f: func() { buf = AppendEmpty(buf[:0], FrameGoAway, 0) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,7 +11,8 @@
 // hub places them on different loops, so one agent's traffic uses several
 // cores, and routes by agent first (fewest streams), then by tunnel.
 //
-// Files: hub.go (config, start, stop, accept), router.go (routing),
+// Files: hub.go (config, start, stop, accept), reload.go (SIGHUP: what
+// changes live), router.go (routing),
 // tunnel.go (an agent's tunnel: handshake, frames, liveness), stream.go (a
 // client stream), pdp.go (policy checks), metrics.go, limits.go
 // (descriptor budget and rate-limited logs).
@@ -80,7 +81,7 @@ type Config struct {
 	SocketRecvBuffer int
 	SocketSendBuffer int
 	MaxConnections   int           // client connections held at once; default from RLIMIT_NOFILE (see limits.go)
-	Verifier         TokenVerifier // required
+	Verifier         TokenVerifier // required; the initial one (Reload replaces it)
 	Logger           *slog.Logger  // default slog.Default()
 	MaskClientAddr   bool          // log client addresses as x.x.x.0/24
 	ConnLogRate      int           // "connection open"/"connection closed" lines per second at info, default 100; -1: debug only
@@ -117,7 +118,6 @@ type Hub struct {
 	lis        []*listener
 	router     router
 	met        *hubMetrics
-	pdp        *pdp    // nil without a PDP
 	owners     *owners // nil in HA mode off
 	mesh       Mesh    // nil without a mesh
 	peers      peers   // links up
@@ -128,17 +128,24 @@ type Hub struct {
 	connLog    *rateLimit // connection open/closed lines; nil: debug only
 	shutdown   atomic.Bool
 	stopped    atomic.Bool // Stop ran
-	debug      bool        // per-connection debug lines enabled
 
 	conns atomic.Int64 // client connections held (accepted, not yet closed)
+
+	// swapped by Reload (reload.go), read from any goroutine
+	pdp      atomic.Pointer[pdp]         // the policy client for new connections; nil without a PDP
+	verifier atomic.Pointer[verifierRef] // checks tunnel upgrades
+	mask     atomic.Bool                 // log client addresses masked (log.mask_client_addr)
+	rl       reloadState                 // bound listeners, retiring PDP clients
 }
 
+// listener is a listener's settings as its accept goroutine reads them:
+// immutable once published (Reload publishes a new one, see binding), so
+// a stream keeps the listener, connector and metrics it was accepted under.
 type listener struct {
 	Listener
 	h       *Hub
 	met     *connMetrics
-	eng     *engine.Listener // set by Start
-	refused *rateLimit       // connection_refused lines
+	refused *rateLimit // connection_refused lines
 }
 
 // New validates cfg and prepares a hub.
@@ -211,13 +218,15 @@ func New(cfg Config) (*Hub, error) {
 	}
 	h.met.queueSize = h.queueSize
 	h.met.tunnels = h.router.tunnelCount
-	h.debug = cfg.Logger.Enabled(context.Background(), slog.LevelDebug)
+	h.verifier.Store(&verifierRef{cfg.Verifier})
+	h.mask.Store(cfg.MaskClientAddr)
 	if cfg.ConnLogRate > 0 {
 		h.connLog = newRateLimit(cfg.ConnLogRate, time.Second, h.met.logSuppressed("connection"))
 	}
 	h.router.init()
-	if cfg.PDP != nil && cfg.PDP.URL != "" {
-		h.pdp = newPDP(h, *cfg.PDP)
+	if pc := normPDP(cfg.PDP); pc != nil {
+		h.pdp.Store(newPDP(h, *pc))
+		h.rl.pdpCfg = pc
 	}
 	h.mesh = cfg.Mesh
 	h.peers.links, h.peers.by = make(map[string]*peerLink), make(map[MeshLink]*peerLink)
@@ -234,8 +243,7 @@ func New(cfg Config) (*Hub, error) {
 		h.owners = newOwners(h, *ha)
 	}
 	for _, l := range cfg.Listeners {
-		h.lis = append(h.lis, &listener{Listener: l, h: h, met: h.met.connector(l.Connector),
-			refused: newRateLimit(1, time.Second, h.met.logSuppressed("connection_refused"))})
+		h.lis = append(h.lis, h.newListener(l, nil))
 	}
 	srv, err := engine.NewServer(engine.Options{
 		Control:          cfg.Control,
@@ -287,16 +295,11 @@ func (h *Hub) Start() error {
 	h.log.Info("control_started", "listen", h.cfg.Control, "max_connections", h.maxConns,
 		"protocol", h.cfg.MaxProtocol, "stream_window", h.cfg.Window, "max_stream_window", h.cfg.MaxWindow,
 		"tunnel_window", h.cfg.TunnelWindow)
-	for _, l := range h.lis {
-		el, err := h.srv.Listen(l.Name, l.Bind, l)
-		if err != nil {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = h.Stop(sctx)
-			return fmt.Errorf("listener %s (bind %s): %w", l.Name, l.Bind, err)
-		}
-		l.eng = el
-		h.log.Info("listener_started", "name", l.Name, "bind", l.Bind, "connector", l.Connector)
+	if err := h.bindAll(); err != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = h.Stop(sctx)
+		return err
 	}
 	return nil
 }
@@ -352,14 +355,8 @@ func (h *Hub) Stop(ctx context.Context) error {
 	if h.stopped.Swap(true) {
 		return nil
 	}
-	for _, l := range h.lis {
-		if l.eng != nil {
-			l.eng.Close()
-		}
-	}
-	if h.pdp != nil {
-		h.pdp.stop()
-	}
+	h.stopListeners()
+	h.stopPDPs()
 	if h.owners != nil {
 		h.owners.close()
 	}
@@ -433,8 +430,7 @@ func (l *listener) Accept(conn *net.TCPConn) {
 		_ = conn.Close()
 		return
 	}
-	if l.PDP && h.pdp != nil {
-		h.pdp.check(conn, l, ap)
+	if l.PDP && h.checkPDP(conn, l, ap) {
 		return
 	}
 	h.route(conn, l, ap)
@@ -507,8 +503,7 @@ func (h *Hub) meshListener(connector string) *listener {
 	if l, ok := h.meshLis.Load(connector); ok {
 		return l.(*listener)
 	}
-	l := &listener{Listener: Listener{Name: "mesh", Connector: connector}, h: h, met: h.met.connector(connector),
-		refused: newRateLimit(1, time.Second, h.met.logSuppressed("connection_refused"))}
+	l := h.newListener(Listener{Name: "mesh", Connector: connector}, nil)
 	v, _ := h.meshLis.LoadOrStore(connector, l)
 	return v.(*listener)
 }
@@ -581,7 +576,7 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 		}
 		index, _ := strconv.Atoi(string(req.Tunnel))
 		return engine.Response{Decide: func() engine.Response {
-			id, conns, err := h.cfg.Verifier.VerifyBearer(authz)
+			id, conns, err := h.verifier.Load().v.VerifyBearer(authz)
 			if err != nil {
 				h.met.authFailures.Inc()
 				h.log.Warn("agent_auth_failed", "remote", remote, "err", err.Error())

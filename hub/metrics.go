@@ -41,6 +41,7 @@ type hubMetrics struct {
 	parks             *metrics.Counter
 	tunnelCreditWaits *metrics.Counter
 	windowGrowths     *metrics.Counter
+	goAways           *metrics.Counter
 	tunnelCloses      [codec.NumReasons + 1]*metrics.Counter // the last counts unknown reasons
 	openTimeoutLog    *rateLimit
 	epochMismatch     *metrics.Counter
@@ -139,6 +140,7 @@ func newHubMetrics(set *metrics.Set) *hubMetrics {
 		parks:             set.GetOrCreateCounter(`nowconnect_stream_parks_total`),
 		tunnelCreditWaits: set.GetOrCreateCounter(`nowconnect_tunnel_credit_waits_total`),
 		windowGrowths:     set.GetOrCreateCounter(`nowconnect_stream_window_growths_total`),
+		goAways:           set.GetOrCreateCounter(`nowconnect_tunnel_goaways_total`),
 		conns:             make(map[string]*connMetrics),
 	}
 	for r := range codec.NumReasons {
@@ -222,6 +224,7 @@ var catalog = map[string][2]string{
 	"nowconnect_stream_resets_total":         {"counter", "Streams that ended without both FINs, by reason (codec reason names)."},
 	"nowconnect_tunnel_closes_total":         {"counter", "Agent tunnels closed, by reason (codec reason names)."},
 	"nowconnect_tunnels_connected":           {"gauge", "Agent tunnels up (an agent may hold several)."},
+	"nowconnect_tunnel_goaways_total":        {"counter", "GOAWAY frames received: an agent retired a tunnel (it reloaded its connectors and opened a replacement)."},
 	"nowconnect_tunnel_credit_waits_total":   {"counter", "Times a stream waited for tunnel-level credit (the tunnel window was full)."},
 	"nowconnect_stream_window_growths_total": {"counter", "Times a stream's receive window doubled (auto-tuning)."},
 	"nowconnect_log_suppressed_total":        {"counter", "Log lines dropped by rate limiting, by event."},
@@ -235,6 +238,9 @@ var catalog = map[string][2]string{
 	"nowconnect_mesh_peers_up":               {"gauge", "Peer hubs with a mesh link up."},
 	"nowconnect_registry_op_seconds":         {"histogram", "Latency of registry operations, by op."},
 	"nowconnect_registry_errors_total":       {"counter", "Failed registry operations, by op."},
+	// counted by cmd's SIGHUP handling, on the hub's set
+	"nowconnect_config_reloads_total":                         {"counter", "Configuration reloads (SIGHUP), by result (success, failure)."},
+	"nowconnect_config_last_reload_success_timestamp_seconds": {"gauge", "Unix time of the last successful reload (0: none yet)."},
 }
 
 // renderBufs recycles exposition buffers between scrapes.

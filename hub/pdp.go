@@ -48,15 +48,18 @@ type pdpEntry struct {
 
 // pdp asks the decision point off the event loop. A connection waiting for
 // a decision is held by its askLoop, unread; the decision either hands it
-// to its tunnel's loop or closes it.
+// to its tunnel's loop or closes it. Reload replaces a hub's pdp with a new
+// one (Hub.pdp); the old one is closed to new checks, finishes the
+// decisions it has pending (drain), then stops.
 type pdp struct {
 	// set at construction
 	h   *Hub
 	cfg PDPConfig
 
-	mu      sync.Mutex // guards cache, pending
+	mu      sync.Mutex // guards cache, pending, closed
 	cache   map[pdpKey]pdpEntry
 	pending int
+	closed  bool // drain or stop began: check takes nothing more
 
 	wg     sync.WaitGroup // askLoop goroutines
 	ctx    context.Context
@@ -111,8 +114,9 @@ func (p *pdp) store(k pdpKey, allow bool) {
 
 // check runs on the listener's accept goroutine. It decides from the
 // cache, or asks the PDP on a goroutine that then routes or closes conn.
-// It owns conn and one count of h.conns.
-func (p *pdp) check(conn *net.TCPConn, l *listener, client netip.AddrPort) {
+// It owns conn and one count of h.conns once it returns true; false means
+// p was closed (replaced by Reload, or stopped) and took nothing.
+func (p *pdp) check(conn *net.TCPConn, l *listener, client netip.AddrPort) bool {
 	k := pdpKey{client: client.Addr().Unmap(), connector: l.Connector}
 	if allow, ok := p.cached(k); ok {
 		l.met.pdpCacheHits.Inc()
@@ -121,16 +125,21 @@ func (p *pdp) check(conn *net.TCPConn, l *listener, client netip.AddrPort) {
 			p.h.log.Warn("pdp_denied", "listener", l.Name, "connector", l.Connector, "client", p.h.maskAddr(client), "cached", true)
 			p.h.conns.Add(-1)
 			_ = conn.Close()
-			return
+			return true
 		}
 		l.met.pdpAllow.Inc()
 		p.h.route(conn, l, client)
-		return
+		return true
 	}
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return false
+	}
 	full := p.pending >= p.cfg.MaxPending
 	if !full {
 		p.pending++
+		p.wg.Add(1) // under mu: drain's Wait starts only after closed is set
 	}
 	p.mu.Unlock()
 	if full {
@@ -139,14 +148,14 @@ func (p *pdp) check(conn *net.TCPConn, l *listener, client netip.AddrPort) {
 		p.h.log.Warn("pdp_error", "listener", l.Name, "connector", l.Connector, "err", ErrPDPOverload.Error())
 		if p.cfg.FailOpen {
 			p.h.route(conn, l, client)
-			return
+			return true
 		}
 		p.h.conns.Add(-1)
 		_ = conn.Close()
-		return
+		return true
 	}
-	p.wg.Add(1)
 	go p.askLoop(conn, l, client, k)
+	return true
 }
 
 func (p *pdp) done() {
@@ -240,8 +249,26 @@ func (p *pdp) ask(l *listener, client netip.AddrPort) (bool, error) {
 	return *out.Decision, nil
 }
 
+// close makes check refuse new work (it returns false).
+func (p *pdp) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+}
+
+// drain lets the pending decisions finish (each bounded by the request
+// timeout), then releases the client. Called by pdpRetireLoop.
+func (p *pdp) drain() {
+	p.close()
+	p.wg.Wait()
+	p.cancel()
+	p.cfg.Client.CloseIdleConnections()
+}
+
 // stop cancels pending requests and waits for them; their sockets close.
+// Safe to call more than once, and during drain.
 func (p *pdp) stop() {
+	p.close()
 	p.cancel()
 	p.wg.Wait()
 	p.cfg.Client.CloseIdleConnections()

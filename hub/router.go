@@ -223,7 +223,7 @@ func allowed(list []netip.Prefix, ip netip.Addr) bool {
 // maskAddr renders a client address for logs, hiding the host part when
 // configured.
 func (h *Hub) maskAddr(ap netip.AddrPort) string {
-	if !h.cfg.MaskClientAddr {
+	if !h.mask.Load() {
 		return ap.String()
 	}
 	return logmask.Addr(ap)

@@ -155,7 +155,7 @@ func (s *stream) OnOpen(c gnet.Conn) gnet.Action {
 	s.lastAct = time.Now()
 	if s.unparking {
 		s.unparking, s.parked = false, false
-		if s.h.debug {
+		if s.h.debugOn() {
 			s.h.log.Debug("stream unparked", "cid", s.cid, "credit", s.sendable(), "inbound", c.InboundBuffered())
 		}
 		return gnet.None
@@ -255,7 +255,7 @@ func (s *stream) park(c gnet.Conn) gnet.Action {
 	if s.fc.Send.Avail() >= s.t.resumeFrom {
 		s.t.waitCredit(s, s.h.met) // the stream has credit: the tunnel has not
 	}
-	if s.h.debug {
+	if s.h.debugOn() {
 		s.h.log.Debug("stream parked", "cid", s.cid, "credit", s.fc.Send.Avail(), "lane_credit", s.t.sendable(&s.fc.Send))
 	}
 	return gnet.Close
@@ -277,7 +277,7 @@ func (s *stream) unpark() {
 		return
 	}
 	s.unparking = true
-	if s.h.debug {
+	if s.h.debugOn() {
 		s.h.log.Debug("stream unparking", "cid", s.cid, "credit", s.sendable())
 	}
 }
@@ -309,7 +309,7 @@ func (s *stream) clientEOF(c gnet.Conn) {
 	if !s.fc.SendFin() {
 		return
 	}
-	if s.h.debug {
+	if s.h.debugOn() {
 		s.h.log.Debug("client fin", "cid", s.cid, "shut", s.shut, "out", s.out.Len())
 	}
 	s.lis.met.finSent.Inc()
@@ -624,7 +624,7 @@ func (s *stream) kill(r codec.Reason, tellAgent, abort bool) {
 		s.lis.met.rstSent.Inc()
 		s.t.out.sendRst(s.cid, r)
 	}
-	if s.h.debug {
+	if s.h.debugOn() {
 		s.h.log.Debug("connection reset", "connector", s.lis.Connector, "cid", s.cid, "reason", r.String())
 	}
 	if s.opened {
@@ -686,7 +686,7 @@ func (s *stream) release() {
 // when connection lines are off.
 func (s *stream) logOpen() {
 	if s.h.connLog == nil {
-		if s.h.debug {
+		if s.h.debugOn() {
 			s.h.log.Debug("connection open", "connector", s.lis.Connector, "cid", s.cid,
 				"client", s.h.maskAddr(s.client), "agent_id", s.t.agentID)
 		}
@@ -705,7 +705,7 @@ func (s *stream) logClose(r codec.Reason) {
 		reason = r.String()
 	}
 	if s.h.connLog == nil {
-		if s.h.debug {
+		if s.h.debugOn() {
 			s.h.log.Debug("connection closed", "connector", s.lis.Connector, "cid", s.cid, "reason", reason,
 				"bytes_c2a", s.up, "bytes_a2c", s.down, "duration", time.Since(s.start).Round(time.Millisecond).String())
 		}

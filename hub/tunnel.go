@@ -24,6 +24,10 @@ var (
 	ErrUnexpected       = errors.New("tunnel: unexpected frame")
 )
 
+// errRetired: the agent sent GOAWAY (it opened a replacement tunnel, see
+// codec): the tunnel gets no new streams and closes once it carries none.
+var errRetired = errors.New("tunnel: retired by the agent (GOAWAY)")
+
 // Liveness. A tunnel that owes an answer (an OPEN, a PING) and has sent
 // nothing at all for probeAfter gets a probe PING; one silent for
 // suspectAfter is suspect: it keeps its streams, but new ones go to other
@@ -117,7 +121,7 @@ func (t *tunnel) Tick(now time.Time) bool {
 		}
 	}
 	t.expireOpens(t.h, now)
-	t.maybeRetire(now)
+	t.retireIfDone(now)
 	if t.closed || now.Sub(t.lastScan) < streamScan {
 		return !t.closed
 	}
@@ -172,6 +176,14 @@ func (t *tunnel) OnMessage(_ *engine.WSConn, p []byte) error {
 		return nil
 	case codec.FrameHello, codec.FrameHelloAck, codec.FrameOpen:
 		return fmt.Errorf("%w: %s", ErrUnexpected, fh.Type)
+	case codec.FrameGoAway:
+		if t.version < codec.Version {
+			return fmt.Errorf("%w: GOAWAY in protocol %d", ErrUnexpected, t.version)
+		}
+		t.h.met.goAways.Inc()
+		t.h.log.Info("agent_goaway", "agent_id", t.agentID, "streams", len(t.streams))
+		t.bar(errRetired)
+		return nil
 	case codec.FrameData:
 		// Every DATA byte counts at the tunnel level, also for a CID
 		// that has just ended (released below).
@@ -278,6 +290,20 @@ func (t *tunnel) hello(p []byte) error {
 	return nil
 }
 
+// retireIfDone closes a barred tunnel once it may: one the agent retired
+// (GOAWAY) when it carries no stream, however long that takes (its streams
+// are never cut); one barred by HA as maybeRetire says (or after the grace
+// period). Called on the loop.
+func (t *tunnel) retireIfDone(now time.Time) {
+	if !errors.Is(t.barReason, errRetired) {
+		t.maybeRetire(now)
+		return
+	}
+	if len(t.streams) == 0 && !t.closed {
+		t.ws.Close(errRetired)
+	}
+}
+
 // closeReason names why a tunnel closed, for logs and metrics.
 func closeReason(err error) codec.Reason {
 	switch {
@@ -293,7 +319,7 @@ func closeReason(err error) codec.Reason {
 		return codec.ReasonIOError
 	case errors.Is(err, errNotOwner), errors.Is(err, errConflict):
 		return codec.ReasonNotOwner
-	case errors.Is(err, errSuperseded):
+	case errors.Is(err, errSuperseded), errors.Is(err, errRetired):
 		return codec.ReasonSuperseded
 	}
 	return codec.ReasonProtocol

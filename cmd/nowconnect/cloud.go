@@ -34,6 +34,10 @@ func runCloud(ctx context.Context, args []string, stderr io.Writer) error {
 	if *path == "" {
 		return usagef("no config: pass --config FILE or set NC_CONFIG")
 	}
+	// Before anything else: a SIGHUP while starting is a reload once
+	// serving, never the default death.
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
 	c, err := loadCloud(*path, *level, stderr, !*check)
 	if *check {
 		if err != nil {
@@ -57,7 +61,11 @@ func runCloud(ctx context.Context, args []string, stderr io.Writer) error {
 		defer c.ha.close()
 		c.ha.clearOwn(c.log)
 	}
-	return serveHub(ctx, c.hub, c.grace, c.log)
+	r := &cloudReloader{path: *path, level: *level, c: c, met: newReloadMetrics(c.hub.Metrics())}
+	if r.auth, err = authFingerprint(c.cfg.Auth); err != nil {
+		return fmt.Errorf("%s: %w", *path, err)
+	}
+	return serveHub(ctx, c.hub, c.grace, c.log, hup, r.reload)
 }
 
 // cloudSetup is a hub ready to start.
@@ -67,7 +75,9 @@ type cloudSetup struct {
 	jwks  bool // ver fetches keys from a JWKS URL
 	grace time.Duration
 	log   *slog.Logger
-	ha    *haSetup // nil in HA mode off
+	lv    *slog.LevelVar // log's level (a reload sets it)
+	cfg   *config.Hub    // as loaded
+	ha    *haSetup       // nil in HA mode off
 }
 
 // loadCloud reads and checks everything a hub start needs (the config, its files, the
@@ -84,24 +94,13 @@ func loadCloud(path, level string, stderr io.Writer, open bool) (*cloudSetup, er
 	if level != "" {
 		cfg.Log.Level = level
 	}
-	log, err := newLogger(stderr, cfg.Log.Level)
+	log, lv, err := newLevelLogger(stderr, cfg.Log.Level)
 	if err != nil {
 		return nil, err
 	}
-	if !cfg.Auth.HasKeySource() {
-		return nil, fmt.Errorf("%s: auth: no key source for agent tokens: set auth.jwt_secret_file, auth.public_key_files or auth.jwks_url", path)
-	}
-	ver, err := auth.LoadVerifier(cfg.Auth.JWTSecretFile, cfg.Auth.PublicKeyFiles, cfg.Auth.JWKSURL,
-		cfg.Auth.Audience, cfg.Auth.Issuer, cfg.Auth.Leeway.D())
+	hc, ver, err := checkCloud(path, cfg, log)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	hc, err := hubConfig(cfg, ver, log)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if err := checkHA(cfg); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
 	hc.Metrics = metrics.NewSet()
 	var ha *haSetup
@@ -112,10 +111,8 @@ func loadCloud(path, level string, stderr io.Writer, open bool) (*cloudSetup, er
 		if ha != nil {
 			hc.HA = ha.hubConfig(cfg)
 		}
-	} else if mode, _ := haMode(cfg); mode != hub.ModeOff {
-		// Checked, not opened: the hub is built with a registry that
-		// is never asked, to validate the rest of the HA config.
-		hc.HA = &hub.HAConfig{Mode: mode, ReplicaID: cfg.HA.ReplicaID, Registry: haregistry.Adapt(nil)}
+	} else {
+		hc.HA = checkedHA(cfg)
 	}
 	h, err := hub.New(hc)
 	if err != nil {
@@ -124,7 +121,41 @@ func loadCloud(path, level string, stderr io.Writer, open bool) (*cloudSetup, er
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return &cloudSetup{hub: h, ver: ver, jwks: cfg.Auth.JWKSURL != "", grace: cfg.Timeouts.ShutdownGrace.D(), log: log, ha: ha}, nil
+	return &cloudSetup{hub: h, ver: ver, jwks: cfg.Auth.JWKSURL != "", grace: cfg.Timeouts.ShutdownGrace.D(),
+		log: log, lv: lv, cfg: cfg, ha: ha}, nil
+}
+
+// checkCloud checks what a hub needs of cfg (read from path) beyond the
+// file itself: a key source and the keys, the listeners' allowlists, HA;
+// it returns the hub's config (no metrics, no HA) and the verifier.
+func checkCloud(path string, cfg *config.Hub, log *slog.Logger) (hub.Config, *auth.Verifier, error) {
+	if !cfg.Auth.HasKeySource() {
+		return hub.Config{}, nil, fmt.Errorf("%s: auth: no key source for agent tokens: set auth.jwt_secret_file, auth.public_key_files or auth.jwks_url", path)
+	}
+	ver, err := auth.LoadVerifier(cfg.Auth.JWTSecretFile, cfg.Auth.PublicKeyFiles, cfg.Auth.JWKSURL,
+		cfg.Auth.Audience, cfg.Auth.Issuer, cfg.Auth.Leeway.D())
+	if err != nil {
+		return hub.Config{}, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	hc, err := hubConfig(cfg, ver, log)
+	if err != nil {
+		return hub.Config{}, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := checkHA(cfg); err != nil {
+		return hub.Config{}, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return hc, ver, nil
+}
+
+// checkedHA is the HA config of a hub built only to be checked (nil in
+// mode off): a registry that is never asked stands in, so the rest of the
+// HA config is validated without connecting to anything.
+func checkedHA(cfg *config.Hub) *hub.HAConfig {
+	mode, _ := haMode(cfg)
+	if mode == hub.ModeOff {
+		return nil
+	}
+	return &hub.HAConfig{Mode: mode, ReplicaID: cfg.HA.ReplicaID, Registry: haregistry.Adapt(nil)}
 }
 
 // hubConfig turns the file's configuration into the hub's.
@@ -170,19 +201,27 @@ func hubConfig(cfg *config.Hub, v hub.TokenVerifier, log *slog.Logger) (hub.Conf
 	return hc, nil
 }
 
-// serveHub starts h and runs it until ctx ends, then stops it within grace.
-func serveHub(ctx context.Context, h *hub.Hub, grace time.Duration, log *slog.Logger) error {
+// serveHub starts h and runs it until ctx ends, then stops it within
+// grace. Every signal on hup runs reload (on this goroutine: reloads are
+// serialised).
+func serveHub(ctx context.Context, h *hub.Hub, grace time.Duration, log *slog.Logger, hup <-chan os.Signal, reload func()) error {
 	if err := h.Start(); err != nil {
 		return err
 	}
-	select {
-	case <-ctx.Done():
-	case <-h.Done():
-		// Never alive and deaf: exit non-zero so that a supervisor restarts us.
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = h.Stop(sctx)
-		return fmt.Errorf("hub failed: %w", h.Err())
+serve:
+	for {
+		select {
+		case <-ctx.Done():
+			break serve
+		case <-hup:
+			reload()
+		case <-h.Done():
+			// Never alive and deaf: exit non-zero so that a supervisor restarts us.
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = h.Stop(sctx)
+			return fmt.Errorf("hub failed: %w", h.Err())
+		}
 	}
 	log.Info("shutting down", "grace", grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), grace)

@@ -85,6 +85,10 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 	if what == "" {
 		what = "flags and environment"
 	}
+	// Before anything else: a SIGHUP while starting is a reload once
+	// running, never the default death.
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
 	a, cfg, log, err := loadPremise(*path, getenv, blame, *level, *metricsAddr, stderr)
 	if *check {
 		if err != nil {
@@ -96,6 +100,8 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	r := &premiseReloader{what: what, path: *path, getenv: getenv, blame: blame, level: *level,
+		metricsAddr: *metricsAddr, a: a, cfg: cfg, log: log, met: newReloadMetrics(a.metrics)}
 	if cfg.MetricsListen != "" {
 		stop, err := serveMetrics(cfg.MetricsListen, a.metrics, log)
 		if err != nil {
@@ -103,13 +109,14 @@ func runPremise(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		defer stop()
 	}
-	return runAgent(ctx, a.agent, cfg.ShutdownGrace.D(), log)
+	return runAgent(ctx, a.agent, cfg.ShutdownGrace.D(), log, hup, r.reload)
 }
 
 // premiseSetup is an agent ready to run.
 type premiseSetup struct {
 	agent   *agent.Agent
 	metrics *metrics.Set
+	lv      *slog.LevelVar // the logger's level (a reload sets it)
 }
 
 // loadPremise reads and checks everything an agent start needs (config file,
@@ -118,17 +125,11 @@ type premiseSetup struct {
 // name the flag (blame maps NC_* names and config keys to flags); without a config
 // file, a missing required setting names its flag too. Such errors are usage errors.
 func loadPremise(path string, getenv func(string) string, blame map[string]string, level, metricsAddr string, stderr io.Writer) (*premiseSetup, *config.Agent, *slog.Logger, error) {
-	cfg, err := config.LoadAgentEnv(path, getenv)
+	cfg, err := readPremise(path, getenv, blame, level, metricsAddr)
 	if err != nil {
-		return nil, nil, nil, blameFlags(err, blame, path == "")
+		return nil, nil, nil, err
 	}
-	if level != "" {
-		cfg.Log.Level = level
-	}
-	if metricsAddr != "" {
-		cfg.MetricsListen = metricsAddr
-	}
-	log, err := newLogger(stderr, cfg.Log.Level)
+	log, lv, err := newLevelLogger(stderr, cfg.Log.Level)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -142,7 +143,24 @@ func loadPremise(path string, getenv func(string) string, blame map[string]strin
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return &premiseSetup{agent: a, metrics: ac.Metrics}, cfg, log, nil
+	return &premiseSetup{agent: a, metrics: ac.Metrics, lv: lv}, cfg, log, nil
+}
+
+// readPremise reads the config file, the environment (getenv) and the
+// flags given (level, metricsAddr, and the NC_* values getenv carries) into
+// one checked configuration.
+func readPremise(path string, getenv func(string) string, blame map[string]string, level, metricsAddr string) (*config.Agent, error) {
+	cfg, err := config.LoadAgentEnv(path, getenv)
+	if err != nil {
+		return nil, blameFlags(err, blame, path == "")
+	}
+	if level != "" {
+		cfg.Log.Level = level
+	}
+	if metricsAddr != "" {
+		cfg.MetricsListen = metricsAddr
+	}
+	return cfg, nil
 }
 
 // premiseFlags are the flags that stand for config keys, for errors about a missing
@@ -208,16 +226,23 @@ func checkFailed(err error, what string) error {
 	return wrapped
 }
 
-// runAgent runs a until ctx ends, then shuts it down within grace.
-func runAgent(ctx context.Context, a *agent.Agent, grace time.Duration, log *slog.Logger) error {
+// runAgent runs a until ctx ends, then shuts it down within grace. Every
+// signal on hup runs reload (on this goroutine: reloads are serialised).
+func runAgent(ctx context.Context, a *agent.Agent, grace time.Duration, log *slog.Logger, hup <-chan os.Signal, reload func()) error {
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }() // agentRunLoop, joined below
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
+wait:
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-hup:
+			reload()
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	log.Info("shutting down", "grace", grace.String())
 	sctx, scancel := context.WithTimeout(context.Background(), grace)

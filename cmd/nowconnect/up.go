@@ -69,6 +69,13 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// up has no configuration file to reload: SIGHUP (a terminal's hangup,
+	// too) stops it gracefully, like SIGTERM, rather than killing it at
+	// once or leaving a development server behind a closed terminal.
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
+	ctx, stopUp := context.WithCancel(ctx)
+	defer stopUp()
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
@@ -165,7 +172,10 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 			_, _ = io.WriteString(stderr, upBanner(*control, forwards, demo != nil, unreachable))
 		}()
 	}
-	err = runAgent(ctx, a, *grace, log)
+	err = runAgent(ctx, a, *grace, log, hup, func() {
+		log.Warn(evReloadUnsupported, "reason", errNoReload.Error())
+		stopUp()
+	})
 	wg.Wait()
 	if err != nil {
 		return err
