@@ -412,21 +412,16 @@ func (o *owners) refreshRemote() {
 	if !o.reg.Healthy() {
 		return
 	}
-	seen := map[string]bool{}
-	for _, l := range o.h.lis {
-		if seen[l.Connector] {
-			continue
-		}
-		seen[l.Connector] = true
+	for _, conn := range o.h.liveConnectors() { // listeners added by a reload too
 		ctx, cancel := o.ctx()
-		list, err := o.reg.Owners(ctx, l.Connector)
+		list, err := o.reg.Owners(ctx, conn)
 		cancel()
 		o.h.met.registryOp(err)
 		if err != nil {
 			continue
 		}
 		o.mu.Lock()
-		o.remote[l.Connector] = list
+		o.remote[conn] = list
 		o.mu.Unlock()
 	}
 }

@@ -378,3 +378,26 @@ func (h *Hub) Reload(cfg Config) (changes []string, err error) {
 	}
 	return changes, errors.Join(errs...)
 }
+
+// liveConnectors returns the connectors of the listeners in force (those of
+// the Config before Start), each once.
+func (h *Hub) liveConnectors() []string {
+	h.rl.mu.Lock()
+	defer h.rl.mu.Unlock()
+	var out []string
+	add := func(c string) {
+		if !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	if h.rl.binds == nil {
+		for _, l := range h.lis {
+			add(l.Connector)
+		}
+		return out
+	}
+	for _, b := range h.rl.binds {
+		add(b.cur.Load().Connector)
+	}
+	return out
+}
