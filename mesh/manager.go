@@ -243,13 +243,13 @@ type Manager struct {
 	// guarded by mu
 	started, closed bool
 	listener        net.Listener
-	links           map[string]*Link        // the registered or up link per peer replica
-	all             map[*Link]struct{}      // every link not yet done
-	raw             map[net.Conn]struct{}   // inbound connections before they are links
-	targets         map[string]*dialTarget  // by URL
-	seen            map[string]bool         // peers that had a link up (reconnect counting)
-	gauged          map[string]bool         // peers with nowconnect_mesh_links series
-	changed         chan struct{}           // closed and replaced on every change of links or targets
+	links           map[string]*Link       // the registered or up link per peer replica
+	all             map[*Link]struct{}     // every link not yet done
+	raw             map[net.Conn]struct{}  // inbound connections before they are links
+	targets         map[string]*dialTarget // by URL
+	seen            map[string]bool        // peers that had a link up (reconnect counting)
+	gauged          map[string]bool        // peers with nowconnect_mesh_links series
+	changed         chan struct{}          // closed and replaced on every change of links or targets
 }
 
 // NewManager checks cfg and builds a Manager. It does not connect; Start does.
@@ -259,17 +259,17 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{
-		cfg:          cfg,
-		log:          cfg.Logger,
-		met:          newMeshMetrics(cfg.Metrics),
-		base:         time.Now(),
-		links:        map[string]*Link{},
-		all:          map[*Link]struct{}{},
-		raw:          map[net.Conn]struct{}{},
-		targets:      map[string]*dialTarget{},
-		seen:         map[string]bool{},
-		gauged:       map[string]bool{},
-		changed:      make(chan struct{}),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		met:     newMeshMetrics(cfg.Metrics),
+		base:    time.Now(),
+		links:   map[string]*Link{},
+		all:     map[*Link]struct{}{},
+		raw:     map[net.Conn]struct{}{},
+		targets: map[string]*dialTarget{},
+		seen:    map[string]bool{},
+		gauged:  map[string]bool{},
+		changed: make(chan struct{}),
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if cfg.Secret != nil {
