@@ -17,25 +17,26 @@ import (
 	"github.com/nowconnect/nowconnect/codec"
 )
 
-// A Link is one hub-to-hub WebSocket carrying mesh frames (codec/mesh.go). Its life:
+// A Link is one hub-to-hub WebSocket carrying mesh frames (codec/mesh.go). Its
+// states, from handshake to done (any state may go to closing):
 //
-//		handshake ──► registered ──► up ──► closing ──► done
-//		    │              │                   ▲
-//		    └──────────────┴───────────────────┘  (refused, duplicate, error, Close)
+//	handshake ──► registered ──► up ──► closing ──► done
 //
-//	  - handshake: the dialer sends M_HELLO at once; the acceptor reads it, applies the
-//	    duplicate rule (Manager.register) and only then answers with its own M_HELLO, or
-//	    closes the link with reason "duplicate" (or "self", "auth"). The dialer reads the
-//	    acceptor's M_HELLO and applies the rule too. Holding back the acceptor's M_HELLO
-//	    lets the hub that decides (the acceptor) refuse a losing link before its peer
-//	    ever sees it up, so that LinkUp fires for the surviving link only.
-//	  - registered: the manager's link to the peer; the writer runs, sends are accepted.
-//	  - up: Handler.LinkUp has been called (right after registering, or once the link
-//	    this one replaces is done); Manager.Link returns it.
-//	  - closing: the first cause is recorded, sends fail with ErrLinkDown, the writer
-//	    flushes a WebSocket close frame when the cause has one and closes the socket.
-//	  - done: the reader and the writer have exited, Handler.LinkDown has been called
-//	    (only for a link that was up), Done is closed.
+// In detail:
+//
+//   - handshake: the dialer sends M_HELLO at once; the acceptor reads it, applies the
+//     duplicate rule (Manager.register) and only then answers with its own M_HELLO,
+//     or closes the link with reason "duplicate" (or "self", "auth"). The dialer reads
+//     the acceptor's M_HELLO and applies the rule too. Holding back the acceptor's
+//     M_HELLO lets the hub that decides (the acceptor) refuse a losing link before its
+//     peer ever sees it up, so that LinkUp fires for the surviving link only.
+//   - registered: the manager's link to the peer; the writer runs, sends are accepted.
+//   - up: Handler.LinkUp has been called (right after registering, or once the link
+//     this one replaces is done); Manager.Link returns it.
+//   - closing: the first cause is recorded, sends fail with ErrLinkDown, the writer
+//     flushes a WebSocket close frame when the cause has one and closes the socket.
+//   - done: the reader and the writer have exited, Handler.LinkDown has been called
+//     (only for a link that was up), Done is closed.
 //
 // Goroutines: linkReadLoop (handshake, then every frame, then LinkDown) and, from
 // registered on, linkWriteLoop (link_send.go). Both are owned by the Manager.
