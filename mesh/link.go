@@ -56,6 +56,9 @@ type Link struct {
 	lm    *linkMetrics
 	log   *slog.Logger
 
+	// guarded by Manager.mu
+	registered bool // register made it the peer's link (it may have been replaced since)
+
 	// owned by linkReadLoop
 	rd    wsReader
 	dedup dedup
@@ -131,12 +134,6 @@ func (l *Link) Close(err error) {
 		detail = "closed by this hub: " + err.Error()
 	}
 	l.close(&linkError{reason: reasonClosed, code: ws.StatusNormalClosure, err: err, detail: detail})
-}
-
-// up reports whether the link is registered or up (sends are accepted).
-func (l *Link) live() bool {
-	s := linkState(l.state.Load())
-	return s == linkRegistered || s == linkUp
 }
 
 // Close reasons: the enum that close frames, logs (reason=…) and LinkDown errors

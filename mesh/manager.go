@@ -649,6 +649,7 @@ func (m *Manager) register(l *Link) (old *Link, err error) {
 		return nil, l.cause()
 	}
 	m.links[l.peer] = l
+	l.registered = true
 	if t := l.target; t != nil {
 		t.link = l
 	}
@@ -656,11 +657,16 @@ func (m *Manager) register(l *Link) (old *Link, err error) {
 	return old, nil
 }
 
-// unregister removes l from the links (it is closing).
+// unregister removes l from the links (it is closing). Safe from any goroutine,
+// also while l's reader is still in the handshake (it reads l.peer only once l was
+// registered, under m.mu).
 func (m *Manager) unregister(l *Link) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if l.peer != "" && m.links[l.peer] == l {
+	if !l.registered {
+		return
+	}
+	if m.links[l.peer] == l {
 		delete(m.links, l.peer)
 	}
 	if t := l.target; t != nil && t.link == l {
@@ -700,14 +706,14 @@ func (m *Manager) linkFinished(l *Link, wasUp bool, cause *linkError) {
 	if t := l.target; t != nil && t.pending == l {
 		t.pending = nil
 	}
+	peer := l.peer
+	if peer == "" && l.target != nil {
+		peer = l.target.peerLabel()
+	}
 	m.broadcastLocked()
 	m.updateGaugesLocked()
 	m.mu.Unlock()
 	if cause.counts() {
-		peer := l.peer
-		if peer == "" && l.target != nil {
-			peer = l.target.peerLabel()
-		}
 		if peer != "" {
 			m.met.linkErrors(peer).Inc()
 		} else {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -313,13 +312,4 @@ func (p *rawPeer) readClose(t testing.TB) wsutil.ClosedError {
 // substring (helpers_test.go's, on a hub).
 func (h *hub) logged(event string, substrings ...string) bool {
 	return logged(h.logs, event, substrings...)
-}
-
-func containsAll(s string, subs ...string) bool {
-	for _, x := range subs {
-		if !strings.Contains(s, x) {
-			return false
-		}
-	}
-	return true
 }

@@ -1,0 +1,158 @@
+package mesh
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/nowconnect/nowconnect/codec"
+)
+
+type nopHandler struct{}
+
+func (nopHandler) LinkUp(*Link)                          {}
+func (nopHandler) Frame(*Link, codec.MeshHeader, []byte) {}
+func (nopHandler) LinkDown(*Link, error)                 {}
+
+// bareLink is an accepted link (unmasked frames) on one end of a pipe, without
+// goroutines: the lanes can be filled and taken by hand.
+func bareLink(t *testing.T) *Link {
+	t.Helper()
+	m, err := NewManager(ManagerConfig{ReplicaID: "hub-a", Secret: make([]byte, 32), Handler: nopHandler{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1, c2 := net.Pipe()
+	t.Cleanup(func() { c1.Close(); c2.Close() })
+	l := newLink(m, c1, false, nil)
+	l.peer, l.lm = "hub-b", m.met.forLink("hub-b")
+	return l
+}
+
+// taken returns "TYPE/cid" of every message of the writer's batch.
+func taken(t *testing.T, l *Link) []string {
+	t.Helper()
+	l.snd.take()
+	var out []string
+	for _, it := range l.snd.batch {
+		h, n, err := codec.ParseWSHeader(it.buf.b[:it.n])
+		if err != nil || h.OpCode != ws.OpBinary {
+			t.Fatalf("bad message in batch: %v", err)
+		}
+		mh, _, err := codec.ParseMeshFrame(it.buf.b[n:it.n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, mh.Type.String()+"/"+string(rune('0'+mh.CID)))
+	}
+	l.snd.written()
+	return out
+}
+
+// TestLanes: control frames overtake queued DATA of other streams, never DATA of their
+// own stream (a FIN or WINDOW of a stream with DATA queued waits behind it), and the
+// link-level WINDOW always overtakes.
+func TestLanes(t *testing.T) {
+	l := bareLink(t)
+	hdr := func(ft codec.MeshFrameType, cid uint32, seq uint64) []byte {
+		h, err := codec.AppendMeshHeader(nil, ft, cid, seq, 1, "a", "c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	win := func(cid uint32) []byte {
+		var f []byte
+		var err error
+		if cid == 0 {
+			f, err = codec.AppendMeshWindow(nil, 0, 0, 0, "", "", 1)
+		} else {
+			f, err = codec.AppendMeshWindow(nil, cid, 9, 1, "a", "c", 1)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(l.SendData(hdr(codec.MeshFrameData, 5, 2), []byte("x")))
+	must(l.SendData(hdr(codec.MeshFrameData, 5, 3), []byte("y")))
+	must(l.SendControl(win(7)))
+	must(l.SendControl(hdr(codec.MeshFrameFin, 5, 4)))
+	must(l.SendControl(win(0)))
+	must(l.SendControl(win(5)))
+	want := []string{"M_WINDOW/7", "M_WINDOW/0", "M_DATA/5", "M_DATA/5", "M_FIN/5", "M_WINDOW/5"}
+	if got := taken(t, l); !equal(got, want) {
+		t.Errorf("batch %v, want %v", got, want)
+	}
+	// Nothing of cid 5 queued any more: its control frames take the fast lane again.
+	must(l.SendData(hdr(codec.MeshFrameData, 7, 10), []byte("z")))
+	must(l.SendControl(win(5)))
+	if got, want := taken(t, l), []string{"M_WINDOW/5", "M_DATA/7"}; !equal(got, want) {
+		t.Errorf("batch %v, want %v", got, want)
+	}
+	if l.snd.ctrlN != 0 || l.snd.charge != 0 || l.snd.pending.n != 0 {
+		t.Errorf("after the batches: ctrlN %d charge %d pending %d", l.snd.ctrlN, l.snd.charge, l.snd.pending.n)
+	}
+}
+
+// TestBatchBound: one batch carries every control frame but at most maxBatchData of
+// DATA, so control frames queued meanwhile wait behind that much only.
+func TestBatchBound(t *testing.T) {
+	l := bareLink(t)
+	h, _ := codec.AppendMeshHeader(nil, codec.MeshFrameData, 1, 1, 1, "a", "c")
+	payload := make([]byte, codec.MaxPayload)
+	for range 10 {
+		if err := l.SendData(h, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.snd.take()
+	if n := len(l.snd.batch); n != maxBatchData/codec.MaxPayload {
+		t.Errorf("first batch holds %d frames of 64 KiB, want %d", n, maxBatchData/codec.MaxPayload)
+	}
+	l.snd.written()
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestBackoff: full jitter in [0, min(max, 250ms·2^n)].
+func TestBackoff(t *testing.T) {
+	top := func(k int64) int64 { return k - 1 }
+	for _, tc := range []struct {
+		n    int
+		max  time.Duration
+		want time.Duration
+	}{
+		{0, 30 * time.Second, 250 * time.Millisecond},
+		{1, 30 * time.Second, 500 * time.Millisecond},
+		{4, 30 * time.Second, 4 * time.Second},
+		{7, 30 * time.Second, 30 * time.Second},
+		{100, 30 * time.Second, 30 * time.Second},
+		{3, time.Second, time.Second},
+	} {
+		if got := backoff(tc.n, tc.max, top); got != tc.want {
+			t.Errorf("backoff(%d, %v) top = %v, want %v", tc.n, tc.max, got, tc.want)
+		}
+		if got := backoff(tc.n, tc.max, func(int64) int64 { return 0 }); got != 0 {
+			t.Errorf("backoff(%d, %v) bottom = %v, want 0", tc.n, tc.max, got)
+		}
+	}
+}
