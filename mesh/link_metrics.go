@@ -28,6 +28,23 @@ import (
 // loses its series once it has no link. Handles are created once per link or peer,
 // never per frame.
 
+// MetricFamilies returns the type and help text of every metric family the Manager
+// exports, for the # HELP / # TYPE lines of an exposition (the hub's /metrics).
+func MetricFamilies() map[string][2]string {
+	return map[string][2]string{
+		"nowconnect_mesh_links":                    {"gauge", "1 for the state of the mesh link to each peer: up, dialing, down."},
+		"nowconnect_mesh_frames_total":             {"counter", "Mesh frames sent (dir=out) and received (dir=in), by type."},
+		"nowconnect_mesh_rtt_seconds":              {"histogram", "Round trip of mesh M_PING/M_PONG, per peer."},
+		"nowconnect_mesh_link_reconnects_total":    {"counter", "Mesh links to the peer that came up again after an earlier one went down."},
+		"nowconnect_mesh_link_errors_total":        {"counter", "Failed mesh dials (TCP, TLS, upgrade, handshake) and mesh links ended by an error, per peer."},
+		"nowconnect_mesh_send_queue_size":          {"gauge", "Frames queued for the mesh link's socket."},
+		"nowconnect_mesh_inflight_bytes":           {"gauge", "Bytes of M_DATA queued for the mesh link's socket."},
+		"nowconnect_mesh_backpressure_drops_total": {"counter", "Mesh frames refused because the link's queue was full: queue_full (send_queue_depth), inflight (per_link_max_inflight_bytes)."},
+		"nowconnect_cid_dedup_dropped_total":       {"counter", "Duplicate mesh stream frames dropped (seq not above the last of their CID)."},
+		"nowconnect_mesh_accept_errors_total":      {"counter", "Inbound /mesh connections refused before a link, by reason: tls, auth, upgrade, handshake, overload."},
+	}
+}
+
 // rttBuckets cover a loopback round trip (0.1 ms) to a congested WAN (2 s); 0.02 is
 // the seed's p95 objective.
 var rttBuckets = []float64{

@@ -444,3 +444,46 @@ func TestSelfPeer(t *testing.T) {
 		t.Errorf("%d LinkUps", ups)
 	}
 }
+
+// TestMetricFamilies: every nowconnect_* family a linked pair of hubs exposes has a
+// type and help text in MetricFamilies (the hub's /metrics needs them), and the
+// histogram is a Prometheus one (le buckets).
+func TestMetricFamilies(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	a := listenHub(t, "hub-a", nil)
+	b := newHub(t, mesh.ManagerConfig{ReplicaID: "hub-b", Secret: testSecret, Peers: []string{a.url()}})
+	l := b.waitLink(t, "hub-a")
+	testenv.WaitFor(t, 5*time.Second, "an RTT sample", func() bool { return l.RTT() > 0 })
+	fams := mesh.MetricFamilies()
+	var buf strings.Builder
+	for _, h := range []*hub{a, b} {
+		h.cfg.Metrics.WritePrometheus(&buf)
+	}
+	seen := map[string]bool{}
+	for _, line := range strings.Split(buf.String(), "\n") {
+		name, _, _ := strings.Cut(line, "{")
+		name, _, _ = strings.Cut(name, " ")
+		if !strings.HasPrefix(name, "nowconnect_") {
+			continue
+		}
+		for _, suf := range []string{"_bucket", "_sum", "_count"} {
+			if base, ok := strings.CutSuffix(name, suf); ok && fams[base][0] == "histogram" {
+				name = base
+			}
+		}
+		seen[name] = true
+		if _, ok := fams[name]; !ok {
+			t.Errorf("family %s exposed but not in MetricFamilies", name)
+		}
+	}
+	for _, want := range []string{"nowconnect_mesh_links", "nowconnect_mesh_frames_total", "nowconnect_mesh_rtt_seconds",
+		"nowconnect_mesh_send_queue_size", "nowconnect_mesh_inflight_bytes", "nowconnect_mesh_backpressure_drops_total",
+		"nowconnect_cid_dedup_dropped_total", "nowconnect_mesh_link_errors_total"} {
+		if !seen[want] {
+			t.Errorf("%s not exposed", want)
+		}
+	}
+	if !strings.Contains(buf.String(), `nowconnect_mesh_rtt_seconds_bucket{peer="hub-a",le="0.02"}`) {
+		t.Error("the RTT histogram has no le=\"0.02\" bucket")
+	}
+}

@@ -65,7 +65,8 @@ func (nopHandler) LinkDown(*mesh.Link, error)                 {}
 
 // TestFrozenPeer: a peer hub process that is SIGSTOPped (alive for TCP, silent for
 // the mesh) is detected by the default liveness settings within 15 s, with
-// ErrPingTimeout.
+// ErrPingTimeout; once thawed it is linked again, and when killed (-9) its link drops
+// on the TCP error.
 func TestFrozenPeer(t *testing.T) {
 	testenv.CheckGoroutines(t)
 	exe, err := os.Executable()
@@ -94,7 +95,20 @@ func TestFrozenPeer(t *testing.T) {
 	if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrPingTimeout) {
 		t.Errorf("LinkDown error %v, want ErrPingTimeout", err)
 	}
+
+	// Thawed, the peer is dialed again; killed, its kernel closes the socket and the
+	// link drops on the TCP error, not after PingTimeout.
 	if err := p.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
+	}
+	a.waitLink(t, "hub-frozen")
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	testenv.WaitFor(t, 20*time.Second, "LinkDown of the killed peer", func() bool { _, d := a.rec.counts(); return d == 2 })
+	t.Logf("killed peer detected after %v", time.Since(killed).Round(time.Millisecond))
+	if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrPeerClosed) && !errors.Is(err, mesh.ErrLinkIO) {
+		t.Errorf("LinkDown error %v, want ErrPeerClosed or ErrLinkIO (EOF or a reset)", err)
 	}
 }
