@@ -169,7 +169,7 @@ type ruleTestFile struct {
 	} `yaml:"tests"`
 }
 
-// The alerts of seeds 000 and 001 (SPEC §6: "Ship Prometheus alert rules ... for the panels
+// The alerts of seeds 000, 001 and 002 (SPEC §6: "Ship Prometheus alert rules ... for the panels
 // and alerts of the source documents").
 var wantAlerts = []string{
 	"NowConnectBackpressure",          // 001: p95 write or drain > 100ms for 5m
