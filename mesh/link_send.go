@@ -183,7 +183,8 @@ func (s *sender) enqueueCtrlMsg(op ws.OpCode, p []byte, t codec.MeshFrameType, c
 	if s.ctrlN >= s.depth {
 		s.mu.Unlock()
 		putBuf(b)
-		if lm := s.l.lm; lm != nil {
+		// Count what costs a stream; a skipped M_PING or pong costs nothing.
+		if lm := s.l.lm; lm != nil && op == ws.OpBinary && !t.Link() {
 			lm.dropQueueFull.Inc()
 		}
 		return ErrBackpressure

@@ -194,24 +194,27 @@ func TestBackpressure(t *testing.T) {
 	payload := make([]byte, codec.MaxPayload)
 	var seq uint64 = 1
 	var full error
-	testenv.WaitFor(t, 30*time.Second, "SendData refuses", func() bool {
+	refused := 0
+	// Fill until the kernel's buffers are full too and the queue stays at its bound
+	// (the first refusals may come while the kernel still takes more).
+	testenv.WaitFor(t, 30*time.Second, "SendData refuses with a full queue", func() bool {
 		for range 64 {
 			seq++
 			if full = l.SendData(header(t, codec.MeshFrameData, 2, seq), payload); full != nil {
-				return true
+				if !errors.Is(full, mesh.ErrBackpressure) {
+					t.Fatalf("SendData: %v, want ErrBackpressure", full)
+				}
+				refused++
+				return a.metric(t, `nowconnect_mesh_inflight_bytes{peer="hub-raw"}`) >= linkWindow-2*codec.MaxMeshFrameLen
 			}
 		}
 		return false
 	})
-	if !errors.Is(full, mesh.ErrBackpressure) {
-		t.Fatalf("SendData: %v, want ErrBackpressure", full)
+	if got := a.metric(t, `nowconnect_mesh_backpressure_drops_total{peer="hub-raw",reason="inflight"}`); got != float64(refused) {
+		t.Errorf("inflight drops = %v, want %d", got, refused)
 	}
-	if got := a.metric(t, `nowconnect_mesh_backpressure_drops_total{peer="hub-raw",reason="inflight"}`); got != 1 {
-		t.Errorf("inflight drops = %v", got)
-	}
-	inflight := a.metric(t, `nowconnect_mesh_inflight_bytes{peer="hub-raw"}`)
-	if inflight < linkWindow-2*codec.MaxMeshFrameLen || inflight > linkWindow+codec.MaxMeshFrameLen+codec.MaxWSHeaderLen {
-		t.Errorf("inflight gauge %v, want about the link window %d", inflight, linkWindow)
+	if inflight := a.metric(t, `nowconnect_mesh_inflight_bytes{peer="hub-raw"}`); inflight > linkWindow+codec.MaxMeshFrameLen+codec.MaxWSHeaderLen {
+		t.Errorf("inflight gauge %v, above the link window %d and a frame", inflight, linkWindow)
 	}
 	win, _ := codec.AppendMeshWindow(nil, 3, 1, 7, "agent-1", "ldap", 1)
 	var n int
