@@ -192,9 +192,9 @@ func protocolError(code ws.StatusCode, detail string) *linkError {
 	return &linkError{reason: reasonProtocol, code: code, err: ErrProtocol, detail: detail}
 }
 
-// readLoop is linkReadLoop: the handshake, then every message until the link ends,
+// linkReadLoop runs the handshake, then every message until the link ends,
 // then the teardown and LinkDown.
-func (l *Link) readLoop() {
+func (l *Link) linkReadLoop() {
 	err := l.handshake()
 	if err == nil {
 		err = l.serve()

@@ -217,7 +217,7 @@ func (s *sender) start() bool {
 		return false
 	}
 	s.started = true
-	s.l.m.wg.Go(s.writeLoop)
+	s.l.m.wg.Go(s.linkWriteLoop)
 	return true
 }
 
@@ -332,10 +332,10 @@ func (s *sender) written() {
 	s.mu.Unlock()
 }
 
-// writeLoop is linkWriteLoop: it sends an M_PING every PingInterval and writes
+// linkWriteLoop sends an M_PING every PingInterval and writes
 // batches until the link closes, then flushes the close frame (if the cause has one)
 // and closes the socket.
-func (s *sender) writeLoop() {
+func (s *sender) linkWriteLoop() {
 	defer close(s.exited)
 	l := s.l
 	cfg := &l.m.cfg

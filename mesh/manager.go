@@ -237,7 +237,7 @@ type Manager struct {
 	wg       sync.WaitGroup
 
 	// pendingAccepts counts inbound connections in TLS or upgrade (native listener).
-	pendingAccepts atomicCounter
+	pendingAccepts boundedCounter
 
 	mu sync.Mutex
 	// guarded by mu
@@ -429,7 +429,7 @@ func (m *Manager) Start() error {
 			return fmt.Errorf("mesh: listen on %s (ha.mesh.listen): %w", m.cfg.Listen, err)
 		}
 		m.listener = ln
-		m.wg.Go(func() { m.listenLoop(ln) })
+		m.wg.Go(func() { m.meshListenLoop(ln) })
 		scheme := "ws"
 		if m.cfg.ListenTLS != nil {
 			scheme = "wss"
@@ -442,7 +442,7 @@ func (m *Manager) Start() error {
 		m.startTargetLocked(t)
 	}
 	if m.cfg.Discovery != nil {
-		m.wg.Go(m.discoveryLoop)
+		m.wg.Go(m.meshDiscoveryLoop)
 	}
 	m.updateGaugesLocked()
 	return nil
@@ -537,7 +537,7 @@ func (m *Manager) spawnLink(l *Link) bool {
 		return false
 	}
 	m.all[l] = struct{}{}
-	m.wg.Go(l.readLoop)
+	m.wg.Go(l.linkReadLoop)
 	return true
 }
 
@@ -735,13 +735,13 @@ func (m *Manager) linkFinished(l *Link, wasUp bool, cause *linkError) {
 	}
 }
 
-// atomicCounter is a small counter for bounded admission.
-type atomicCounter struct {
+// boundedCounter counts admissions up to a limit.
+type boundedCounter struct {
 	mu sync.Mutex
 	n  int
 }
 
-func (c *atomicCounter) inc(limit int) bool {
+func (c *boundedCounter) inc(limit int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.n >= limit {
@@ -751,7 +751,7 @@ func (c *atomicCounter) inc(limit int) bool {
 	return true
 }
 
-func (c *atomicCounter) dec() {
+func (c *boundedCounter) dec() {
 	c.mu.Lock()
 	c.n--
 	c.mu.Unlock()

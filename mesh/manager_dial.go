@@ -169,7 +169,8 @@ func (m *Manager) waitDialNeeded(t *dialTarget) bool {
 	return true
 }
 
-// dialLoop is the dialLoop of one target.
+// dialLoop dials one target, runs its link, backs off and dials again, until the
+// target is removed or the manager closed.
 func (m *Manager) dialLoop(t *dialTarget) {
 	for m.waitDialNeeded(t) {
 		l, err := m.dial(t)
@@ -348,9 +349,9 @@ func (m *Manager) updateGaugesLocked() {
 	}
 }
 
-// discoveryLoop is meshDiscoveryLoop: it publishes AdvertiseURL every HubTTL/3 and
+// meshDiscoveryLoop publishes AdvertiseURL every HubTTL/3 and
 // reads the hub list every DiscoveryInterval.
-func (m *Manager) discoveryLoop() {
+func (m *Manager) meshDiscoveryLoop() {
 	var publish <-chan time.Time
 	if m.cfg.AdvertiseURL != "" {
 		pt := time.NewTicker(m.cfg.HubTTL / 3)

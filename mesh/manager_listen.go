@@ -23,8 +23,8 @@ const maxPendingAccepts = 64
 // meshPath is the only path the native listener upgrades.
 const meshPath = "/mesh"
 
-// listenLoop is meshListenLoop.
-func (m *Manager) listenLoop(ln net.Listener) {
+// meshListenLoop accepts connections on the native listener until it closes.
+func (m *Manager) meshListenLoop(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -90,7 +90,7 @@ func (m *Manager) acceptListened(raw net.Conn) {
 	}
 	m.all[l] = struct{}{}
 	m.mu.Unlock()
-	l.readLoop()
+	l.linkReadLoop()
 }
 
 func (m *Manager) upgradeListened(raw net.Conn) (*Link, bool) {
