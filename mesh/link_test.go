@@ -487,3 +487,44 @@ func TestMetricFamilies(t *testing.T) {
 		t.Error("the RTT histogram has no le=\"0.02\" bucket")
 	}
 }
+
+// TestDuplicateRules: an inbound link from a peer this hub already dialed is refused
+// ("duplicate <this hub>", before it is up); an inbound link from a peer that dialed
+// before replaces the older one (the peer restarted unnoticed): LinkDown of the old
+// link, then LinkUp of the new.
+func TestDuplicateRules(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	b := listenHub(t, "hub-b", nil)
+	a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) { c.Peers = []string{b.url()} })
+	ab := a.waitLink(t, "hub-b")
+	if !ab.Dialed() {
+		t.Fatal("a's link to b is not dialed by a")
+	}
+
+	// Something claiming to be hub-b dials a: a keeps the link it dialed.
+	p := dialRaw(t, a.url(), "hub-b")
+	p.send(t, helloFrame(t, "hub-b"))
+	if ce := p.readClose(t); ce.Code != ws.StatusNormalClosure || ce.Reason != "duplicate hub-a" {
+		t.Errorf("close %d %q, want 1000 \"duplicate hub-a\"", ce.Code, ce.Reason)
+	}
+	if a.Link("hub-b") != ab {
+		t.Error("a's link to b was replaced")
+	}
+
+	// hub-c dials b twice in a row (a restart b did not notice): the newer link wins.
+	p1 := dialRaw(t, b.url(), "hub-c")
+	p1.handshake(t, "hub-c")
+	l1 := b.waitLink(t, "hub-c")
+	p2 := dialRaw(t, b.url(), "hub-c")
+	p2.handshake(t, "hub-c")
+	if ce := p1.readClose(t); ce.Reason != "duplicate hub-b" {
+		t.Errorf("old link closed with %q", ce.Reason)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the new link is up", func() bool { l := b.Link("hub-c"); return l != nil && l != l1 })
+	ups, downs := b.rec.counts()
+	if ups != 3 || downs != 1 || !errors.Is(b.rec.lastDown(), mesh.ErrDuplicateLink) {
+		t.Errorf("b: %d LinkUps, %d LinkDowns (last %v), want 3, 1, ErrDuplicateLink", ups, downs, b.rec.lastDown())
+	}
+	b.rec.check(t)
+	a.rec.check(t)
+}
