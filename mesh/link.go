@@ -31,8 +31,9 @@ import (
 //     M_HELLO lets the hub that decides (the acceptor) refuse a losing link before its
 //     peer ever sees it up, so that LinkUp fires for the surviving link only.
 //   - registered: the manager's link to the peer; the writer runs, sends are accepted.
-//   - up: Handler.LinkUp has been called (right after registering, or once the link
-//     this one replaces is done); Manager.Link returns it.
+//   - up: Handler.LinkUp has returned (it is called right after registering, or once
+//     the link this one replaces is done); Manager.Link and Links return it from now
+//     on, so the hub never finds a link it has not been told about.
 //   - closing: the first cause is recorded, sends fail with ErrLinkDown, the writer
 //     flushes a WebSocket close frame when the cause has one and closes the socket.
 //   - done: the reader and the writer have exited, Handler.LinkDown has been called
@@ -216,7 +217,7 @@ func (l *Link) handshake() error {
 	if err := l.readHello(); err != nil {
 		return err
 	}
-	old, err := l.m.register(l)
+	old, prev, err := l.m.register(l)
 	if err != nil {
 		return err
 	}
@@ -233,16 +234,16 @@ func (l *Link) handshake() error {
 	if !l.snd.start() {
 		return l.cause()
 	}
-	if old != nil {
-		// LinkDown of the old link before LinkUp of this one: the hub sees one link
-		// per peer at a time.
+	if prev != nil {
+		// LinkDown of the previous link (the one replaced, or one still closing)
+		// before LinkUp of this one: the hub sees one link per peer at a time.
 		select {
-		case <-old.done:
+		case <-prev.done:
 		case <-l.m.ctx.Done():
 			return &linkError{reason: reasonShutdown, code: ws.StatusGoingAway, err: ErrShutdown, detail: "manager closed"}
 		}
 	}
-	if !l.state.CompareAndSwap(int32(linkRegistered), int32(linkUp)) {
+	if linkState(l.state.Load()) != linkRegistered {
 		return l.cause()
 	}
 	l.upAt = time.Now()

