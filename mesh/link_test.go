@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,7 +150,11 @@ func TestCrossingDials(t *testing.T) {
 	}
 	crossLowerWins = 0
 	for i := range runs {
-		crossOnce(t, i)
+		for try := 0; !crossOnce(t, i); try++ {
+			if try == 5 {
+				t.Fatalf("run %d: no free ports", i)
+			}
+		}
 		if t.Failed() {
 			return
 		}
@@ -162,7 +167,9 @@ func TestCrossingDials(t *testing.T) {
 
 var crossLowerWins int
 
-func crossOnce(t *testing.T, i int) {
+// crossOnce runs one crossing start; it reports false when a port it picked was taken
+// meanwhile (testenv.FreePort's caveat) and the run must be redone.
+func crossOnce(t *testing.T, i int) bool {
 	addrA := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	addrB := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	mk := func(replica, listen, peer string) (*mesh.Manager, *recorder) {
@@ -186,6 +193,9 @@ func crossOnce(t *testing.T, i int) {
 	wg.Wait()
 	defer a.Close()
 	defer b.Close()
+	if errors.Is(errs[0], syscall.EADDRINUSE) || errors.Is(errs[1], syscall.EADDRINUSE) {
+		return false
+	}
 	if errs[0] != nil || errs[1] != nil {
 		t.Fatalf("run %d: Start: %v, %v", i, errs[0], errs[1])
 	}
@@ -210,6 +220,7 @@ func crossOnce(t *testing.T, i int) {
 		}
 		r.check(t)
 	}
+	return true
 }
 
 // TestDedup: a raw peer sends duplicate stream frames; the hub gives the Handler each
@@ -433,8 +444,11 @@ func TestLinkClose(t *testing.T) {
 // TestSelfPeer: a peer URL that leads to this hub is refused and no longer dialed.
 func TestSelfPeer(t *testing.T) {
 	testenv.CheckGoroutines(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	a := newHub(t, mesh.ManagerConfig{ReplicaID: "hub-a", Secret: testSecret, Listen: addr, Peers: []string{"ws://" + addr + "/mesh"}})
+	var addr string
+	a := startHub(t, func(ad string) mesh.ManagerConfig {
+		addr = ad
+		return mesh.ManagerConfig{ReplicaID: "hub-a", Secret: testSecret, Listen: addr, Peers: []string{"ws://" + addr + "/mesh"}}
+	})
 	testenv.WaitFor(t, 5*time.Second, "mesh_peer_is_self logged", func() bool { return a.logged("mesh_peer_is_self", addr) })
 	testenv.WaitFor(t, 5*time.Second, "no links series for the self URL", func() bool {
 		_, ok := a.metricValue(`nowconnect_mesh_links{peer="` + addr + `",state="down"}`)

@@ -2,9 +2,13 @@ package mesh_test
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,6 +134,16 @@ func hubConfig(replica string) mesh.ManagerConfig {
 // unset) and closes it at cleanup.
 func newHub(t testing.TB, cfg mesh.ManagerConfig) *hub {
 	t.Helper()
+	h, err := tryHub(t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// tryHub is newHub returning Start's error (the manager is closed then).
+func tryHub(t testing.TB, cfg mesh.ManagerConfig) (*hub, error) {
+	t.Helper()
 	logs := &testenv.SyncBuffer{}
 	if cfg.Logger == nil {
 		cfg.Logger = jsonLogger(logs)
@@ -144,15 +158,16 @@ func newHub(t testing.TB, cfg mesh.ManagerConfig) *hub {
 	if err != nil {
 		t.Fatalf("NewManager(%s): %v", cfg.ReplicaID, err)
 	}
-	t.Cleanup(m.Close)
 	if err := m.Start(); err != nil {
-		t.Fatalf("Start(%s): %v", cfg.ReplicaID, err)
+		m.Close()
+		return nil, err
 	}
+	t.Cleanup(m.Close)
 	if os.Getenv("NC_TEST_LOGS") != "" {
 		t.Cleanup(func() { t.Logf("logs of %s:\n%s", cfg.ReplicaID, logs.String()) })
 	}
 	rec, _ := cfg.Handler.(*recorder)
-	return &hub{Manager: m, rec: rec, cfg: cfg, logs: logs}
+	return &hub{Manager: m, rec: rec, cfg: cfg, logs: logs}, nil
 }
 
 // listenHub starts a hub with a plain ws:// listener on a random loopback port.
@@ -292,19 +307,44 @@ func (p *rawPeer) read(t testing.TB) []byte {
 	}
 }
 
-// readClose reads until the hub closes the link and returns its close frame.
+// readClose reads until the hub's close frame and returns its code and reason (it
+// does not answer it: the hub may have closed the socket already).
 func (p *rawPeer) readClose(t testing.TB) wsutil.ClosedError {
 	t.Helper()
 	for {
 		_ = p.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		_, err := wsutil.ReadServerBinary(p.conn)
-		var ce wsutil.ClosedError
-		if errors.As(err, &ce) {
-			return ce
+		h, err := ws.ReadHeader(p.conn)
+		if err == nil && h.Length > codec.MaxMeshFrameLen {
+			err = fmt.Errorf("a message of %d bytes", h.Length)
 		}
 		if err != nil {
 			t.Fatalf("raw peer: want a close frame, got %v", err)
 		}
+		payload := make([]byte, h.Length)
+		if _, err := io.ReadFull(p.conn, payload); err != nil {
+			t.Fatalf("raw peer: want a close frame, got %v", err)
+		}
+		if h.OpCode == ws.OpClose {
+			code, reason := ws.ParseCloseFrameData(payload)
+			return wsutil.ClosedError{Code: code, Reason: reason}
+		}
+	}
+}
+
+// startHub starts a hub whose config needs its listen address in advance (peers that
+// name it, an AdvertiseURL): mk builds the config for a free port; if something took
+// the port meanwhile, it tries another (testenv.FreePort's caveat).
+func startHub(t testing.TB, mk func(addr string) mesh.ManagerConfig) *hub {
+	t.Helper()
+	for try := 0; ; try++ {
+		h, err := tryHub(t, mk(net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))))
+		if errors.Is(err, syscall.EADDRINUSE) && try < 5 {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -260,10 +259,11 @@ func TestDiscovery(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(reg.Close)
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
-		hubs[r] = newHub(t, mesh.ManagerConfig{ReplicaID: r, Secret: testSecret, Listen: addr,
-			Discovery: reg, AdvertiseURL: "ws://" + addr + "/mesh", DiscoveryInterval: 50 * time.Millisecond, HubTTL: hubTTL,
-			BackoffMax: 500 * time.Millisecond})
+		hubs[r] = startHub(t, func(addr string) mesh.ManagerConfig {
+			return mesh.ManagerConfig{ReplicaID: r, Secret: testSecret, Listen: addr,
+				Discovery: reg, AdvertiseURL: "ws://" + addr + "/mesh", DiscoveryInterval: 50 * time.Millisecond, HubTTL: hubTTL,
+				BackoffMax: 500 * time.Millisecond}
+		})
 	}
 	for r, h := range hubs {
 		for p := range hubs {
