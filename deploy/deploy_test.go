@@ -53,6 +53,18 @@ var catalog = map[string]string{
 	"nowconnect_listener_errors_total":       "counter",
 	"nowconnect_pdp_decisions_total":         "counter",
 	"nowconnect_agents_connected":            "gauge",
+	// HA (SPEC §6 mesh rows, exported by mesh.Manager and the hub) and the registry's health.
+	"nowconnect_mesh_links":                    "gauge",
+	"nowconnect_mesh_frames_total":             "counter",
+	"nowconnect_mesh_rtt_seconds":              "histogram",
+	"nowconnect_owner_epoch_mismatch_total":    "counter",
+	"nowconnect_cid_dedup_dropped_total":       "counter",
+	"nowconnect_mesh_backpressure_drops_total": "counter",
+	"nowconnect_mesh_link_reconnects_total":    "counter",
+	"nowconnect_mesh_link_errors_total":        "counter",
+	"nowconnect_mesh_send_queue_size":          "gauge",
+	"nowconnect_mesh_inflight_bytes":           "gauge",
+	"nowconnect_registry_up":                   "gauge",
 }
 
 var metricNameRE = regexp.MustCompile(`nowconnect_[a-z_]+`)
@@ -157,17 +169,23 @@ type ruleTestFile struct {
 	} `yaml:"tests"`
 }
 
-// The alerts of seeds 000 and 001 (SPEC §6: "Ship Prometheus alert rules ... for the panels
+// The alerts of seeds 000, 001 and 002 (SPEC §6: "Ship Prometheus alert rules ... for the panels
 // and alerts of the source documents").
 var wantAlerts = []string{
-	"NowConnectBackpressure",       // 001: p95 write or drain > 100ms for 5m
-	"NowConnectInboundQueueHigh",   // 001: queue > 75% of queue_depth_per_cid for 2m
-	"NowConnectListenerErrorSpike", // 001: increase(listener_errors[5m]) > threshold
-	"NowConnectPDPDecisionErrors",  // 001: increase(pdp error[5m]) > 0
-	"NowConnectNoTraffic",          // 000: no new connections for 15m in business hours
-	"NowConnectOneWayTraffic",      // 000: c2a > 0 and a2c == 0 (or vice versa) for 5m
-	"NowConnectAgentDisconnected",  // 000: agent gone
-	"NowConnectAgentMetricsAbsent", // 000: agent gone (no series at all)
+	"NowConnectBackpressure",          // 001: p95 write or drain > 100ms for 5m
+	"NowConnectInboundQueueHigh",      // 001: queue > 75% of queue_depth_per_cid for 2m
+	"NowConnectListenerErrorSpike",    // 001: increase(listener_errors[5m]) > threshold
+	"NowConnectPDPDecisionErrors",     // 001: increase(pdp error[5m]) > 0
+	"NowConnectNoTraffic",             // 000: no new connections for 15m in business hours
+	"NowConnectOneWayTraffic",         // 000: c2a > 0 and a2c == 0 (or vice versa) for 5m
+	"NowConnectAgentDisconnected",     // 000: agent gone
+	"NowConnectAgentMetricsAbsent",    // 000: agent gone (no series at all)
+	"NowConnectMeshHighRTT",           // 002: mesh p95 RTT > 20ms for 5m
+	"NowConnectMeshTLSIssues",         // 002: link errors or > 3 reconnects per 5m, for 10m
+	"NowConnectEpochMismatch",         // 002: epoch mismatches > 0 in 5m
+	"NowConnectMeshBackpressureDrops", // 002: backpressure drops > 0 in 5m
+	"NowConnectMeshLinkDown",          // 002: a peer's link not up for > 60s
+	"NowConnectRegistryDegraded",      // issue 8: registry unreachable for 1m
 }
 
 func readYAML(t *testing.T, path string, v any) {
@@ -568,6 +586,16 @@ func TestDashboard(t *testing.T) {
 		{"rate(nowconnect_tcp_rst_total", "event"},
 		{"nowconnect_agents_connected", "by (connector)"},
 		{"histogram_quantile(0.95,", "nowconnect_connection_duration_seconds_bucket", "connector"},
+		// Seed 002's golden rows: mesh health (links by state, RTT p50/p95, frames by
+		// dir/type) and safety (epoch mismatches, dedup drops, backpressure, registry).
+		{"nowconnect_mesh_links", "state"},
+		{"histogram_quantile(0.5,", "nowconnect_mesh_rtt_seconds_bucket", "peer"},
+		{"histogram_quantile(0.95,", "nowconnect_mesh_rtt_seconds_bucket", "peer"},
+		{"rate(nowconnect_mesh_frames_total", "by (dir, type)"},
+		{"increase(nowconnect_owner_epoch_mismatch_total"},
+		{"increase(nowconnect_cid_dedup_dropped_total"},
+		{"increase(nowconnect_mesh_backpressure_drops_total", "reason"},
+		{"nowconnect_registry_up"},
 	}
 	for _, frags := range required {
 		found := false
@@ -586,6 +614,19 @@ func TestDashboard(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("no panel expression contains all of %q", frags)
+		}
+	}
+
+	// The HA rows exist, by title.
+	rows := map[string]bool{}
+	for _, p := range d.allPanels() {
+		if p.Type == "row" {
+			rows[p.Title] = true
+		}
+	}
+	for _, r := range []string{"Mesh health", "Safety"} {
+		if !rows[r] {
+			t.Errorf("no dashboard row %q", r)
 		}
 	}
 
