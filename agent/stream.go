@@ -289,12 +289,11 @@ func (st *stream) wroteLocked(n int) {
 		return
 	}
 	s := st.sess
-	before := st.fc.Recv.Size()
-	if inc := st.fc.Recv.Release(n, time.Now(), s.rtt()); inc > 0 {
-		if w := st.fc.Recv.Size(); w > before {
-			st.q.Grow(w, queueChunkFor(w, s.a.qDepth))
-			s.a.m.windowGrowths.inc()
-		}
+	inc, grew := st.fc.Recv.ReleaseGrow(n, time.Now(), s.rtt(), func(w int) { st.q.Grow(w, queueChunkFor(w, s.a.qDepth)) })
+	if grew {
+		s.a.m.windowGrowths.inc()
+	}
+	if inc > 0 {
 		s.sendWindow(st.cid, inc)
 	}
 	s.releaseTunnel(n)

@@ -28,8 +28,8 @@ package codec
 // (where the agent's tunnel ends):
 //
 //	hub B (origin)                                 hub A (owner)
-//	  |<--> M_HELLO ------------------------------------>|  first, from both ends: version, replica id,
-//	  |                                                  |  windows, mode; the duplicate-link rule runs
+//	  |<--> M_HELLO ------------------------------------>|  first, from both ends (the dialer's first):
+//	  |                                                  |  version, replica id, windows, mode
 //	  |                                                  |  a client connects to B; A owns the agent
 //	  |---- M_OPEN (cid N, seq 1, epoch E) ------------->|  agent, connector, client address
 //	  |---- M_DATA (cid N) ----------------------------->|  pipelined: up to A's stream and link windows
@@ -40,9 +40,11 @@ package codec
 //	  |<--> M_WINDOW (cid 0) --------------------------->|  link-level credit
 //	  |<--> M_PING / M_PONG ---------------------------->|  liveness and RTT
 //
-// M_HELLO is the first frame each end sends, without waiting for the
-// other's. It carries the sender's replica id (both ends then know the pair
-// and keep the link dialed by the lower replica id when two links cross),
+// M_HELLO is the first frame each end sends. The dialer sends it at once;
+// the acceptor reads it, applies the duplicate-link rule and answers with
+// its own only if it keeps the link (a refused link is closed without one).
+// It carries the sender's replica id (both ends then know the pair and keep
+// the link dialed by the lower replica id when two links cross),
 // its mode (active: it forwards streams; shadow: it runs the link and
 // measures RTT but opens no stream), and the windows it grants for the DATA
 // it receives. A link speaks the lower of the two versions; a hub closes a

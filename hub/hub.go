@@ -80,19 +80,20 @@ type Config struct {
 	ReadBufferBytes  int           // default 64 KiB
 	SocketRecvBuffer int
 	SocketSendBuffer int
-	MaxConnections   int           // client connections held at once; default from RLIMIT_NOFILE (see limits.go)
-	Verifier         TokenVerifier // required; the initial one (Reload replaces it)
-	Logger           *slog.Logger  // default slog.Default()
-	MaskClientAddr   bool          // log client addresses as x.x.x.0/24
-	ConnLogRate      int           // "connection open"/"connection closed" lines per second at info, default 100; -1: debug only
-	Metrics          *metrics.Set  // default: a new set
-	Ready            func() bool   // extra readiness condition (HA); nil = always ready
-	IdleTimeout      time.Duration // close streams idle this long; 0 = never
-	PDP              *PDPConfig    // policy decision point for listeners with PDP set; nil = none
-	RequestTimeout   time.Duration // control-port request head deadline, default 10s
-	HA               *HAConfig     // ownership registry and modes; nil = mode off
-	Mesh             Mesh          // hub-to-hub links (HA part 2); nil = no /mesh
-	MeshLimits       flow.Limits   // what this hub grants peers on a link (the values its M_HELLO announces)
+	MaxConnections   int                  // client connections held at once; default from RLIMIT_NOFILE (see limits.go)
+	Verifier         TokenVerifier        // required; the initial one (Reload replaces it)
+	Logger           *slog.Logger         // default slog.Default()
+	MaskClientAddr   bool                 // log client addresses as x.x.x.0/24
+	ConnLogRate      int                  // "connection open"/"connection closed" lines per second at info, default 100; -1: debug only
+	Metrics          *metrics.Set         // default: a new set
+	Ready            func() bool          // extra readiness condition (HA); nil = always ready
+	IdleTimeout      time.Duration        // close streams idle this long; 0 = never
+	PDP              *PDPConfig           // policy decision point for listeners with PDP set; nil = none
+	RequestTimeout   time.Duration        // control-port request head deadline, default 10s
+	HA               *HAConfig            // ownership registry and modes; nil = mode off
+	Mesh             Mesh                 // hub-to-hub links (HA part 2); nil = no /mesh
+	MeshLimits       flow.Limits          // what this hub grants peers on a link (the values its M_HELLO announces)
+	MetricFamilies   map[string][2]string // # HELP/# TYPE of series others register on Metrics (family → type, help)
 }
 
 // Defaults of Config.
@@ -386,12 +387,19 @@ func (h *Hub) Agents() int { return h.router.agentCount() }
 // Tunnels returns the number of agent tunnels.
 func (h *Hub) Tunnels() int { return h.router.tunnelCount() }
 
-// ActiveStreams returns the number of live streams across agents.
+// ActiveStreams returns the number of live streams across agents: on
+// local tunnels (relays of other hubs' clients included) and forwarded over
+// the mesh.
 func (h *Hub) ActiveStreams() int {
 	n := 0
 	for _, t := range h.router.all() {
 		n += int(t.active.Load())
 	}
+	h.peers.mu.Lock()
+	for _, pl := range h.peers.links {
+		n += int(pl.origin.active.Load())
+	}
+	h.peers.mu.Unlock()
 	return n
 }
 

@@ -1,10 +1,10 @@
 package hub
 
 import (
-	"sync"
 	"time"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/bufpool"
 )
 
 // meshLane is the origin lane of a link: the client streams this hub
@@ -119,31 +119,29 @@ func (ml *meshLane) sendRst(cid uint32, reason codec.Reason) {
 	}
 }
 
-// meshBufs recycles the copies of mesh payloads handed to a loop.
-var meshBufs = sync.Pool{New: func() any { b := make([]byte, 0, codec.MaxPayload); return &b }}
-
-// copyPayload copies p into a pooled buffer.
-func copyPayload(p []byte) *[]byte {
-	b := meshBufs.Get().(*[]byte)
-	*b = append((*b)[:0], p...)
-	return b
+// copyPayload copies p into a pooled buffer of its size class (a small
+// frame does not hold a 64 KiB buffer while it waits for its loop); the
+// loop gives it back with bufpool.Put.
+func copyPayload(p []byte) (*bufpool.Buf, []byte) {
+	b := bufpool.Get(len(p))
+	return b, b.B[:copy(b.B, p)]
 }
 
 // fromLink hands a frame from the peer for one of our streams to the home
 // loop. On the link's reader goroutine; p is copied.
 func (ml *meshLane) fromLink(fh codec.MeshHeader, p []byte) {
-	buf := copyPayload(p)
+	buf, cp := copyPayload(p)
 	cid, t, reason := fh.CID, fh.Type, codec.ReasonNone
 	if t == codec.MeshFrameRst || t == codec.MeshFrameOpenErr {
 		reason, _, _ = codec.ParseReason(p)
 	}
 	agent := string(fh.Agent)
 	err := ml.loop.Execute(func() {
-		defer meshBufs.Put(buf)
-		ml.dispatch(cid, t, *buf, reason, agent)
+		defer bufpool.Put(buf)
+		ml.dispatch(cid, t, cp, reason, agent)
 	})
 	if err != nil {
-		meshBufs.Put(buf)
+		bufpool.Put(buf)
 	}
 }
 

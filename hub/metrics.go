@@ -252,13 +252,20 @@ func (h *Hub) renderMetrics() []byte {
 	defer renderBufs.Put(b)
 	h.cfg.Metrics.WritePrometheus(b)
 	metrics.WriteProcessMetrics(b)
-	return withMetadata(b.B)
+	return withMetadata(b.B, h.cfg.MetricFamilies)
 }
 
 // withMetadata adds # HELP and # TYPE before the first sample of each
 // family. Families from the catalog get their type and text; Go runtime
 // and process families get a generic help line.
-func withMetadata(exp []byte) []byte {
+func withMetadata(exp []byte, extra map[string][2]string) []byte {
+	lookup := func(fam string) ([2]string, bool) {
+		if m, ok := catalog[fam]; ok {
+			return m, true
+		}
+		m, ok := extra[fam]
+		return m, ok
+	}
 	out := make([]byte, 0, len(exp)+len(exp)/4)
 	seen := make(map[string]bool, 64)
 	for len(exp) > 0 {
@@ -273,11 +280,11 @@ func withMetadata(exp []byte) []byte {
 			name = line[:i]
 		}
 		fam := string(name)
-		meta, ok := catalog[fam]
+		meta, ok := lookup(fam)
 		if !ok {
 			for _, suf := range []string{"_bucket", "_sum", "_count"} {
 				if base, cut := strings.CutSuffix(fam, suf); cut {
-					if m, isHist := catalog[base]; isHist && m[0] == "histogram" {
+					if m, isHist := lookup(base); isHist && m[0] == "histogram" {
 						fam, meta, ok = base, m, true
 					}
 				}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/bufpool"
 	"github.com/nowconnect/nowconnect/internal/flow"
 	"github.com/nowconnect/nowconnect/ring"
 )
@@ -18,9 +19,14 @@ import (
 //	peer ◀──M_DATA── toPeer ◀──DATA── agent     (mesh leg mfc.Send, tunnel leg fc.Recv)
 //
 // Bytes wait in toAgent or toPeer only while the next leg has no credit,
-// each queue bounded by the window of the leg that filled it; credit is
-// returned on a leg once its bytes went on to the other. A FIN is passed on
-// once the bytes before it went. Frames from the peer arrive on the link's
+// each queue bounded by the window of the leg that filled it. Credit runs
+// end to end: a leg's stream credit is returned once the next leg's
+// receiver returned credit for the bytes (its WINDOW), not when they were
+// sent on, so a stalled client or target holds about one window per hub and
+// its windows never grow in the burst before the stall showed. (The lane
+// levels, the tunnel's and the link's, are returned as bytes leave this
+// hub: they bound its buffers, not the stream's.) A FIN is passed on once
+// the bytes before it went. Frames from the peer arrive on the link's
 // reader goroutine and run here through the loop (fromLink).
 type relay struct {
 	streamBase // on the tunnel lane: cid, fc (the tunnel leg), lis, client, openAt
@@ -35,17 +41,19 @@ type relay struct {
 	epoch     uint64
 
 	// owned by the tunnel's loop
-	mfc        flow.Stream // the mesh leg
-	seq        uint64      // the last seq sent to the peer
-	toAgent    ring.Queue
-	toPeer     ring.Queue
-	peerFin    bool // the peer sent M_FIN; FIN goes to the agent once toAgent is empty
-	agentFin   bool // the agent sent FIN; M_FIN goes to the peer once toPeer is empty
-	finAgent   bool // FIN sent to the agent
-	finPeer    bool // M_FIN sent to the peer
-	registered bool
-	counted    bool
-	hdr        [codec.MeshHeaderMax + 8]byte
+	mfc          flow.Stream // the mesh leg
+	peerUnacked  int         // bytes sent to the peer whose M_WINDOW has not come: their tunnel-leg credit waits
+	agentUnacked int         // bytes sent to the agent whose WINDOW has not come: their mesh-leg credit waits
+	seq          uint64      // the last seq sent to the peer
+	toAgent      ring.Queue
+	toPeer       ring.Queue
+	peerFin      bool // the peer sent M_FIN; FIN goes to the agent once toAgent is empty
+	agentFin     bool // the agent sent FIN; M_FIN goes to the peer once toPeer is empty
+	finAgent     bool // FIN sent to the agent
+	finPeer      bool // M_FIN sent to the peer
+	registered   bool
+	counted      bool
+	hdr          [codec.MeshHeaderMax + 8]byte
 }
 
 // openRelay serves an M_OPEN from the peer: in active mode, for an agent
@@ -188,6 +196,14 @@ func (r *relay) onFrame(ft codec.FrameType, p []byte, now time.Time) {
 			r.kill(codec.ReasonProtocol, true, true)
 			return
 		}
+		// The agent took bytes: the peer gets their credit (the WINDOWs of
+		// an opened stream follow its OPEN_ACK, and so do ours).
+		k := min(int(inc), r.agentUnacked)
+		r.agentUnacked -= k
+		if inc := r.h.release(&r.mfc.Recv, &r.toAgent, k, now, r.pathRTT()); inc > 0 {
+			h, err := codec.AppendMeshWindow(r.hdr[:0], r.mcid, r.nextSeq(), r.epoch, r.agentID, r.connector, uint32(inc))
+			r.peerSend(h, err)
+		}
 		r.flushAgent(now)
 	default:
 		r.kill(codec.ReasonProtocol, true, true)
@@ -214,9 +230,7 @@ func (r *relay) sendPeer(p []byte, now time.Time) int {
 			return sent
 		}
 		r.pl.spend(&r.mfc.Send, n)
-		if inc := r.fc.Recv.Release(n, now, r.t.minRTT()); inc > 0 {
-			r.t.out.sendWindow(r.cid, inc)
-		}
+		r.peerUnacked += n
 		r.t.released(n, now)
 		sent += n
 		p = p[n:]
@@ -246,12 +260,12 @@ func (r *relay) flushPeer(now time.Time) {
 // fromLink hands a frame from the peer to the relay's loop. On the link's
 // reader goroutine; p is copied.
 func (r *relay) fromLink(t codec.MeshFrameType, p []byte) {
-	buf := copyPayload(p)
+	buf, cp := copyPayload(p)
 	if err := r.t.loop.Execute(func() {
-		defer meshBufs.Put(buf)
-		r.onPeer(t, *buf, time.Now())
+		defer bufpool.Put(buf)
+		r.onPeer(t, cp, time.Now())
 	}); err != nil {
-		meshBufs.Put(buf)
+		bufpool.Put(buf)
 	}
 }
 
@@ -299,6 +313,12 @@ func (r *relay) onPeer(t codec.MeshFrameType, p []byte, now time.Time) {
 			r.kill(codec.ReasonProtocol, true, true)
 			return
 		}
+		// The peer's client took bytes: the agent gets their credit.
+		k := min(int(inc), r.peerUnacked)
+		r.peerUnacked -= k
+		if inc := r.h.release(&r.fc.Recv, &r.toPeer, k, now, r.pathRTT()); inc > 0 {
+			r.t.out.sendWindow(r.cid, inc)
+		}
 		r.flushPeer(now)
 	default:
 		r.kill(codec.ReasonProtocol, true, true)
@@ -317,13 +337,14 @@ func (r *relay) sendAgent(p []byte, now time.Time) int {
 	}
 	r.t.spend(&r.fc.Send, n)
 	r.t.out.sendData(r.cid, p[:n])
-	if inc := r.mfc.Recv.Release(n, now, r.pl.rtt()); inc > 0 {
-		h, err := codec.AppendMeshWindow(r.hdr[:0], r.mcid, r.nextSeq(), r.epoch, r.agentID, r.connector, uint32(inc))
-		r.peerSend(h, err)
-	}
 	r.pl.released(n, now)
+	r.agentUnacked += n
 	return n
 }
+
+// pathRTT is the round trip a relayed stream's credit takes: the tunnel's
+// and the link's, by which its windows' growth is judged.
+func (r *relay) pathRTT() time.Duration { return r.t.minRTT() + r.pl.rtt() }
 
 func (r *relay) nextSeq() uint64 { r.seq++; return r.seq }
 
@@ -389,14 +410,16 @@ func (r *relay) end() {
 	r.dead = true
 	now := time.Now()
 	if r.registered {
-		if b := r.fc.Recv.Buffered(); b > 0 && !r.t.closed {
+		// The lane levels were returned for what left: what did not is
+		// the stream's unreleased bytes less those sent and unacked.
+		if b := r.fc.Recv.Buffered() - r.peerUnacked; b > 0 && !r.t.closed {
 			r.t.released(b, now)
 		}
 		delete(r.t.streams, r.cid)
 		r.t.fc.Recent.Add(r.cid)
 		r.lis.met.active.Dec()
 	}
-	if b := r.mfc.Recv.Buffered(); b > 0 {
+	if b := r.mfc.Recv.Buffered() - r.agentUnacked; b > 0 {
 		r.pl.released(b, now)
 	}
 	r.toAgent.Reset()

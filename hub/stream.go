@@ -125,6 +125,18 @@ func newStream(h *Hub, l *listener, t *lane, client netip.AddrPort) *stream {
 	return &stream{streamBase: streamBase{lis: l, client: client}, h: h, t: t, start: time.Now(), dup: -1, counted: true}
 }
 
+// release returns credit for n bytes that left the queue q filled under
+// window w and returns the increment to announce (0: none). A window that
+// grew grows q first (flow.Window.ReleaseGrow): for client streams and
+// both legs of a relay.
+func (h *Hub) release(w *flow.Window, q *ring.Queue, n int, now time.Time, rtt time.Duration) int {
+	inc, grew := w.ReleaseGrow(n, now, rtt, func(size int) { q.Grow(size, outChunk(size, h.cfg.QueueDepth)) })
+	if grew {
+		h.met.windowGrowths.Inc()
+	}
+	return inc
+}
+
 // fd is the descriptor to write the client's bytes to.
 func (s *stream) fd() int {
 	if s.c != nil {
@@ -541,15 +553,7 @@ func (s *stream) acked(n int, now time.Time) {
 	if n <= 0 {
 		return
 	}
-	rtt := s.t.minRTT()
-	before := s.fc.Recv.Size()
-	if inc := s.fc.Recv.Release(n, now, rtt); inc > 0 {
-		if w := s.fc.Recv.Size(); w > before {
-			// The queue must hold the larger window before the agent
-			// can use it: grow it before the WINDOW goes out.
-			s.out.Grow(w, outChunk(w, s.h.cfg.QueueDepth))
-			s.h.met.windowGrowths.Inc()
-		}
+	if inc := s.h.release(&s.fc.Recv, &s.out, n, now, s.t.minRTT()); inc > 0 {
 		s.t.out.sendWindow(s.cid, inc)
 	}
 	s.t.released(n, now)

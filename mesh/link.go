@@ -276,7 +276,7 @@ func (l *Link) writeHello() error {
 		return &linkError{reason: reasonHandshake, err: ErrHandshake, detail: "encode M_HELLO: " + err.Error()}
 	}
 	b, n := buildMsg(ws.OpBinary, l.dialed, f, nil)
-	_, err = l.conn.Write(b.b[:n])
+	_, err = l.conn.Write(b.B[:n])
 	putBuf(b)
 	if err != nil {
 		return &linkError{reason: reasonHandshake, err: ErrHandshake, detail: "write M_HELLO: " + err.Error()}

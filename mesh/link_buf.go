@@ -3,46 +3,34 @@ package mesh
 import (
 	"encoding/binary"
 	"math/rand/v2"
-	"sync"
 
 	"github.com/gobwas/ws"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/bufpool"
 )
 
 // Buffers of the send path. Every outgoing WebSocket message (header, mesh frame,
 // masked when this hub dialed the link) is built once in a pooled buffer of the
-// smallest size class that holds it, queued, written, and put back. The classes
-// double from 128 bytes to the longest message, so a queued message holds less than
-// twice its length; the link's DATA budget is charged the class size (see SendData),
-// which bounds the memory a blocked link holds whatever the frame sizes.
+// smallest size class that holds it (internal/bufpool), queued, written, and put
+// back. The classes double from 128 bytes to the longest message, so a queued
+// message holds less than twice its length; the link's DATA budget is charged the
+// class size (see SendData), which bounds the memory a blocked link holds whatever
+// the frame sizes.
 
 // maxMsgLen is the longest WebSocket message of the mesh: a header and a whole frame.
 const maxMsgLen = codec.MaxWSHeaderLen + codec.MaxMeshFrameLen
 
-var bufClasses = [...]int{128, 256, 512, 1 << 10, 2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10, maxMsgLen}
+// The longest message fits the largest pooled buffer (compile-time check).
+var _ [bufpool.Max - maxMsgLen]struct{}
 
-// msgBuf is one pooled message buffer.
-type msgBuf struct {
-	b     []byte // len is the class size
-	class uint8
-}
-
-var bufPools [len(bufClasses)]sync.Pool
+// msgBuf is one pooled message buffer (len(b.B) is its size class).
+type msgBuf = bufpool.Buf
 
 // getBuf returns a buffer of at least n ≤ maxMsgLen bytes.
-func getBuf(n int) *msgBuf {
-	c := 0
-	for bufClasses[c] < n {
-		c++
-	}
-	if v := bufPools[c].Get(); v != nil {
-		return v.(*msgBuf)
-	}
-	return &msgBuf{b: make([]byte, bufClasses[c]), class: uint8(c)}
-}
+func getBuf(n int) *msgBuf { return bufpool.Get(n) }
 
-func putBuf(b *msgBuf) { bufPools[b.class].Put(b) }
+func putBuf(b *msgBuf) { bufpool.Put(b) }
 
 // newMask returns a random masking key (RFC 6455 §5.3: unpredictable per frame).
 // math/rand/v2's top-level source is a per-thread ChaCha8 stream, lock-free and
@@ -70,11 +58,11 @@ func buildMsg(op ws.OpCode, mask bool, p1, p2 []byte) (*msgBuf, int) {
 	h := wsHeader(op, n, mask)
 	hl := codec.WSHeaderLen(h)
 	b := getBuf(hl + n)
-	codec.PutWSHeader(b.b, h)
-	copy(b.b[hl:], p1)
-	copy(b.b[hl+len(p1):], p2)
+	codec.PutWSHeader(b.B, h)
+	copy(b.B[hl:], p1)
+	copy(b.B[hl+len(p1):], p2)
 	if mask {
-		ws.Cipher(b.b[hl:hl+n], h.Mask, 0)
+		ws.Cipher(b.B[hl:hl+n], h.Mask, 0)
 	}
 	return b, hl + n
 }

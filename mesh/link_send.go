@@ -9,6 +9,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/bufpool"
 )
 
 // The send side of a link: two lanes and one writer goroutine.
@@ -35,7 +36,7 @@ type sender struct {
 	l      *Link
 	mask   bool // this hub dialed: client frames are masked
 	depth  int  // SendQueueDepth
-	budget int  // LinkWindow + maxMsgLen
+	budget int  // LinkWindow + bufpool.Max (one whole message in its buffer)
 	tcp    bool // conn is a *net.TCPConn: writev
 	wake   chan struct{}
 	exited chan struct{} // closed by linkWriteLoop
@@ -60,7 +61,7 @@ type sender struct {
 	stage []byte      // coalescing buffer for sockets without writev (TLS)
 }
 
-// outItem is one queued message: buf.b[:n].
+// outItem is one queued message: buf.B[:n].
 type outItem struct {
 	buf  *msgBuf
 	n    int32
@@ -85,7 +86,7 @@ func (s *sender) init(l *Link) {
 	s.l = l
 	s.mask = l.dialed
 	s.depth = cfg.SendQueueDepth
-	s.budget = cfg.LinkWindow + maxMsgLen
+	s.budget = cfg.LinkWindow + bufpool.Max
 	_, s.tcp = l.conn.(*net.TCPConn)
 	s.wake = make(chan struct{}, 1)
 	s.exited = make(chan struct{})
@@ -138,7 +139,7 @@ func (l *Link) SendData(header, payload []byte) error {
 		putBuf(b)
 		return ErrLinkDown
 	}
-	if s.charge+len(b.b) > s.budget {
+	if s.charge+len(b.B) > s.budget {
 		s.mu.Unlock()
 		putBuf(b)
 		l.lm.dropInflight.Inc()
@@ -147,7 +148,7 @@ func (l *Link) SendData(header, payload []byte) error {
 	s.data = append(s.data, outItem{buf: b, n: int32(n), data: true, cid: cid})
 	c, _ := s.pending.get(cid)
 	s.pending.put(cid, c+1)
-	s.charge += len(b.b)
+	s.charge += len(b.B)
 	s.dataLen += n
 	s.gaugesLocked()
 	s.mu.Unlock()
@@ -315,7 +316,7 @@ func (s *sender) written() {
 	charge, n := 0, 0
 	for i, it := range s.batch {
 		if it.data {
-			charge += len(it.buf.b)
+			charge += len(it.buf.B)
 			n += int(it.n)
 		}
 		putBuf(it.buf)
@@ -400,7 +401,7 @@ func writeClose(conn net.Conn, mask bool, e *linkError) {
 	n := 2 + copy(p[2:], text)
 	b, mn := buildMsg(ws.OpClose, mask, p[:n], nil)
 	_ = conn.SetWriteDeadline(time.Now().Add(closeGrace))
-	_, _ = conn.Write(b.b[:mn])
+	_, _ = conn.Write(b.B[:mn])
 	putBuf(b)
 }
 
@@ -416,7 +417,7 @@ func (s *sender) write() error {
 	if s.tcp {
 		s.iov = s.iov[:0]
 		for _, it := range s.batch {
-			s.iov = append(s.iov, it.buf.b[:it.n])
+			s.iov = append(s.iov, it.buf.B[:it.n])
 		}
 		s.nb = s.iov
 		_, err := s.nb.WriteTo(s.l.conn)
@@ -428,7 +429,7 @@ func (s *sender) write() error {
 	}
 	st := s.stage[:0]
 	for _, it := range s.batch {
-		msg := it.buf.b[:it.n]
+		msg := it.buf.B[:it.n]
 		if len(st)+len(msg) > cap(st) || len(msg) >= directWrite {
 			if len(st) > 0 {
 				if _, err := s.l.conn.Write(st); err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/bufpool"
 	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
@@ -39,11 +40,11 @@ func taken(t *testing.T, l *Link) []string {
 	l.snd.take()
 	var out []string
 	for _, it := range l.snd.batch {
-		h, n, err := codec.ParseWSHeader(it.buf.b[:it.n])
+		h, n, err := codec.ParseWSHeader(it.buf.B[:it.n])
 		if err != nil || h.OpCode != ws.OpBinary {
 			t.Fatalf("bad message in batch: %v", err)
 		}
-		mh, _, err := codec.ParseMeshFrame(it.buf.b[n:it.n])
+		mh, _, err := codec.ParseMeshFrame(it.buf.B[n:it.n])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -193,7 +194,7 @@ func TestControlDepth(t *testing.T) {
 	}
 
 	// DATA: the budget is LinkWindow plus one message, charged by buffer size.
-	l.snd.budget = 3 * maxMsgLen
+	l.snd.budget = 3 * bufpool.Max
 	payload := make([]byte, codec.MaxPayload)
 	for i := range 3 {
 		if err := l.SendData(data, payload); err != nil {

@@ -1,5 +1,6 @@
-// Package mesh holds what hubs share with each other. Today that is the ownership
-// registry (seed 002, "Control plane – DistributedRegistry"); hub-to-hub links follow.
+// Package mesh holds what hubs share with each other: the ownership
+// registry (seed 002, "Control plane – DistributedRegistry") and the hub-to-hub links
+// (manager.go, link.go).
 //
 // # The registry
 //

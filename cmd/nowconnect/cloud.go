@@ -65,7 +65,11 @@ func runCloud(ctx context.Context, args []string, stderr io.Writer) error {
 	if r.auth, err = authFingerprint(c.cfg.Auth); err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
-	return serveHub(ctx, c.hub, c.grace, c.log, hup, r.reload)
+	var started func() error
+	if c.ha != nil {
+		started = c.ha.start
+	}
+	return serveHub(ctx, c.hub, c.grace, c.log, hup, r.reload, started)
 }
 
 // cloudSetup is a hub ready to start.
@@ -110,6 +114,7 @@ func loadCloud(path, level string, stderr io.Writer, open bool) (*cloudSetup, er
 		}
 		if ha != nil {
 			hc.HA = ha.hubConfig(cfg)
+			meshHubConfig(&hc, cfg, ha.mgr)
 		}
 	} else {
 		hc.HA = checkedHA(cfg)
@@ -120,6 +125,9 @@ func loadCloud(path, level string, stderr io.Writer, open bool) (*cloudSetup, er
 			ha.close()
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if ha != nil {
+		ha.attach(h)
 	}
 	return &cloudSetup{hub: h, ver: ver, jwks: cfg.Auth.JWKSURL != "", grace: cfg.Timeouts.ShutdownGrace.D(),
 		log: log, lv: lv, cfg: cfg, ha: ha}, nil
@@ -204,9 +212,17 @@ func hubConfig(cfg *config.Hub, v hub.TokenVerifier, log *slog.Logger) (hub.Conf
 // serveHub starts h and runs it until ctx ends, then stops it within
 // grace. Every signal on hup runs reload (on this goroutine: reloads are
 // serialised).
-func serveHub(ctx context.Context, h *hub.Hub, grace time.Duration, log *slog.Logger, hup <-chan os.Signal, reload func()) error {
+func serveHub(ctx context.Context, h *hub.Hub, grace time.Duration, log *slog.Logger, hup <-chan os.Signal, reload func(), started func() error) error {
 	if err := h.Start(); err != nil {
 		return err
+	}
+	if started != nil {
+		if err := started(); err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = h.Stop(sctx)
+			return err
+		}
 	}
 serve:
 	for {

@@ -28,6 +28,8 @@ type haSetup struct {
 	mode    hub.Mode
 	reg     haRegistry
 	sweeper *mesh.Sweeper
+	mgr     *mesh.Manager           // the mesh transport, started once the hub serves
+	handler *haregistry.MeshHandler // gives mgr's links to the hub
 }
 
 // haMode is the mode the config asks for: off unless ha.enabled.
@@ -52,7 +54,31 @@ func checkHA(cfg *config.Hub) error {
 			return fmt.Errorf("ha.redis_url: %w", err)
 		}
 	}
+	// The mesh as a start builds it, without starting it (no dial, no bind),
+	// over an in-process registry in place of the real one.
+	set, log := metrics.NewSet(), slog.New(slog.DiscardHandler)
+	reg, err := mesh.NewMemory(mesh.MemoryConfig{Config: registryConfig(cfg, set, log)})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	mgr, err := newMesh(cfg, reg, &haregistry.MeshHandler{}, set, log)
+	if err != nil {
+		return fmt.Errorf("ha.mesh: %w", err)
+	}
+	mgr.Close()
 	return nil
+}
+
+// registryConfig is the registry's config from [ha].
+func registryConfig(cfg *config.Hub, set *metrics.Set, log *slog.Logger) mesh.Config {
+	return mesh.Config{
+		ReplicaID: cfg.HA.ReplicaID,
+		OwnerTTL:  cfg.HA.OwnerTTL.D(),
+		HubTTL:    cfg.HA.OwnerTTL.D(),
+		Metrics:   set,
+		Logger:    log,
+	}
 }
 
 // openHA builds the registry of an HA mode (nil, nil in mode off). It never
@@ -72,13 +98,7 @@ func openHA(cfg *config.Hub, set *metrics.Set, log *slog.Logger) (*haSetup, erro
 	if err := checkHA(cfg); err != nil {
 		return nil, err
 	}
-	mc := mesh.Config{
-		ReplicaID: cfg.HA.ReplicaID,
-		OwnerTTL:  cfg.HA.OwnerTTL.D(),
-		HubTTL:    cfg.HA.OwnerTTL.D(),
-		Metrics:   set,
-		Logger:    log,
-	}
+	mc := registryConfig(cfg, set, log)
 	s := &haSetup{mode: mode}
 	if cfg.HA.RedisURL == "" {
 		log.Warn("ha_memory_registry", "reason", "ha.redis_url is not set: ownership is kept in this process only")
@@ -87,18 +107,33 @@ func openHA(cfg *config.Hub, set *metrics.Set, log *slog.Logger) (*haSetup, erro
 			return nil, err
 		}
 		s.reg = r
-		return s, nil
+	} else {
+		r, err := mesh.NewRedis(mesh.RedisConfig{Config: mc, URL: cfg.HA.RedisURL})
+		if err != nil {
+			return nil, err
+		}
+		s.reg = r
+		if s.sweeper, err = mesh.StartSweeper(mesh.SweeperConfig{Registry: r, Logger: log}); err != nil {
+			r.Close()
+			return nil, err
+		}
 	}
-	r, err := mesh.NewRedis(mesh.RedisConfig{Config: mc, URL: cfg.HA.RedisURL})
-	if err != nil {
-		return nil, err
-	}
-	s.reg = r
-	if s.sweeper, err = mesh.StartSweeper(mesh.SweeperConfig{Registry: r, Logger: log}); err != nil {
-		r.Close()
-		return nil, err
+	s.handler = &haregistry.MeshHandler{}
+	if s.mgr, err = newMesh(cfg, s.reg, s.handler, set, log); err != nil {
+		s.close()
+		return nil, fmt.Errorf("ha.mesh: %w", err)
 	}
 	return s, nil
+}
+
+// attach gives the mesh's links to h; start starts the mesh once h serves.
+func (s *haSetup) attach(h *hub.Hub) { s.handler.SetHub(h) }
+
+func (s *haSetup) start() error {
+	if err := s.mgr.Start(); err != nil {
+		return fmt.Errorf("ha.mesh: %w", err)
+	}
+	return nil
 }
 
 // clearOwn removes what a previous run under this replica id left, with a
@@ -116,6 +151,9 @@ func (s *haSetup) clearOwn(log *slog.Logger) {
 }
 
 func (s *haSetup) close() {
+	if s.mgr != nil {
+		s.mgr.Close()
+	}
 	if s.sweeper != nil {
 		s.sweeper.Close()
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
-// scrape returns the nowconnect_tcp_* series of a hub's /metrics.
+// scrape returns the nowconnect_* series of a hub's /metrics.
 func scrape(t testing.TB, control string) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + control + "/metrics")
@@ -26,7 +26,7 @@ func scrape(t testing.TB, control string) map[string]float64 {
 	}
 	out := map[string]float64{}
 	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, "nowconnect_tcp_") {
+		if !strings.HasPrefix(line, "nowconnect_") {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')
@@ -72,6 +72,9 @@ func TestPingPong(t *testing.T) {
 		`nowconnect_tcp_bytes_total{direction="a2c",connector="fwd1"}`,
 	}
 	for k, v := range after {
+		if !strings.HasPrefix(k, "nowconnect_tcp_") {
+			continue
+		}
 		t.Logf("%s %v (was %v)", k, v, before[k])
 	}
 	for _, k := range keys {

@@ -212,6 +212,20 @@ func (w *Window) Release(n int, now time.Time, rtt time.Duration) int {
 	return int(inc)
 }
 
+// ReleaseGrow is Release for a receiver whose buffer is bounded by the
+// window: when the window grew, grow is called with the new size before
+// the increment is returned, so the buffer holds the larger window before
+// the sender can use it. grew reports that it did.
+func (w *Window) ReleaseGrow(n int, now time.Time, rtt time.Duration, grow func(size int)) (inc int, grew bool) {
+	before := w.size
+	inc = w.Release(n, now, rtt)
+	if w.size > before {
+		grow(w.size)
+		return inc, true
+	}
+	return inc, false
+}
+
 // Flush returns every released byte not yet announced, whatever its size
 // (0 if none): for a receiver that wants to return all credit at once.
 func (w *Window) Flush() int {

@@ -208,6 +208,40 @@ func TestWindowAutotune(t *testing.T) {
 	}
 }
 
+// TestReleaseGrow: the buffer bound follows every growth and hears of it
+// before the larger increment is returned; no growth, no call.
+func TestReleaseGrow(t *testing.T) {
+	const rtt = 50 * time.Millisecond
+	w := NewWindow(64<<10, 1<<20)
+	bound, grows := w.Size(), 0
+	now := time.Unix(1000, 0)
+	for range 400 {
+		n := w.Size() / 8
+		if err := w.Receive(n); err != nil {
+			t.Fatal(err)
+		}
+		if w.Buffered() > bound {
+			t.Fatalf("%d bytes buffered over a bound of %d", w.Buffered(), bound)
+		}
+		now = now.Add(time.Millisecond)
+		before := w.Size()
+		_, grew := w.ReleaseGrow(n, now, rtt, func(size int) { bound = size; grows++ })
+		if grew != (w.Size() > before) {
+			t.Fatalf("grew %v, window %d → %d", grew, before, w.Size())
+		}
+		if bound != w.Size() {
+			t.Fatalf("bound %d behind the window %d", bound, w.Size())
+		}
+	}
+	if grows != 4 || bound != 1<<20 {
+		t.Fatalf("%d growths to %d, want 4 to 1 MiB", grows, bound)
+	}
+	_, grew := w.ReleaseGrow(0, now, rtt, func(int) { t.Fatal("grow without growth") })
+	if grew {
+		t.Fatal("grew reported without growth")
+	}
+}
+
 // TestWindowStalledAndIdleNeverGrow: a stream whose bytes are not released
 // (a stalled client) and a stream that moves nothing never grow, however
 // long and however small the RTT.

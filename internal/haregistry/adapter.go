@@ -6,7 +6,9 @@ package haregistry
 
 import (
 	"context"
+	"sync/atomic"
 
+	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/hub"
 	"github.com/nowconnect/nowconnect/mesh"
 )
@@ -28,3 +30,45 @@ func (a adapter) Owners(ctx context.Context, connector string) ([]hub.Ownership,
 	}
 	return out, nil
 }
+
+// MeshHandler delivers a mesh.Manager's links to a hub, which is built after
+// the manager (each needs the other): set the hub with SetHub before
+// starting the manager.
+type MeshHandler struct{ h atomic.Pointer[hub.Hub] }
+
+// SetHub sets the hub that receives the links.
+func (m *MeshHandler) SetHub(h *hub.Hub) { m.h.Store(h) }
+
+// Active reports whether the hub forwards (mode active), for M_HELLO.
+func (m *MeshHandler) Active() bool {
+	h := m.h.Load()
+	return h != nil && h.Mode() == hub.ModeActive
+}
+
+// LinkUp implements mesh.Handler.
+func (m *MeshHandler) LinkUp(l *mesh.Link) {
+	if h := m.h.Load(); h != nil {
+		h.LinkUp(l)
+	}
+}
+
+// Frame implements mesh.Handler.
+func (m *MeshHandler) Frame(l *mesh.Link, fh codec.MeshHeader, p []byte) {
+	if h := m.h.Load(); h != nil {
+		h.Frame(l, fh, p)
+	}
+}
+
+// LinkDown implements mesh.Handler.
+func (m *MeshHandler) LinkDown(l *mesh.Link, err error) {
+	if h := m.h.Load(); h != nil {
+		h.LinkDown(l, err)
+	}
+}
+
+var (
+	_ mesh.Handler    = (*MeshHandler)(nil)
+	_ hub.MeshLink    = (*mesh.Link)(nil)
+	_ hub.Mesh        = (*mesh.Manager)(nil)
+	_ mesh.PeerSource = mesh.Registry(nil)
+)

@@ -53,6 +53,23 @@ func FreePort(t testing.TB) int {
 	return port
 }
 
+// FreePorts returns n distinct ports of 127.0.0.1 that were free a moment ago (all
+// held open until the last is chosen, so no two are the same), for a test that binds
+// several later.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("testenv: free port: %v", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

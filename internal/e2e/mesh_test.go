@@ -1,0 +1,214 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nowconnect/nowconnect/hub"
+	"github.com/nowconnect/nowconnect/internal/flow"
+	"github.com/nowconnect/nowconnect/internal/haregistry"
+	"github.com/nowconnect/nowconnect/internal/testenv"
+	"github.com/nowconnect/nowconnect/mesh"
+)
+
+// The HA mesh, in process: hubs in mode active over one registry, linked
+// by their mesh managers on the control port's /mesh; a client on one hub
+// reaches an agent whose tunnel ends on another.
+
+var meshSecret = []byte("e2e-mesh-secret-0123456789abcdef-0123456789")
+
+type meshHub struct {
+	*testHub
+	id  string
+	mgr *mesh.Manager
+}
+
+// startMeshHub runs a hub in active mode with registry reg (the store of
+// every hub of the test) and a mesh that discovers its peers there.
+func startMeshHub(t *testing.T, id string, store *mesh.MemoryStore, connectors []string, opts ...hubOpt) *meshHub {
+	t.Helper()
+	reg, err := mesh.NewMemory(mesh.MemoryConfig{Config: mesh.Config{ReplicaID: id, OwnerTTL: 2 * time.Second, HubTTL: 3 * time.Second}, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Close)
+	handler := &haregistry.MeshHandler{}
+	lim := flow.Limits{Stream: 256 << 10, MaxStream: 8 << 20, Tunnel: 8 << 20}
+	var control string
+	mh := &meshHub{id: id}
+	opts = append([]hubOpt{withHA(hub.ModeActive, id, reg), func(c *hub.Config) {
+		control = c.Control
+		mgr, err := mesh.NewManager(mesh.ManagerConfig{
+			ReplicaID: id, Discovery: reg, AdvertiseURL: "ws://" + control + "/mesh", HubTTL: 3 * time.Second,
+			DiscoveryInterval: 200 * time.Millisecond, Secret: meshSecret,
+			Window: lim.Stream, MaxWindow: lim.MaxStream, LinkWindow: lim.Tunnel,
+			Active: handler.Active, Handler: handler,
+			Logger: slog.New(slog.NewJSONHandler(testLogWriter(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mh.mgr = mgr
+		c.Mesh, c.MeshLimits, c.MetricFamilies = mgr, lim, mesh.MetricFamilies()
+	}}, opts...)
+	mh.testHub = startHub(t, connectors, opts...)
+	handler.SetHub(mh.Hub)
+	if err := mh.mgr.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(mh.mgr.Close)
+	return mh
+}
+
+// waitLinks waits until every hub has a link up to every other.
+func waitLinks(t *testing.T, hubs ...*meshHub) {
+	t.Helper()
+	testenv.WaitFor(t, 10*time.Second, "mesh links up", func() bool {
+		for _, h := range hubs {
+			if len(h.mgr.Links()) != len(hubs)-1 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// waitOwnedElsewhere waits until h's routing cache knows that an agent of
+// connector is owned by another hub, so that it forwards.
+func waitForwarding(t *testing.T, h *meshHub, connector string) {
+	t.Helper()
+	testenv.WaitFor(t, 10*time.Second, h.id+" forwards "+connector, func() bool {
+		code, body := readyz(t, h.Control)
+		return code == 200 && strings.Contains(body, `"ready"`) && exchange(h.Addr[connector], 0, 10, 10) == nil
+	})
+}
+
+// TestMeshLDAP: an agent on hub A; 64 concurrent ldapsearches through hubs
+// B and C each return exactly what the directory returns directly.
+func TestMeshLDAP(t *testing.T) {
+	ldap := testenv.StartSlapd(t, 40)
+	tgt := startServer(t, exchangeTarget)
+	store := mesh.NewMemoryStore(nil)
+	conns := []string{"ldap", "ex"}
+	a := startMeshHub(t, "hub-a", store, conns)
+	b := startMeshHub(t, "hub-b", store, conns)
+	c := startMeshHub(t, "hub-c", store, conns)
+	waitLinks(t, a, b, c)
+	startAgent(t, a.testHub, "agent-1", map[string]string{"ldap": ldap.Addr, "ex": tgt.Addr()})
+	waitForwarding(t, b, "ex")
+	waitForwarding(t, c, "ex")
+
+	want, err := testenv.RunLDAPSearch(context.Background(), ldap.Addr, "", "", testenv.BaseDN, "(objectClass=inetOrgPerson)", "uid", "description")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 128)
+	for i := range 64 {
+		for _, h := range []*meshHub{b, c} {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				got, err := testenv.RunLDAPSearch(ctx, h.Addr["ldap"], "", "", testenv.BaseDN, "(objectClass=inetOrgPerson)", "uid", "description")
+				if err != nil {
+					errs <- fmt.Errorf("%s search %d: %w", h.id, i, err)
+					return
+				}
+				if got != want {
+					errs <- fmt.Errorf("%s search %d: %d bytes, want the direct %d", h.id, i, len(got), len(want))
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if v := testenv.Metric(t, b.Metrics().WritePrometheus, `nowconnect_tcp_connections_total{connector="ldap"}`); v < 64 {
+		t.Errorf("B carried %v ldap connections, want ≥ 64", v)
+	}
+	if v := testenv.Metric(t, a.Metrics().WritePrometheus, `nowconnect_owned_agents`); v != 1 {
+		t.Errorf("A owns %v agents", v)
+	}
+}
+
+// TestMeshHalfClose: half-close across the mesh, both ways, with a
+// multi-MiB late response, byte-exact.
+func TestMeshHalfClose(t *testing.T) {
+	tgt := startServer(t, exchangeTarget)
+	store := mesh.NewMemoryStore(nil)
+	a := startMeshHub(t, "hub-a", store, []string{"ex"})
+	b := startMeshHub(t, "hub-b", store, []string{"ex"})
+	waitLinks(t, a, b)
+	startAgent(t, a.testHub, "agent-1", map[string]string{"ex": tgt.Addr()})
+	waitForwarding(t, b, "ex")
+	for i := range 4 {
+		if err := exchange(b.Addr["ex"], uint64(i), 3<<20, 6<<20); err != nil {
+			t.Fatalf("exchange %d through the mesh: %v", i, err)
+		}
+	}
+	testenv.WaitFor(t, 5*time.Second, "streams end", func() bool { return b.ActiveStreams() == 0 && a.ActiveStreams() == 0 })
+	for _, h := range []*meshHub{a, b} {
+		for _, s := range []string{`nowconnect_tcp_rst_total{connector="ex",event="sent"}`, `nowconnect_tcp_rst_total{connector="ex",event="recv"}`} {
+			if v := testenv.Metric(t, h.Metrics().WritePrometheus, s); v != 0 {
+				t.Errorf("%s: %s = %v after clean half-closes", h.id, s, v)
+			}
+		}
+	}
+}
+
+// TestMeshStalledTarget: a client on B uploads to a target behind A that
+// never reads: the upload stops after the windows and the kernel's buffers
+// of the target connection took their share, stays stopped, and another
+// stream over the link flows meanwhile.
+func TestMeshStalledTarget(t *testing.T) {
+	sink := startServer(t, func(c net.Conn) { <-t.Context().Done() }) // accepts, never reads
+	tgt := startServer(t, exchangeTarget)
+	store := mesh.NewMemoryStore(nil)
+	a := startMeshHub(t, "hub-a", store, []string{"sink", "ex"})
+	b := startMeshHub(t, "hub-b", store, []string{"sink", "ex"})
+	waitLinks(t, a, b)
+	startAgent(t, a.testHub, "agent-1", map[string]string{"sink": sink.Addr(), "ex": tgt.Addr()})
+	waitForwarding(t, b, "ex")
+
+	c, err := net.Dial("tcp", b.Addr["sink"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var sent atomic.Int64
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Write(buf)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	c2a := func() int64 {
+		return int64(testenv.Metric(t, b.Metrics().WritePrometheus, `nowconnect_tcp_bytes_total{direction="c2a",connector="sink"}`))
+	}
+	settled := waitStable(t, 20*time.Second, 500*time.Millisecond, "the upload stalls", c2a)
+	if err := exchange(b.Addr["ex"], 7, 2<<20, 2<<20); err != nil {
+		t.Fatalf("exchange beside the stalled upload: %v", err)
+	}
+	if got := c2a(); got != settled {
+		t.Errorf("the stalled upload moved from %d to %d bytes", settled, got)
+	}
+	t.Logf("stalled upload: %d KiB written by the client, %d KiB taken by hub-b", sent.Load()>>10, settled>>10)
+	// At most the windows (8 MiB each at their largest: the agent's and A's
+	// mesh leg) and the kernel's buffers of the target connection.
+	if settled > 32<<20 {
+		t.Errorf("hub-b took %d KiB for a target that never reads", settled>>10)
+	}
+}

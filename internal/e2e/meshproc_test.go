@@ -1,0 +1,530 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/testenv"
+	"github.com/nowconnect/nowconnect/mesh"
+)
+
+// The HA mesh with real processes: three hubs sharing a real redis-server,
+// linked through their control ports' /mesh (ha.mesh.secret_file,
+// advertise_url), one real agent whose tunnel ends on hub-a.
+
+// meshProc is one hub process of a mesh test.
+type meshProc struct {
+	id, control string
+	addr        map[string]string // connector → listener address
+	p           *testenv.Process
+}
+
+// meshCluster is what a mesh test runs: the hubs, the agent, the registry.
+type meshCluster struct {
+	hubs   []*meshProc
+	agent  *testenv.Process
+	redis  *testenv.Redis
+	reg    *mesh.Redis // an observer's view of the registry
+	secret []byte
+}
+
+// meshConnectors are the connectors of every hub of a mesh test.
+var meshConnectors = []string{"svc", "echo", "big"}
+
+// startMeshCluster starts redis, three hubs (extra appended to their
+// configs) and an agent on hub-a (with hub-b and hub-c as its failovers)
+// serving targets (connector → address), and waits until every hub reaches
+// the agent.
+func startMeshCluster(t *testing.T, targets map[string]string, extra string) *meshCluster {
+	t.Helper()
+	bin := testenv.Binary(t)
+	mc := &meshCluster{redis: testenv.StartRedis(t), secret: meshSecret}
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "mesh.secret")
+	if err := os.WriteFile(secretFile, mc.secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"GOGC=5"} // heap readings close to the live heap
+	ports := testenv.FreePorts(t, 3*(1+len(meshConnectors)))
+	port := func() string { p := ports[0]; ports = ports[1:]; return fmt.Sprintf("127.0.0.1:%d", p) }
+	for _, id := range []string{"hub-a", "hub-b", "hub-c"} {
+		hp := &meshProc{id: id, control: port(), addr: map[string]string{}}
+		for _, c := range meshConnectors {
+			hp.addr[c] = port()
+		}
+		extra := extra
+		for _, c := range meshConnectors[1:] {
+			extra += fmt.Sprintf("\n[[listeners]]\nname = %q\nbind = %q\nconnector = %q\n", c, hp.addr[c], c)
+		}
+		extra += fmt.Sprintf(`
+[ha]
+enabled = true
+mode = "active"
+replica_id = %q
+redis_url = %q
+heartbeat_interval = "500ms"
+owner_ttl = "2s"
+
+[ha.mesh]
+secret_file = %q
+advertise_url = "ws://%s/mesh"
+`, id, mc.redis.URL, secretFile, hp.control)
+		cfg := cloudConfig(t, hp.control, hp.addr["svc"], extra)
+		hp.p = testenv.StartProcess(t, bin, []string{"cloud", "--config", cfg}, env)
+		t.Cleanup(func() { _ = hp.p.Signal(syscall.SIGCONT) }) // a frozen hub must be able to stop
+		mc.hubs = append(mc.hubs, hp)
+	}
+	for _, hp := range mc.hubs {
+		hp.p.WaitForOutput(t, `"msg":"listener_started"`, 10*time.Second)
+	}
+	mc.reg = redisRegistry(t, mc.redis.URL, "observer")
+	testenv.WaitFor(t, 5*time.Second, "observer registry healthy", mc.reg.Healthy)
+	for _, hp := range mc.hubs {
+		testenv.WaitFor(t, 10*time.Second, hp.id+" links to both peers", func() bool {
+			m := scrape(t, hp.control)
+			up := 0
+			for _, peer := range mc.hubs {
+				if m[`nowconnect_mesh_links{peer="`+peer.id+`",state="up"}`] == 1 {
+					up++
+				}
+			}
+			return up == 2
+		})
+	}
+	tok := filepath.Join(dir, "agent.token")
+	if err := os.WriteFile(tok, []byte(token(t, "agent-1", meshConnectors)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"premise", "--agent-id", "agent-1", "--token-file", tok}
+	for _, c := range meshConnectors {
+		args = append(args, "--connector", c+"="+targets[c])
+	}
+	for _, hp := range mc.hubs {
+		args = append(args, "--cloud", "ws://"+hp.control+"/tunnel")
+	}
+	mc.agent = testenv.StartProcess(t, bin, args, env)
+	testenv.WaitFor(t, 10*time.Second, "agent-1 owned by hub-a", func() bool { return mc.owner(t).ReplicaID == "hub-a" })
+	for _, hp := range mc.hubs {
+		mc.waitEcho(t, hp, 10*time.Second)
+	}
+	return mc
+}
+
+// owner returns the registry's owner of agent-1 (zero if none).
+func (mc *meshCluster) owner(t *testing.T) mesh.Owner {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	o, ok, err := mc.reg.Owner(ctx, "agent-1")
+	if err != nil || !ok {
+		return mesh.Owner{}
+	}
+	return o
+}
+
+// waitEcho waits until an echo through hp's listener works.
+func (mc *meshCluster) waitEcho(t *testing.T, hp *meshProc, timeout time.Duration) {
+	t.Helper()
+	testenv.WaitFor(t, timeout, "echo through "+hp.id, func() bool { return echoOnce(hp.addr["echo"], time.Second) == nil })
+}
+
+// echoConn is an open echo connection through a hub, checked once.
+func echoConn(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if err := echoRound(c, []byte("ping")); err != nil {
+		t.Fatalf("echo through %s: %v", addr, err)
+	}
+	return c
+}
+
+// echoRound writes p and reads it back, with a deadline.
+func echoRound(c net.Conn, p []byte) error {
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write(p); err != nil {
+		return err
+	}
+	got := make([]byte, len(p))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if !bytes.Equal(got, p) {
+		return fmt.Errorf("echo returned %q, want %q", got, p)
+	}
+	return nil
+}
+
+// waitClosed reports how long it took c to be closed by the hub (a read
+// that ends in EOF or a reset), failing after timeout.
+func waitClosed(t *testing.T, c net.Conn, since time.Time, timeout time.Duration) time.Duration {
+	t.Helper()
+	_ = c.SetReadDeadline(since.Add(timeout))
+	var buf [64]byte
+	for {
+		_, err := c.Read(buf[:])
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("connection still open %v after the event", timeout)
+		}
+		return time.Since(since)
+	}
+}
+
+// TestMeshProcLDAPAndOwnerCrash: 64 concurrent ldapsearches through hubs B
+// and C each return exactly the direct result; kill -9 of hub A closes B's
+// and C's cross-hub clients within 1 s, the agent re-homes with a higher
+// epoch, and ldapsearch through every surviving hub works within 5 s.
+func TestMeshProcLDAPAndOwnerCrash(t *testing.T) {
+	ldap := testenv.StartSlapd(t, 40)
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	mc := startMeshCluster(t, map[string]string{"svc": ldap.Addr, "echo": echo.Addr(), "big": echo.Addr()}, "")
+	a, b, c := mc.hubs[0], mc.hubs[1], mc.hubs[2]
+
+	filter := "(objectClass=inetOrgPerson)"
+	want, err := testenv.RunLDAPSearch(context.Background(), ldap.Addr, "", "", testenv.BaseDN, filter, "uid", "description")
+	if err != nil {
+		t.Fatal(err)
+	}
+	search := func(hubs []*meshProc, n int, timeout time.Duration) []error {
+		var wg sync.WaitGroup
+		errs := make(chan error, n*len(hubs))
+		for i := range n {
+			for _, hp := range hubs {
+				wg.Go(func() {
+					ctx, cancel := context.WithTimeout(context.Background(), timeout)
+					defer cancel()
+					got, err := testenv.RunLDAPSearch(ctx, hp.addr["svc"], "", "", testenv.BaseDN, filter, "uid", "description")
+					switch {
+					case err != nil:
+						errs <- fmt.Errorf("%s search %d: %w", hp.id, i, err)
+					case got != want:
+						errs <- fmt.Errorf("%s search %d: %d bytes, want the direct %d", hp.id, i, len(got), len(want))
+					}
+				})
+			}
+		}
+		wg.Wait()
+		close(errs)
+		var out []error
+		for err := range errs {
+			out = append(out, err)
+		}
+		return out
+	}
+	for _, err := range search([]*meshProc{b, c}, 64, 20*time.Second) {
+		t.Error(err)
+	}
+	for _, hp := range []*meshProc{b, c} {
+		if v := scrape(t, hp.control)[`nowconnect_tcp_connections_total{connector="svc"}`]; v < 64 {
+			t.Errorf("%s carried %v ldap connections, want ≥ 64", hp.id, v)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+
+	// Cross-hub clients held open on B and C when A dies.
+	held := []net.Conn{echoConn(t, b.addr["echo"]), echoConn(t, c.addr["echo"])}
+	before := mc.owner(t)
+	if err := a.p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	for i, conn := range held {
+		d := waitClosed(t, conn, killed, time.Second)
+		t.Logf("%s: cross-hub client closed %v after kill -9 of hub-a", mc.hubs[i+1].id, d.Round(time.Millisecond))
+	}
+	testenv.WaitFor(t, 5*time.Second, "ldapsearch through hub-b and hub-c", func() bool {
+		return len(search([]*meshProc{b, c}, 1, 2*time.Second)) == 0
+	})
+	after := mc.owner(t)
+	t.Logf("agent-1: %s epoch %d → %s epoch %d; searches through both survivors work %v after kill -9",
+		before.ReplicaID, before.Epoch, after.ReplicaID, after.Epoch, time.Since(killed).Round(10*time.Millisecond))
+	if after.ReplicaID == "hub-a" || after.ReplicaID == "" || after.Epoch <= before.Epoch {
+		t.Fatalf("agent-1 not re-homed: owner %+v, was %+v", after, before)
+	}
+	for _, err := range search([]*meshProc{b, c}, 16, 10*time.Second) {
+		t.Error(err)
+	}
+}
+
+// TestMeshProcStalledClient: clients on B that never read while their
+// targets, behind the agent on A, each send 1 GiB: A and B hold about a
+// window per stream, and other streams over the same link keep flowing.
+func TestMeshProcStalledClient(t *testing.T) {
+	const (
+		total   = 1 << 30
+		stalled = 16
+	)
+	big := startServer(t, func(c net.Conn) { _, _ = io.CopyN(c, newPRNG(3), total) })
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	ex := startServer(t, exchangeTarget)
+	// Small socket buffers: the kernel takes little of the burst, so the
+	// windows are what holds the streams.
+	mc := startMeshCluster(t, map[string]string{"svc": ex.Addr(), "echo": echo.Addr(), "big": big.Addr()},
+		"\n[engine]\nsocket_send_buffer = 16384\n")
+	a, b := mc.hubs[0], mc.hubs[1]
+	heapA, heapB := heapOf(t, "http://"+a.control+"/metrics"), heapOf(t, "http://"+b.control+"/metrics")
+
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		_ = rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return serr
+	}}
+	for range stalled {
+		c, err := d.Dial("tcp", b.addr["big"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close() // never read
+	}
+	a2c := func() int64 {
+		return int64(scrape(t, b.control)[`nowconnect_tcp_bytes_total{direction="a2c",connector="big"}`])
+	}
+	settled := waitStable(t, 30*time.Second, time.Second, "the stalled streams settle", a2c)
+	heldA, heldB := heapOf(t, "http://"+a.control+"/metrics")-heapA, heapOf(t, "http://"+b.control+"/metrics")-heapB
+	// Credit runs end to end through A: the windows never grow for clients
+	// that do not read, on B nor on A.
+	for _, hp := range []*meshProc{a, b} {
+		if v := scrape(t, hp.control)[`nowconnect_stream_window_growths_total`]; v != 0 {
+			t.Errorf("%s grew windows %v times for stalled streams", hp.id, v)
+		}
+	}
+
+	// Other streams over the same link keep flowing, both ways, byte-exact.
+	for i := range 4 {
+		if err := exchange(b.addr["svc"], uint64(i), 4<<20, 4<<20); err != nil {
+			t.Fatalf("exchange %d through hub-b beside the stalled clients: %v", i, err)
+		}
+	}
+	if got := a2c(); got != settled {
+		t.Errorf("the stalled streams moved from %d to %d bytes", settled, got)
+	}
+	per := func(v int64) int64 { return v / stalled }
+	t.Logf("%d stalled clients on hub-b: %d KiB each of 1 GiB went through; heap held per stream: hub-a %d KiB, hub-b %d KiB",
+		stalled, per(settled)>>10, per(heldA)>>10, per(heldB)>>10)
+	if per(settled) >= total/2 {
+		t.Fatalf("%d bytes reached each client that never reads", per(settled))
+	}
+	// Per stream, A and B each hold at most a window (256 KiB default; B
+	// most of it, A what B's window did not take), plus the noise of a heap
+	// reading (pooled buffers of the burst, garbage not yet collected).
+	const window, noise = 256 << 10, 128 << 10
+	if per(heldA) > window+noise || per(heldB) > window+noise {
+		t.Errorf("per stalled stream, hub-a holds %d KiB, hub-b %d KiB; want ≤ %d KiB each",
+			per(heldA)>>10, per(heldB)>>10, (window+noise)>>10)
+	}
+}
+
+// TestMeshProcFrozenHub: SIGSTOP of hub C. A notices the silent peer within
+// 15 s and closes the streams C opened (the target sees its connection
+// end); A's local streams and B's cross-hub streams are unaffected.
+func TestMeshProcFrozenHub(t *testing.T) {
+	var mu sync.Mutex
+	closed := map[string]time.Time{} // client address the agent dialed from → when its target connection ended
+	echo := startServer(t, func(c net.Conn) {
+		_, _ = io.Copy(c, c)
+		mu.Lock()
+		closed[c.RemoteAddr().String()] = time.Now()
+		mu.Unlock()
+	})
+	mc := startMeshCluster(t, map[string]string{"svc": echo.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "")
+	a, b, c := mc.hubs[0], mc.hubs[1], mc.hubs[2]
+	local, viaB := echoConn(t, a.addr["echo"]), echoConn(t, b.addr["echo"])
+	echoConn(t, c.addr["echo"]) // held open through the freeze
+	relaysOnA := func() float64 {
+		return scrape(t, a.control)[`nowconnect_tcp_active_connections{connector="echo"}`]
+	}
+	if n := relaysOnA(); n != 3 {
+		t.Fatalf("hub-a has %v active echo streams, want 3 (its own, B's and C's relays)", n)
+	}
+	if err := c.p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	testenv.WaitFor(t, 15*time.Second, "hub-a closes hub-c's stream", func() bool { return relaysOnA() == 2 })
+	t.Logf("hub-a closed the stream of frozen hub-c %v after SIGSTOP", time.Since(frozen).Round(10*time.Millisecond))
+	for i := range 20 {
+		for name, conn := range map[string]net.Conn{"hub-a local": local, "hub-b cross-hub": viaB} {
+			if err := echoRound(conn, fmt.Appendf(nil, "round %d", i)); err != nil {
+				t.Fatalf("%s stream during the freeze: %v", name, err)
+			}
+		}
+	}
+	mc.waitEcho(t, b, 2*time.Second)
+	if v := scrape(t, a.control)[`nowconnect_mesh_links{peer="hub-c",state="up"}`]; v != 0 {
+		t.Errorf("hub-a still counts its link to frozen hub-c up")
+	}
+}
+
+// injector is a mesh peer of our own ("hub-x") dialed into hub A with the
+// mesh secret, recording what A sends it.
+type injector struct {
+	mu     sync.Mutex
+	link   *mesh.Link
+	frames []codec.MeshHeader
+	data   bytes.Buffer
+	reason map[uint32]codec.Reason
+	up     chan struct{}
+}
+
+func (in *injector) LinkUp(l *mesh.Link) {
+	in.mu.Lock()
+	in.link = l
+	in.mu.Unlock()
+	close(in.up)
+}
+
+func (in *injector) Frame(_ *mesh.Link, h codec.MeshHeader, p []byte) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.frames = append(in.frames, h)
+	switch h.Type {
+	case codec.MeshFrameData:
+		in.data.Write(p)
+	case codec.MeshFrameRst, codec.MeshFrameOpenErr:
+		r, _, _ := codec.ParseReason(p)
+		in.reason[h.CID] = r
+	}
+}
+
+func (in *injector) LinkDown(*mesh.Link, error) {}
+
+func (in *injector) got(cid uint32) (codec.Reason, bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	r, ok := in.reason[cid]
+	return r, ok
+}
+
+// TestMeshProcInjected: frames a peer should never send are refused and
+// counted by hub A: an M_OPEN with a stale epoch (M_RST stale_epoch,
+// nowconnect_owner_epoch_mismatch_total), a duplicated M_DATA (dropped,
+// nowconnect_cid_dedup_dropped_total, its bytes reach the target once). An
+// agent's token never opens /mesh and a mesh token never opens /tunnel.
+func TestMeshProcInjected(t *testing.T) {
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	mc := startMeshCluster(t, map[string]string{"svc": echo.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "")
+	a := mc.hubs[0]
+
+	in := &injector{up: make(chan struct{}), reason: map[uint32]codec.Reason{}}
+	mgr, err := mesh.NewManager(mesh.ManagerConfig{
+		ReplicaID: "hub-x", Peers: []string{"ws://" + a.control + "/mesh"}, Secret: mc.secret,
+		Active: func() bool { return true }, Handler: in, Logger: slog.New(slog.NewJSONHandler(testLogWriter(), nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(mgr.Close)
+	select {
+	case <-in.up:
+	case <-time.After(10 * time.Second):
+		t.Fatal("hub-a never took the injector's link")
+	}
+	epoch := mc.owner(t).Epoch
+	var hdr []byte
+
+	// A stale epoch.
+	hdr, err = codec.AppendMeshOpen(hdr[:0], 1, epoch-1, "agent-1", "echo", "127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.link.SendControl(hdr); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "M_RST for the stale epoch", func() bool { _, ok := in.got(1); return ok })
+	if r, _ := in.got(1); r != codec.ReasonStaleEpoch {
+		t.Errorf("stale M_OPEN answered with %v, want stale_epoch", r)
+	}
+	if v := scrape(t, a.control)[`nowconnect_owner_epoch_mismatch_total`]; v != 1 {
+		t.Errorf("nowconnect_owner_epoch_mismatch_total = %v, want 1", v)
+	}
+
+	// A duplicated M_DATA: seq 2 twice.
+	hdr, _ = codec.AppendMeshOpen(hdr[:0], 3, epoch, "agent-1", "echo", "127.0.0.1:1")
+	if err := in.link.SendControl(hdr); err != nil {
+		t.Fatal(err)
+	}
+	payload := []byte("once")
+	for range 2 {
+		hdr, _ = codec.AppendMeshHeader(hdr[:0], codec.MeshFrameData, 3, 2, epoch, "agent-1", "echo")
+		if err := in.link.SendData(hdr, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hdr, _ = codec.AppendMeshHeader(hdr[:0], codec.MeshFrameData, 3, 3, epoch, "agent-1", "echo")
+	if err := in.link.SendData(hdr, []byte(".")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the echo of the deduplicated stream", func() bool {
+		in.mu.Lock()
+		defer in.mu.Unlock()
+		return in.data.Len() >= len("once.")
+	})
+	in.mu.Lock()
+	echoed := in.data.String()
+	in.mu.Unlock()
+	if echoed != "once." {
+		t.Errorf("the target echoed %q, want %q (the duplicate dropped)", echoed, "once.")
+	}
+	if v := scrape(t, a.control)[`nowconnect_cid_dedup_dropped_total`]; v != 1 {
+		t.Errorf("nowconnect_cid_dedup_dropped_total = %v, want 1", v)
+	}
+
+	// Credentials never cross: an agent token on /mesh, a mesh token on /tunnel.
+	meshTok, err := mesh.MintMeshToken(mc.secret, "hub-x", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, tok string }{
+		{"/mesh", token(t, "agent-1", meshConnectors)},
+		{"/tunnel", meshTok},
+	} {
+		if code := upgradeStatus(t, a.control, tc.path, tc.tok); code != http.StatusUnauthorized {
+			t.Errorf("%s with the other side's credential: HTTP %d, want 401", tc.path, code)
+		}
+	}
+}
+
+// upgradeStatus sends a WebSocket upgrade for path with a bearer token and
+// returns the HTTP status of the answer.
+func upgradeStatus(t *testing.T, control, path, tok string) int {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", control, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"+
+		"Sec-WebSocket-Protocol: %s\r\nAuthorization: Bearer %s\r\n\r\n", path, control, codec.Subprotocol, tok)
+	var code int
+	if _, err := fmt.Fscanf(c, "HTTP/1.1 %d", &code); err != nil {
+		t.Fatalf("%s: no HTTP status: %v", path, err)
+	}
+	return code
+}
