@@ -50,6 +50,7 @@ import (
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/internal/flow"
+	"github.com/nowconnect/nowconnect/internal/lograte"
 )
 
 // Defaults of Config.
@@ -176,9 +177,9 @@ type Agent struct {
 	// owned by Run
 	pollers pollers // target readers, started and stopped by Run
 
-	tok        tokenState    // the token of the latest attempt and its expiry
-	tokenEvery time.Duration // tokenWatchLoop's period (tokenCheckEvery; tests shorten it)
-	dialLog    *logLimit     // target_dial_failed lines
+	tok        tokenState     // the token of the latest attempt and its expiry
+	tokenEvery time.Duration  // tokenWatchLoop's period (tokenCheckEvery; tests shorten it)
+	dialLog    *lograte.Limit // target_dial_failed lines
 
 	conns      atomic.Pointer[connSet] // the connectors new streams and HELLOs use (Reload swaps)
 	mask       atomic.Bool             // MaskClientAddr, as last reloaded
@@ -299,7 +300,7 @@ func New(cfg Config) (*Agent, error) {
 	a.conns.Store(newConnSet(cfg, nil))
 	a.mask.Store(cfg.MaskClientAddr)
 	a.m = newAgentMetrics(cfg.Metrics, a)
-	a.dialLog = newLogLimit(dialLogPerSecond, a.m.logSuppressed("target_dial_failed"))
+	a.dialLog = lograte.New(dialLogPerSecond, time.Second, a.m.logSuppressed("target_dial_failed").c)
 	return a, nil
 }
 

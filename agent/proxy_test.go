@@ -171,35 +171,3 @@ func TestTargetDialFailedLog(t *testing.T) {
 		})
 	}
 }
-
-// TestLogLimit: n lines a second go through; the next one after a
-// suppressed run reports how many were dropped, and each drop is counted.
-func TestLogLimit(t *testing.T) {
-	set := metrics.NewSet()
-	c := set.GetOrCreateCounter("dropped")
-	l := newLogLimit(2, counter{c})
-	t0 := time.Unix(1000, 0)
-	steps := []struct {
-		at      time.Duration
-		ok      bool
-		reports int
-	}{
-		{0, true, 0},
-		{100 * time.Millisecond, true, 0},
-		{200 * time.Millisecond, false, 0},
-		{900 * time.Millisecond, false, 0},
-		{time.Second, true, 2},
-		{time.Second + time.Millisecond, true, 0},
-		{time.Second + 2*time.Millisecond, false, 0},
-		{5 * time.Second, true, 1},
-	}
-	for i, s := range steps {
-		sup, ok := l.allow(t0.Add(s.at))
-		if ok != s.ok || sup != s.reports {
-			t.Fatalf("step %d: allow = %d %v, want %d %v", i, sup, ok, s.reports, s.ok)
-		}
-	}
-	if c.Get() != 3 {
-		t.Fatalf("counted %d drops, want 3", c.Get())
-	}
-}

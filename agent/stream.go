@@ -18,6 +18,10 @@ import (
 	"github.com/nowconnect/nowconnect/ring"
 )
 
+// dialLogPerSecond bounds the target_dial_failed lines: a dead target under
+// a connection storm must not flood the log.
+const dialLogPerSecond = 10
+
 // maxStreams bounds the live streams of one tunnel; beyond it OPEN is
 // answered with OPEN_ERR(overload). (File descriptors usually run out
 // first; dial errors then say so.)
@@ -443,7 +447,7 @@ func (st *stream) dialLoop() {
 // dialLoop.
 func (st *stream) logDialFailed(r codec.Reason, msg string) {
 	s := st.sess
-	sup, ok := s.a.dialLog.allow(time.Now())
+	sup, ok := s.a.dialLog.Allow(time.Now())
 	if !ok {
 		return
 	}

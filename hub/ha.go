@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/nowconnect/nowconnect/internal/lograte"
 )
 
 // HA: the hub's side of the ownership registry (seed 002, SPEC §5).
@@ -142,7 +144,7 @@ type owners struct {
 	kick     chan struct{}
 	stop     chan struct{}
 	wg       sync.WaitGroup
-	conflict *rateLimit
+	conflict *lograte.Limit
 
 	mu sync.Mutex
 	// guarded by mu
@@ -163,7 +165,7 @@ func newOwners(h *Hub, cfg HAConfig) *owners {
 	}
 	o := &owners{h: h, cfg: cfg, reg: cfg.Registry, kick: make(chan struct{}, 1), stop: make(chan struct{}),
 		claims: make(map[string]*claim), remote: make(map[string][]Ownership),
-		conflict: newRateLimit(1, time.Minute, h.met.logSuppressed("agent_id_conflict"))}
+		conflict: lograte.New(1, time.Minute, h.met.logSuppressed("agent_id_conflict"))}
 	o.mode.Store(int32(cfg.Mode))
 	h.met.haMode(cfg.Mode)
 	h.met.ownedAgents = o.ownedCount
@@ -268,7 +270,7 @@ func (o *owners) noteLossLocked(c *claim, now time.Time) {
 	c.pause = min(max(2*c.pause, conflictPauseMin), conflictPauseMax)
 	c.pauseUntil = now.Add(c.pause)
 	o.h.met.agentConflicts.Inc()
-	if n, ok := o.conflict.allow(); ok {
+	if n, ok := o.conflict.Allow(time.Now()); ok {
 		o.h.log.Warn("agent_id_conflict", "agent_id", c.agentID, "changes", len(c.losses),
 			"window", conflictWindow.String(), "refused_for", c.pause.String(), "suppressed", n)
 	}

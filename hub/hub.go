@@ -37,6 +37,7 @@ import (
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/engine"
 	"github.com/nowconnect/nowconnect/internal/flow"
+	"github.com/nowconnect/nowconnect/internal/lograte"
 )
 
 // Claims is what a verified agent token grants.
@@ -126,7 +127,7 @@ type Hub struct {
 	meshLis    sync.Map    // connector → *listener of relayed streams (metrics)
 	limits     flow.Limits // what the hub grants agents (protocol 2)
 	maxConns   int64
-	connLog    *rateLimit // connection open/closed lines; nil: debug only
+	connLog    *lograte.Limit // connection open/closed lines; nil: debug only
 	shutdown   atomic.Bool
 	stopped    atomic.Bool // Stop ran
 
@@ -146,7 +147,7 @@ type listener struct {
 	Listener
 	h       *Hub
 	met     *connMetrics
-	refused *rateLimit // connection_refused lines
+	refused *lograte.Limit // connection_refused lines
 }
 
 // New validates cfg and prepares a hub.
@@ -222,7 +223,7 @@ func New(cfg Config) (*Hub, error) {
 	h.verifier.Store(&verifierRef{cfg.Verifier})
 	h.mask.Store(cfg.MaskClientAddr)
 	if cfg.ConnLogRate > 0 {
-		h.connLog = newRateLimit(cfg.ConnLogRate, time.Second, h.met.logSuppressed("connection"))
+		h.connLog = lograte.New(cfg.ConnLogRate, time.Second, h.met.logSuppressed("connection"))
 	}
 	h.router.init()
 	if pc := normPDP(cfg.PDP); pc != nil {
@@ -423,7 +424,7 @@ func (l *listener) Accept(conn *net.TCPConn) {
 	if h.conns.Add(1) > h.maxConns {
 		h.conns.Add(-1)
 		l.met.acceptErr.Inc()
-		if n, ok := l.refused.allow(); ok {
+		if n, ok := l.refused.Allow(time.Now()); ok {
 			h.log.Warn("connection_refused", "listener", l.Name, "connector", l.Connector,
 				"client", h.maskAddr(ap), "reason", "max_connections", "max_connections", h.maxConns, "suppressed", n)
 		}
@@ -494,7 +495,7 @@ func (h *Hub) pick(l *listener, ap netip.AddrPort) (*lane, *remote) {
 		} else {
 			l.met.notOwner.Inc()
 		}
-		if n, ok := l.refused.allow(); ok {
+		if n, ok := l.refused.Allow(time.Now()); ok {
 			h.log.Warn("connection_refused", "listener", l.Name, "connector", l.Connector,
 				"client", h.maskAddr(ap), "reason", reason.String(), "suppressed", n)
 		}

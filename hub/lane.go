@@ -178,7 +178,7 @@ func (ln *lane) expireOpens(h *Hub, now time.Time) {
 			break
 		}
 		s.lis.met.openTimeout.Inc()
-		if n, ok := h.met.openTimeoutLog.allow(); ok {
+		if n, ok := h.met.openTimeoutLog.Allow(time.Now()); ok {
 			h.log.Warn("open_timeout", "connector", s.lis.Connector, "agent_id", ln.agentID, "cid", s.cid,
 				"client", h.maskAddr(s.client), "timeout", h.cfg.OpenTimeout.String(), "suppressed", n)
 		}

@@ -1,12 +1,6 @@
 package hub
 
-import (
-	"sync"
-	"syscall"
-	"time"
-
-	"github.com/VictoriaMetrics/metrics"
-)
+import "syscall"
 
 // Descriptor budget. Running out of descriptors must never leave the hub
 // alive but deaf, so it caps the client connections it holds below
@@ -37,42 +31,4 @@ func defaultMaxConnections() int64 {
 	}
 	reserve := min(max(n/4, minFDReserve), maxFDReserve)
 	return max(n-reserve, 1)
-}
-
-// rateLimit lets through at most n events per period and counts the rest in
-// a metric and for the next line that goes through. Safe from any
-// goroutine.
-type rateLimit struct {
-	n          int
-	period     time.Duration
-	suppressed *metrics.Counter
-
-	mu      sync.Mutex // guards the fields below
-	start   time.Time
-	used    int
-	dropped int
-}
-
-func newRateLimit(n int, period time.Duration, suppressed *metrics.Counter) *rateLimit {
-	return &rateLimit{n: n, period: period, suppressed: suppressed}
-}
-
-// allow reports whether the event may be logged, and how many were
-// suppressed since the last one that was.
-func (r *rateLimit) allow() (suppressed int, ok bool) {
-	now := time.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if now.Sub(r.start) >= r.period {
-		r.start, r.used = now, 0
-	}
-	if r.used >= r.n {
-		r.dropped++
-		r.suppressed.Inc()
-		return 0, false
-	}
-	r.used++
-	d := r.dropped
-	r.dropped = 0
-	return d, true
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/lograte"
 )
 
 // Metric names and labels are a public contract (SPEC §6): dashboards and
@@ -43,7 +44,7 @@ type hubMetrics struct {
 	windowGrowths     *metrics.Counter
 	goAways           *metrics.Counter
 	tunnelCloses      [codec.NumReasons + 1]*metrics.Counter // the last counts unknown reasons
-	openTimeoutLog    *rateLimit
+	openTimeoutLog    *lograte.Limit
 	epochMismatch     *metrics.Counter
 	agentConflicts    *metrics.Counter
 	haModeVal         atomic.Int32 // Mode, for nowconnect_ha_mode
@@ -148,7 +149,7 @@ func newHubMetrics(set *metrics.Set) *hubMetrics {
 	}
 	m.tunnelCloses[codec.NumReasons] = set.GetOrCreateCounter(`nowconnect_tunnel_closes_total{reason="unknown"}`)
 	set.GetOrCreateGauge(`nowconnect_tunnels_connected`, func() float64 { return float64(m.tunnels()) })
-	m.openTimeoutLog = newRateLimit(10, time.Second, m.logSuppressed("open_timeout"))
+	m.openTimeoutLog = lograte.New(10, time.Second, m.logSuppressed("open_timeout"))
 	m.initHA(set)
 	m.meshDrops = set.GetOrCreateCounter(`nowconnect_mesh_stream_resets_total{reason="backpressure"}`)
 	m.meshAuthFailures = set.GetOrCreateCounter(`nowconnect_mesh_auth_failures_total`)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nowconnect/nowconnect/engine"
+	"github.com/nowconnect/nowconnect/internal/lograte"
 )
 
 // Reload: what a SIGHUP changes in a running hub (SPEC §3).
@@ -89,9 +90,9 @@ func (h *Hub) debugOn() bool { return h.log.Enabled(context.Background(), slog.L
 
 // newListener builds the immutable settings of a listener; refused is the
 // rate limit of an earlier version of it, kept across reloads (nil: new).
-func (h *Hub) newListener(l Listener, refused *rateLimit) *listener {
+func (h *Hub) newListener(l Listener, refused *lograte.Limit) *listener {
 	if refused == nil {
-		refused = newRateLimit(1, time.Second, h.met.logSuppressed("connection_refused"))
+		refused = lograte.New(1, time.Second, h.met.logSuppressed("connection_refused"))
 	}
 	return &listener{Listener: l, h: h, met: h.met.connector(l.Connector), refused: refused}
 }
@@ -323,7 +324,7 @@ func (h *Hub) Reload(cfg Config) (changes []string, err error) {
 			continue
 		}
 		old := moved[l.Name]
-		var refused *rateLimit
+		var refused *lograte.Limit
 		if old != nil {
 			refused = old.refused
 		}

@@ -696,7 +696,7 @@ func (s *stream) logOpen() {
 		}
 		return
 	}
-	if n, ok := s.h.connLog.allow(); ok {
+	if n, ok := s.h.connLog.Allow(time.Now()); ok {
 		s.h.log.Info("connection open", "connector", s.lis.Connector, "cid", s.cid,
 			"client", s.h.maskAddr(s.client), "agent_id", s.t.agentID, "suppressed", n)
 	}
@@ -715,7 +715,7 @@ func (s *stream) logClose(r codec.Reason) {
 		}
 		return
 	}
-	if n, ok := s.h.connLog.allow(); ok {
+	if n, ok := s.h.connLog.Allow(time.Now()); ok {
 		s.h.log.Info("connection closed", "connector", s.lis.Connector, "cid", s.cid,
 			"client", s.h.maskAddr(s.client), "reason", reason, "bytes_c2a", s.up, "bytes_a2c", s.down,
 			"duration", time.Since(s.start).Round(time.Millisecond).String(), "suppressed", n)
