@@ -20,8 +20,9 @@ STATICCHECK_VERSION ?= v0.8.2
 BENCHSTAT_VERSION ?= v0.0.0-20260908200009-22c9c6c9d4da
 export STATICCHECK_VERSION BENCHSTAT_VERSION
 
-# How long `make fuzz` runs each Fuzz target under codec/.
+# How long `make fuzz` runs each Fuzz target (FUZZPKGS: every parser of bytes from the wire).
 FUZZTIME ?= 30s
+FUZZPKGS ?= ./codec/... ./internal/auth ./internal/proxyproto
 
 GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
 STATICCHECK = $(GOBIN_DIR)/staticcheck
@@ -52,11 +53,11 @@ lint:
 	@[ -x "$(STATICCHECK)" ] || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(STATICCHECK) ./...
 
-# Runs every Fuzz target of every package under codec/ for FUZZTIME each (-fuzz takes one
+# Runs every Fuzz target of the FUZZPKGS packages for FUZZTIME each (-fuzz takes one
 # package and one target at a time). New crashers land in that package's testdata/fuzz/.
 fuzz:
 	@found=0; \
-	for pkg in $$($(GO) list ./codec/...); do \
+	for pkg in $$($(GO) list $(FUZZPKGS)); do \
 		list="$$($(GO) test -list '^Fuzz' "$$pkg")"; \
 		for target in $$(grep '^Fuzz' <<<"$$list" || true); do \
 			found=1; \
@@ -64,7 +65,7 @@ fuzz:
 			$(GO) test "$$pkg" -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME); \
 		done; \
 	done; \
-	if [ "$$found" = 0 ]; then echo "no Fuzz targets under ./codec"; exit 1; fi
+	if [ "$$found" = 0 ]; then echo "no Fuzz targets in $(FUZZPKGS)"; exit 1; fi
 
 # Release builds (scripts/release.sh): static (CGO_ENABLED=0), -trimpath, version, commit and
 # date embedded, for linux/amd64 linux/arm64 windows/amd64 darwin/arm64, into
