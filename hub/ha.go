@@ -145,6 +145,7 @@ type owners struct {
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	conflict *lograte.Limit
+	missed   *lograte.Limit // clients that found no agent: re-read the registry at most once a second
 
 	mu sync.Mutex
 	// guarded by mu
@@ -165,7 +166,8 @@ func newOwners(h *Hub, cfg HAConfig) *owners {
 	}
 	o := &owners{h: h, cfg: cfg, reg: cfg.Registry, kick: make(chan struct{}, 1), stop: make(chan struct{}),
 		claims: make(map[string]*claim), remote: make(map[string][]Ownership),
-		conflict: lograte.New(1, time.Minute, h.met.logSuppressed("agent_id_conflict"))}
+		conflict: lograte.New(1, time.Minute, h.met.logSuppressed("agent_id_conflict")),
+		missed:   lograte.New(1, time.Second, nil)}
 	o.mode.Store(int32(cfg.Mode))
 	h.met.haMode(cfg.Mode)
 	h.met.ownedAgents = o.ownedCount
@@ -484,6 +486,19 @@ func (o *owners) invalidate(agent string) {
 		}
 		o.remote[c] = kept
 	}
+	o.refreshNow = true
+	o.mu.Unlock()
+	o.poke()
+}
+
+// missedAgent re-reads the registry soon for a client that found no agent
+// anywhere: an agent that just joined another hub is usable before the
+// next heartbeat. At most once a second, whatever the rate of such clients.
+func (o *owners) missedAgent() {
+	if _, ok := o.missed.Allow(time.Now()); !ok {
+		return
+	}
+	o.mu.Lock()
 	o.refreshNow = true
 	o.mu.Unlock()
 	o.poke()

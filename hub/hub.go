@@ -502,6 +502,9 @@ func (h *Hub) pick(l *listener, ap netip.AddrPort) (*lane, *remote) {
 		return nil, nil
 	}
 	l.met.noAgent.Inc()
+	if o := h.owners; o != nil && o.Mode() == ModeActive {
+		o.missedAgent()
+	}
 	h.log.Warn("no_agent_for_connector", "listener", l.Name, "connector", l.Connector, "client", h.maskAddr(ap))
 	return nil, nil
 }

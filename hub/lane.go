@@ -99,13 +99,18 @@ func (ln *lane) sendable(c *flow.Credit) int {
 	return ln.fc.SendAvail(c)
 }
 
-// spend takes n bytes of a stream's credit and of the lane's.
-func (ln *lane) spend(c *flow.Credit, n int) {
+// take reserves up to want bytes of a stream's credit c and of the lane's,
+// and returns how many: the bytes are then the caller's to send.
+func (ln *lane) take(c *flow.Credit, want int) int {
 	if ln.link != nil {
-		ln.link.spend(c, n)
-		return
+		return ln.link.take(c, want)
+	}
+	n := min(want, ln.fc.SendAvail(c))
+	if n <= 0 {
+		return 0
 	}
 	ln.fc.Sent(c, n)
+	return n
 }
 
 // minRTT is the round trip window growth is judged by.
@@ -116,8 +121,9 @@ func (ln *lane) minRTT() time.Duration {
 	return ln.fc.RTT.Min()
 }
 
-// waitCredit parks s until lane-level credit returns.
-func (ln *lane) waitCredit(s laneStream, m *hubMetrics) {
+// waitCredit parks s until lane-level credit returns: need bytes of it,
+// for a lane whose credit other loops share (a mesh link).
+func (ln *lane) waitCredit(s laneStream, m *hubMetrics, need int) {
 	b := s.base()
 	if b.waitingTunnel {
 		return
@@ -125,7 +131,7 @@ func (ln *lane) waitCredit(s laneStream, m *hubMetrics) {
 	b.waitingTunnel = true
 	m.tunnelCreditWaits.Inc()
 	if ln.link != nil {
-		ln.link.wait(ln.loop, s)
+		ln.link.wait(ln.loop, s, need)
 		return
 	}
 	ln.waiting = append(ln.waiting, s)

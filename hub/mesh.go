@@ -83,27 +83,54 @@ type waiter struct {
 	s    laneStream
 }
 
-// sendable returns how much a stream with credit c may send on the link.
+// sendable returns how much a stream with credit c may send on the link
+// now: an estimate (streams on other loops share the link's credit); take
+// is what reserves it.
 func (pl *peerLink) sendable(c *flow.Credit) int {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	return pl.fc.SendAvail(c)
 }
 
-// spend takes n bytes of a stream's credit and of the link's.
-func (pl *peerLink) spend(c *flow.Credit, n int) {
+// take reserves up to want bytes of a stream's credit c and of the link's,
+// in one step, and returns how many: streams on several loops share the
+// link's credit, so checking and spending apart would over-send. It is
+// called before the bytes are queued on the link: the peer may grant them
+// back before SendData even returns.
+func (pl *peerLink) take(c *flow.Credit, want int) int {
 	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	n := min(want, pl.fc.SendAvail(c))
+	if n <= 0 {
+		return 0
+	}
 	pl.fc.Sent(c, n)
+	return n
+}
+
+// refund gives back link credit taken for n bytes the link refused to
+// queue (the stream that took it is reset, so its own credit is moot).
+func (pl *peerLink) refund(n int) {
+	pl.mu.Lock()
+	pl.fc.Send.Refund(n)
 	pl.mu.Unlock()
 }
 
 func (pl *peerLink) rtt() time.Duration { return pl.l.RTT() }
 
-// wait queues s (on loop) to be woken by the next link-level WINDOW.
-func (pl *peerLink) wait(loop *engine.Loop, s laneStream) {
+// wait queues s (on loop) to be woken by the next link-level WINDOW, s
+// needing need bytes of link credit to go on. If that much came back since
+// s looked, it is woken at once instead: a WINDOW in between would
+// otherwise find no waiter, and s would wait for one that never comes.
+func (pl *peerLink) wait(loop *engine.Loop, s laneStream, need int) {
 	pl.mu.Lock()
-	pl.waiters = append(pl.waiters, waiter{loop, s})
+	if pl.fc.Send.Avail() < max(need, 1) {
+		pl.waiters = append(pl.waiters, waiter{loop, s})
+		pl.mu.Unlock()
+		return
+	}
 	pl.mu.Unlock()
+	_ = loop.Execute(func() { wake(s, false) })
 }
 
 // received counts n DATA bytes at the link level (any stream, any role).

@@ -76,6 +76,7 @@ func (ml *meshLane) sendData(cid uint32, p []byte) {
 			err = ml.pl.l.SendData(h, p[:n])
 		}
 		if err != nil {
+			ml.pl.refund(len(p)) // taken for bytes the link never carries
 			ml.pl.h.met.meshDrops.Inc()
 			s.kill(codec.ReasonOverload, false, true)
 			return

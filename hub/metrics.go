@@ -50,7 +50,7 @@ type hubMetrics struct {
 	haModeVal         atomic.Int32 // Mode, for nowconnect_ha_mode
 	ownedAgents       func() int   // set with HA
 	meshLinksUp       atomic.Int64
-	meshDrops         *metrics.Counter
+	meshDrops         *metrics.Counter // streams reset because their link refused a frame
 	meshAuthFailures  *metrics.Counter
 
 	// queueSize reports the largest per-CID agent→client queue of a
@@ -151,7 +151,7 @@ func newHubMetrics(set *metrics.Set) *hubMetrics {
 	set.GetOrCreateGauge(`nowconnect_tunnels_connected`, func() float64 { return float64(m.tunnels()) })
 	m.openTimeoutLog = lograte.New(10, time.Second, m.logSuppressed("open_timeout"))
 	m.initHA(set)
-	m.meshDrops = set.GetOrCreateCounter(`nowconnect_mesh_stream_resets_total{reason="backpressure"}`)
+	m.meshDrops = set.GetOrCreateCounter(`nowconnect_mesh_stream_resets_total`)
 	m.meshAuthFailures = set.GetOrCreateCounter(`nowconnect_mesh_auth_failures_total`)
 	set.GetOrCreateGauge(`nowconnect_mesh_peers_up`, func() float64 { return float64(m.meshLinksUp.Load()) })
 	return m

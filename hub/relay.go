@@ -215,9 +215,11 @@ func (r *relay) onFrame(ft codec.FrameType, p []byte, now time.Time) {
 func (r *relay) sendPeer(p []byte, now time.Time) int {
 	sent := 0
 	for len(p) > 0 && !r.dead {
-		n := min(len(p), codec.MaxPayload, r.pl.sendable(&r.mfc.Send))
+		n := r.pl.take(&r.mfc.Send, min(len(p), codec.MaxPayload))
 		if n <= 0 {
-			r.pl.wait(r.t.loop, r)
+			if r.mfc.Send.Avail() > 0 {
+				r.pl.wait(r.t.loop, r, 1) // the link level is short
+			}
 			break
 		}
 		h, err := r.peerHeader(codec.MeshFrameData)
@@ -225,11 +227,11 @@ func (r *relay) sendPeer(p []byte, now time.Time) int {
 			err = r.pl.l.SendData(h, p[:n])
 		}
 		if err != nil {
+			r.pl.refund(n)
 			r.h.met.meshDrops.Inc()
 			r.kill(codec.ReasonOverload, true, true)
 			return sent
 		}
-		r.pl.spend(&r.mfc.Send, n)
 		r.peerUnacked += n
 		r.t.released(n, now)
 		sent += n
@@ -328,14 +330,13 @@ func (r *relay) onPeer(t codec.MeshFrameType, p []byte, now time.Time) {
 // sendAgent sends as much of p to the agent as the tunnel leg's credit
 // allows and returns the mesh credit for it; it returns how much it sent.
 func (r *relay) sendAgent(p []byte, now time.Time) int {
-	n := min(len(p), r.t.sendable(&r.fc.Send))
+	n := r.t.take(&r.fc.Send, len(p))
 	if n <= 0 {
 		if r.fc.Send.Avail() > 0 {
-			r.t.waitCredit(r, r.h.met) // the tunnel level is short
+			r.t.waitCredit(r, r.h.met, 1) // the tunnel level is short
 		}
 		return 0
 	}
-	r.t.spend(&r.fc.Send, n)
 	r.t.out.sendData(r.cid, p[:n])
 	r.pl.released(n, now)
 	r.agentUnacked += n

@@ -222,12 +222,9 @@ func (s *stream) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	s.lastAct = time.Now()
-	send := min(n, s.sendable())
-	if s.pend.Len() > 0 {
-		send = 0 // order: queued bytes go first
-	}
-	if send > 0 {
-		s.sent(buf[:send])
+	send := 0
+	if s.pend.Len() == 0 { // order: queued bytes go first
+		send = s.forward(buf[:n])
 		if s.dead {
 			_, _ = c.Discard(n)
 			return gnet.Close
@@ -247,12 +244,29 @@ func (s *stream) OnTraffic(c gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
-// sent sends p as DATA, spending stream and tunnel credit.
+// forward sends as much of p as credit allows now, and returns how much.
+func (s *stream) forward(p []byte) int {
+	n := s.t.take(&s.fc.Send, len(p))
+	if n > 0 {
+		s.sent(p[:n])
+	}
+	return n
+}
+
+// sent sends p as DATA, its credit taken (lane.take).
 func (s *stream) sent(p []byte) {
-	s.t.spend(&s.fc.Send, len(p))
 	s.up += int64(len(p))
 	s.lis.met.bytesC2A.Add(len(p))
 	s.t.out.sendData(s.cid, p)
+}
+
+// needCredit is the lane credit a parked stream waits for: enough to
+// unpark, or any to send what it holds.
+func (s *stream) needCredit() int {
+	if s.pend.Len() > 0 {
+		return 1
+	}
+	return s.t.resumeFrom
 }
 
 // park detaches the client from gnet: nobody reads it until credit returns.
@@ -265,7 +279,7 @@ func (s *stream) park(c gnet.Conn) gnet.Action {
 	s.dup, s.c, s.parked = fd, nil, true
 	s.h.met.parks.Inc()
 	if s.fc.Send.Avail() >= s.t.resumeFrom {
-		s.t.waitCredit(s, s.h.met) // the stream has credit: the tunnel has not
+		s.t.waitCredit(s, s.h.met, s.needCredit()) // the stream has credit: the tunnel has not
 	}
 	if s.h.debugOn() {
 		s.h.log.Debug("stream parked", "cid", s.cid, "credit", s.fc.Send.Avail(), "lane_credit", s.t.sendable(&s.fc.Send))
@@ -353,14 +367,23 @@ func (s *stream) readParked() {
 		room := s.sendable()
 		if room <= 0 {
 			if s.fc.Send.Avail() > 0 {
-				s.t.waitCredit(s, s.h.met)
+				s.t.waitCredit(s, s.h.met, 1)
 			}
 			return
 		}
 		n, err := engine.ReadFD(s.dup, buf[:min(len(buf), room)])
 		switch {
 		case n > 0:
-			s.sent(buf[:n])
+			if k := s.forward(buf[:n]); k < n {
+				// Streams on other loops took the link's credit
+				// meanwhile: keep the rest for when it returns.
+				if err := s.pend.Push(buf[k:n]); err != nil {
+					s.kill(codec.ReasonOverload, true, true)
+					return
+				}
+				s.t.waitCredit(s, s.h.met, 1)
+				return
+			}
 		case err == nil: // EOF
 			s.parked = false
 			s.clientEOF(nil)
@@ -570,8 +593,11 @@ func (s *stream) flushPend() {
 		iov := s.pend.Peek(s.t.loop.Iov[:0], 1)
 		b := iov[0][:min(len(iov[0]), room)]
 		clear(iov)
-		s.sent(b)
-		s.pend.Discard(len(b))
+		k := s.forward(b)
+		s.pend.Discard(k)
+		if k < len(b) {
+			break // other loops took the link's credit meanwhile
+		}
 	}
 	if s.dead || !s.parked {
 		return
@@ -580,7 +606,7 @@ func (s *stream) flushPend() {
 	case s.pend.Len() == 0 && s.sendable() >= s.t.resumeFrom:
 		s.unpark()
 	case s.fc.Send.Avail() >= s.t.resumeFrom || s.pend.Len() > 0 && s.fc.Send.Avail() > 0:
-		s.t.waitCredit(s, s.h.met)
+		s.t.waitCredit(s, s.h.met, s.needCredit())
 	}
 }
 

@@ -327,6 +327,7 @@ func (l *Link) readHello() error {
 			detail: "the mesh token names " + l.authPeer + ", M_HELLO " + hello.Replica}
 	}
 	l.peer, l.hello = hello.Replica, hello
+	l.snd.budget = dataBudget(l.m.cfg.LinkWindow, int(hello.LinkWindow)) // the writer is not running yet
 	l.lm = l.m.met.forLink(hello.Replica)
 	l.log = l.m.log.With("peer", hello.Replica, "dialed", l.dialed, "remote", l.remote)
 	return nil

@@ -15,7 +15,7 @@ import (
 // smallest size class that holds it (internal/bufpool), queued, written, and put
 // back. The classes double from 128 bytes to the longest message, so a queued
 // message holds less than twice its length; the link's DATA budget is charged the
-// class size (see SendData), which bounds the memory a blocked link holds whatever
+// class size (see sender), which bounds the memory a blocked link holds whatever
 // the frame sizes.
 
 // maxMsgLen is the longest WebSocket message of the mesh: a header and a whole frame.

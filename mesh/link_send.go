@@ -18,10 +18,12 @@ import (
 //     from the reader): at most SendQueueDepth of them, beyond that SendControl
 //     returns ErrBackpressure (counted reason="queue_full").
 //   - The DATA lane holds M_DATA (SendData), charged the size class of its buffer
-//     against a budget of LinkWindow plus one whole message: beyond that SendData
-//     returns ErrBackpressure (counted reason="inflight"). The hub's flow control
-//     keeps a link's DATA within the peer's link window, so the budget is only
-//     reached when the socket is blocked.
+//     against a budget of twice the larger link window (ours or the peer's) plus one
+//     whole message: beyond that SendData returns ErrBackpressure (counted
+//     reason="inflight"). The hub's flow control keeps a link's DATA payload within
+//     the peer's link window, and a buffer is less than twice its message, so a
+//     flow-controlled link never reaches the budget, whatever its frame sizes; it
+//     bounds the memory of a link whose peer ignores flow control.
 //   - linkWriteLoop writes, in each batch, every queued control frame first and then
 //     DATA (at most maxBatchData bytes, so a control frame waits behind at most that
 //     much), with one writev on a TCP socket or through a coalescing buffer on TLS.
@@ -36,7 +38,7 @@ type sender struct {
 	l      *Link
 	mask   bool // this hub dialed: client frames are masked
 	depth  int  // SendQueueDepth
-	budget int  // LinkWindow + bufpool.Max (one whole message in its buffer)
+	budget int  // dataBudget of the link windows (set once M_HELLO is read)
 	tcp    bool // conn is a *net.TCPConn: writev
 	wake   chan struct{}
 	exited chan struct{} // closed by linkWriteLoop
@@ -86,11 +88,16 @@ func (s *sender) init(l *Link) {
 	s.l = l
 	s.mask = l.dialed
 	s.depth = cfg.SendQueueDepth
-	s.budget = cfg.LinkWindow + bufpool.Max
+	s.budget = dataBudget(cfg.LinkWindow, 0)
 	_, s.tcp = l.conn.(*net.TCPConn)
 	s.wake = make(chan struct{}, 1)
 	s.exited = make(chan struct{})
 }
+
+// dataBudget is the DATA lane's budget for link windows ours and peer's: twice
+// the larger (a buffer's size class is less than twice its message) plus one whole
+// message.
+func dataBudget(ours, peer int) int { return 2*max(ours, peer) + bufpool.Max }
 
 func (s *sender) signal() {
 	select {

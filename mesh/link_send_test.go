@@ -163,7 +163,7 @@ func TestBackoff(t *testing.T) {
 // TestControlDepth: with the writer not draining, SendQueueDepth control frames are
 // queued and the next is refused (ErrBackpressure, counted queue_full), whichever lane
 // they wait in; skipped M_PINGs are not counted; once taken, the queue has room again.
-// M_DATA is refused once its buffers would pass LinkWindow plus a message.
+// M_DATA is refused once its buffers would pass the budget (dataBudget).
 func TestControlDepth(t *testing.T) {
 	l := bareLink(t)
 	l.snd.depth = 4
@@ -193,7 +193,7 @@ func TestControlDepth(t *testing.T) {
 		t.Errorf("after the writer took the batch: %v", err)
 	}
 
-	// DATA: the budget is LinkWindow plus one message, charged by buffer size.
+	// DATA: the budget is charged by buffer size.
 	l.snd.budget = 3 * bufpool.Max
 	payload := make([]byte, codec.MaxPayload)
 	for i := range 3 {

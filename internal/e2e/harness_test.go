@@ -241,6 +241,10 @@ func newPRNG(seed uint64) io.Reader {
 	return rand.NewChaCha8(s)
 }
 
+// exchangeDeadline bounds one exchange: a stream that stalls fails the
+// test instead of hanging it.
+const exchangeDeadline = 3 * time.Minute
+
 // exchange runs one checksummed exchange through addr.
 func exchange(addr string, seed uint64, up, down int64) error {
 	c, err := net.Dial("tcp", addr)
@@ -248,6 +252,7 @@ func exchange(addr string, seed uint64, up, down int64) error {
 		return err
 	}
 	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(exchangeDeadline))
 	var hdr [16]byte
 	binary.BigEndian.PutUint64(hdr[:8], seed)
 	binary.BigEndian.PutUint64(hdr[8:], uint64(down))
@@ -266,8 +271,8 @@ func exchange(addr string, seed uint64, up, down int64) error {
 	want := sha256.New()
 	_, _ = io.CopyN(want, newPRNG(seed), down)
 	got := sha256.New()
-	if _, err := io.CopyN(got, c, down); err != nil {
-		return fmt.Errorf("download after %d/%d: %w", 0, down, err)
+	if n, err := io.CopyN(got, c, down); err != nil {
+		return fmt.Errorf("download after %d/%d: %w", n, down, err)
 	}
 	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
 		return fmt.Errorf("download of %d bytes corrupted", down)

@@ -268,6 +268,48 @@ func TestMeshProcLDAPAndOwnerCrash(t *testing.T) {
 	}
 }
 
+// TestMeshProcBulk: concurrent streams through B carry bulk data both ways,
+// byte-exact, on a link that stays up. The relays of A, on several tunnel
+// loops, and the streams of B share each link's credit: a window taken
+// twice, or granted back before it was counted, would close the link
+// ("peer granted more credit than its window") and reset every stream.
+func TestMeshProcBulk(t *testing.T) {
+	const streams, up, down = 8, 16 << 20, 48 << 20
+	ex := startServer(t, exchangeTarget)
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	mc := startMeshCluster(t, map[string]string{"svc": ex.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "")
+	a, b := mc.hubs[0], mc.hubs[1]
+	for round := range 2 {
+		var wg sync.WaitGroup
+		errs := make(chan error, streams)
+		for i := range streams {
+			wg.Go(func() {
+				if err := exchange(b.addr["svc"], uint64(round*streams+i), up, down); err != nil {
+					errs <- fmt.Errorf("round %d stream %d through hub-b: %w", round, i, err)
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	}
+	for _, hp := range []*meshProc{a, b} {
+		m := scrape(t, hp.control)
+		for _, k := range []string{`nowconnect_mesh_stream_resets_total`, `nowconnect_mesh_link_reconnects_total{peer="hub-a"}`,
+			`nowconnect_mesh_link_reconnects_total{peer="hub-b"}`, `nowconnect_mesh_link_errors_total{peer="hub-a"}`,
+			`nowconnect_mesh_link_errors_total{peer="hub-b"}`} {
+			if m[k] != 0 {
+				t.Errorf("%s: %s = %v after bulk transfers, want 0", hp.id, k, m[k])
+			}
+		}
+	}
+	if out := a.p.Output() + b.p.Output(); contains(out, "mesh_link_down") {
+		t.Errorf("a link went down under bulk transfers:\n%s", out)
+	}
+}
+
 // TestMeshProcStalledClient: clients on B that never read while their
 // targets, behind the agent on A, each send 1 GiB: A and B hold about a
 // window per stream, and other streams over the same link keep flowing.
