@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nowconnect/nowconnect/internal/confdoc"
 )
 
 // fields decodes the keys of one check, recording every problem with its line and key
@@ -17,46 +19,46 @@ import (
 // Messages about secret keys never quote the value.
 type fields struct {
 	p       *parser
-	path    string // "checks[3]"
-	n       *node  // the check's mapping
+	path    string        // "checks[3]"
+	n       *confdoc.Node // the check's mapping
 	used    map[string]bool
 	secrets []string // collected for scrubbing
 	bad     bool     // an error was recorded for this check
 }
 
-func (f *fields) errAt(ps pos, key, format string, args ...any) {
+func (f *fields) errAt(ps confdoc.Pos, key, format string, args ...any) {
 	f.bad = true
-	f.p.at(ps, joinPath(f.path, key), format, args...)
+	f.p.at(ps, confdoc.JoinKey(f.path, key), format, args...)
 }
 
 // errf records a problem with key, at the key if present, else at the check.
 func (f *fields) errf(key, format string, args ...any) {
-	ps := f.n.pos
-	for _, e := range f.n.keys {
-		if e.key == key {
-			ps = e.pos
+	ps := f.n.Pos
+	for _, e := range f.n.Entries {
+		if e.Key == key {
+			ps = e.Pos
 		}
 	}
 	f.errAt(ps, key, format, args...)
 }
 
 // get returns key's value, nil when absent (or null), and marks key as known.
-func (f *fields) get(key string) *node {
+func (f *fields) get(key string) *confdoc.Node {
 	f.used[key] = true
-	for _, e := range f.n.keys {
-		if e.key == key {
-			if e.val.kind == kNull {
+	for _, e := range f.n.Entries {
+		if e.Key == key {
+			if e.Val.Kind == confdoc.Null {
 				return nil
 			}
-			return e.val
+			return e.Val
 		}
 	}
 	return nil
 }
 
 func (f *fields) has(key string) bool {
-	for _, e := range f.n.keys {
-		if e.key == key && e.val.kind != kNull {
+	for _, e := range f.n.Entries {
+		if e.Key == key && e.Val.Kind != confdoc.Null {
 			return true
 		}
 	}
@@ -65,15 +67,15 @@ func (f *fields) has(key string) bool {
 
 // scalarText returns a scalar as a string: strings as they are; in YAML any scalar as
 // written (so `password: 1234` is the string "1234").
-func scalarText(n *node) (string, bool) {
-	if n.kind != kScalar {
+func scalarText(n *confdoc.Node) (string, bool) {
+	if n.Kind != confdoc.Scalar {
 		return "", false
 	}
-	if s, ok := n.val.(string); ok {
+	if s, ok := n.Val.(string); ok {
 		return s, true
 	}
-	if n.yaml {
-		return n.text, true
+	if n.HasText {
+		return n.Text, true
 	}
 	return "", false
 }
@@ -172,11 +174,11 @@ func (f *fields) integer(key string, def, lo, hi int) int {
 	return int(v)
 }
 
-func intOf(n *node) (int64, bool) {
-	if n.kind != kScalar {
+func intOf(n *confdoc.Node) (int64, bool) {
+	if n.Kind != confdoc.Scalar {
 		return 0, false
 	}
-	switch v := n.val.(type) {
+	switch v := n.Val.(type) {
 	case int:
 		return int64(v), true
 	case int64:
@@ -215,8 +217,8 @@ func (f *fields) boolean(key string, def bool) bool {
 	if n == nil {
 		return def
 	}
-	b, ok := n.val.(bool)
-	if n.kind != kScalar || !ok {
+	b, ok := n.Val.(bool)
+	if n.Kind != confdoc.Scalar || !ok {
 		f.errf(key, "expected true or false, got %s", describe(n))
 		return def
 	}
@@ -231,7 +233,7 @@ func (f *fields) duration(key string, def time.Duration) time.Duration {
 		return def
 	}
 	var d time.Duration
-	switch v := n.val.(type) {
+	switch v := n.Val.(type) {
 	case string:
 		var err error
 		if d, err = time.ParseDuration(v); err != nil {
@@ -253,11 +255,11 @@ func (f *fields) duration(key string, def time.Duration) time.Duration {
 	return d
 }
 
-func numberOf(n *node) (float64, bool) {
-	if n.kind != kScalar {
+func numberOf(n *confdoc.Node) (float64, bool) {
+	if n.Kind != confdoc.Scalar {
 		return 0, false
 	}
-	switch v := n.val.(type) {
+	switch v := n.Val.(type) {
 	case float64:
 		return v, true
 	case int, int64, uint64:
@@ -276,15 +278,15 @@ func (f *fields) list(key string) []string {
 	if s, ok := scalarText(n); ok {
 		return []string{s}
 	}
-	if n.kind != kList {
+	if n.Kind != confdoc.List {
 		f.errf(key, "expected a list of strings, got %s", describe(n))
 		return nil
 	}
-	out := make([]string, 0, len(n.items))
-	for i, it := range n.items {
+	out := make([]string, 0, len(n.Items))
+	for i, it := range n.Items {
 		s, ok := scalarText(it)
 		if !ok {
-			f.errAt(it.pos, indexPath(key, i), "expected a string, got %s", describe(it))
+			f.errAt(it.Pos, confdoc.JoinIndex(key, i), "expected a string, got %s", describe(it))
 			continue
 		}
 		out = append(out, s)
@@ -310,37 +312,37 @@ func (f *fields) pairs(key string, sensitive func(name string) bool) [][2]string
 		}
 		out = append(out, [2]string{k, v})
 	}
-	switch n.kind {
-	case kMap:
-		for _, e := range n.keys {
-			if e.val.kind == kList { // name: [v1, v2]
-				for i, it := range e.val.items {
+	switch n.Kind {
+	case confdoc.Map:
+		for _, e := range n.Entries {
+			if e.Val.Kind == confdoc.List { // name: [v1, v2]
+				for i, it := range e.Val.Items {
 					s, ok := scalarText(it)
 					if !ok {
-						f.errAt(it.pos, indexPath(joinPath(key, e.key), i), "expected a string, got %s", describe(it))
+						f.errAt(it.Pos, confdoc.JoinIndex(confdoc.JoinKey(key, e.Key), i), "expected a string, got %s", describe(it))
 						continue
 					}
-					addPair(e.key, s)
+					addPair(e.Key, s)
 				}
 				continue
 			}
-			s, ok := scalarText(e.val)
+			s, ok := scalarText(e.Val)
 			if !ok {
-				f.errAt(e.pos, joinPath(key, e.key), "expected a string, got %s", describe(e.val))
+				f.errAt(e.Pos, confdoc.JoinKey(key, e.Key), "expected a string, got %s", describe(e.Val))
 				continue
 			}
-			addPair(e.key, s)
+			addPair(e.Key, s)
 		}
-	case kList:
-		for i, it := range n.items {
-			if it.kind != kList || len(it.items) != 2 {
-				f.errAt(it.pos, indexPath(key, i), "expected a [name, value] pair, got %s", describe(it))
+	case confdoc.List:
+		for i, it := range n.Items {
+			if it.Kind != confdoc.List || len(it.Items) != 2 {
+				f.errAt(it.Pos, confdoc.JoinIndex(key, i), "expected a [name, value] pair, got %s", describe(it))
 				continue
 			}
-			k, ok1 := scalarText(it.items[0])
-			v, ok2 := scalarText(it.items[1])
+			k, ok1 := scalarText(it.Items[0])
+			v, ok2 := scalarText(it.Items[1])
 			if !ok1 || !ok2 {
-				f.errAt(it.pos, indexPath(key, i), "expected a [name, value] pair of strings")
+				f.errAt(it.Pos, confdoc.JoinIndex(key, i), "expected a [name, value] pair of strings")
 				continue
 			}
 			addPair(k, v)
@@ -429,45 +431,14 @@ func (f *fields) done() {
 		known = append(known, k)
 	}
 	sort.Strings(known)
-	for _, e := range f.n.keys {
-		if f.used[e.key] {
+	for _, e := range f.n.Entries {
+		if f.used[e.Key] {
 			continue
 		}
 		msg := "unknown key"
-		if s := suggest(e.key, known); s != "" {
+		if s := confdoc.Suggest(e.Key, known); s != "" {
 			msg += fmt.Sprintf(" (did you mean %s?)", s)
 		}
-		f.errAt(e.pos, e.key, "%s; this check type knows %s", msg, strings.Join(known, ", "))
+		f.errAt(e.Pos, e.Key, "%s; this check type knows %s", msg, strings.Join(known, ", "))
 	}
-}
-
-// suggest returns the known word closest to an unknown one, or "" when none is close.
-func suggest(unknown string, known []string) string {
-	best, bestD := "", 3
-	for _, k := range known {
-		if d := editDistance(unknown, k); d < bestD {
-			best, bestD = k, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }

@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/nowconnect/nowconnect/internal/confdoc"
 )
 
 // maxBody bounds the response body read by the http, hub and pingpong checks.
@@ -121,12 +123,12 @@ func (f *fields) credentials(key string) []string {
 	if n == nil {
 		return nil
 	}
-	if n.kind != kList || len(n.items) != 2 {
+	if n.Kind != confdoc.List || len(n.Items) != 2 {
 		f.errf(key, "expected [user, password], got %s", describe(n))
 		return nil
 	}
-	user, ok1 := scalarText(n.items[0])
-	pw, ok2 := scalarText(n.items[1])
+	user, ok1 := scalarText(n.Items[0])
+	pw, ok2 := scalarText(n.Items[1])
 	if !ok1 || !ok2 {
 		f.errf(key, "expected [user, password] as two strings")
 		return nil
@@ -186,22 +188,22 @@ func (f *fields) statuses() statusSet {
 	if n == nil {
 		return statusSet{ranges: [][2]int{{200, 299}}, text: "2xx"}
 	}
-	items := []*node{n}
-	if n.kind == kList {
-		items = n.items
+	items := []*confdoc.Node{n}
+	if n.Kind == confdoc.List {
+		items = n.Items
 	}
 	var set statusSet
 	var texts []string
 	for _, it := range items {
 		var s string
-		if v, ok := intOf(it); ok && it.kind == kScalar {
+		if v, ok := intOf(it); ok && it.Kind == confdoc.Scalar {
 			s = strconv.FormatInt(v, 10)
 		} else if t, ok := scalarText(it); ok {
 			s = t
 		}
 		r, ok := parseStatus(s)
 		if !ok {
-			f.errAt(it.pos, key, "%q is not a status code, class (2xx) or range (200-299)", s)
+			f.errAt(it.Pos, key, "%q is not a status code, class (2xx) or range (200-299)", s)
 			continue
 		}
 		set.ranges = append(set.ranges, r)

@@ -154,6 +154,8 @@ func TestLoadErrors(t *testing.T) {
 		want            []string
 	}{
 		{"malformed yaml", "a.yaml", "- type: tcp\n  host: [x\n", []string{"a.yaml:", "bad YAML"}},
+		{"yaml scanner error", "a.yaml", "- type: tcp\n  host: @x\n", []string{"a.yaml:2: bad YAML: found character that cannot start any token"}},
+		{"yaml alias loop", "a.yaml", "- &c {type: tcp, host: h, port: 1, tags: [*c]}\n", []string{"a.yaml:1:3: checks[0].tags[0]", ": nested too deep"}},
 		{"malformed toml", "a.toml", "[[checks]]\ntype = \"tcp\"\nhost = \n", []string{"a.toml:3:", "bad TOML"}},
 		{"unknown type", "a.yaml", "- type: tcp\n  host: h\n  port: 1\n- type: tcpp\n  host: h\n", []string{`a.yaml:4:3: checks[1].type: unknown check type "tcpp" (did you mean tcp?)`}},
 		{"missing key", "a.yaml", "- type: tcp\n  host: h\n", []string{"a.yaml:1:3: checks[0].port: required key missing"}},

@@ -10,6 +10,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+
+	"github.com/nowconnect/nowconnect/internal/resp"
 )
 
 // redisCheck speaks RESP: AUTH (when a password is set), PING, and ROLE, reported.
@@ -64,7 +66,7 @@ func (c *redisCheck) run(ctx context.Context, r *report) {
 		}
 		conn = tc
 	}
-	rc := &resp{w: conn, r: bufio.NewReader(conn)}
+	rc := &respConn{w: conn, r: bufio.NewReader(conn)}
 	if c.pw != "" {
 		args := []string{"AUTH", c.pw}
 		if c.user != "" {
@@ -84,7 +86,7 @@ func (c *redisCheck) run(ctx context.Context, r *report) {
 		return
 	}
 	v, err = rc.call("ROLE")
-	switch e, isErr := v.(respError); {
+	switch e, isErr := v.(resp.ErrorReply); {
 	case err != nil:
 		r.crit("ROLE: %s", r.failed(ctx, err))
 	case isErr:
@@ -97,7 +99,7 @@ func (c *redisCheck) run(ctx context.Context, r *report) {
 // answered reports whether a command got a non-error answer, recording why not.
 func (c *redisCheck) answered(ctx context.Context, r *report, cmd string, v any, err error) bool {
 	var nr notRedis
-	switch e, isErr := v.(respError); {
+	switch e, isErr := v.(resp.ErrorReply); {
 	case errors.As(err, &nr):
 		r.crit("not Redis: to %s the server answered %s", cmd, quoteStart([]byte(nr)))
 	case err != nil:
@@ -132,116 +134,33 @@ func describeRole(v any) string {
 	return "role " + role
 }
 
-// Bounds of a RESP answer read by the check.
-const (
-	respMaxBulk  = 1 << 20
-	respMaxArray = 1024
-	respMaxDepth = 4
-)
-
-// respError is a RESP error reply (-ERR ...).
-type respError string
+// respLimits bound a RESP answer read by the check: ROLE is the largest it asks for.
+var respLimits = resp.Limits{MaxBulk: 1 << 20, MaxArray: 1024, MaxDepth: 4}
 
 // notRedis holds the first bytes of an answer that is not RESP.
 type notRedis string
 
 func (n notRedis) Error() string { return "not a RESP answer" }
 
-// resp is a minimal RESP2/RESP3 client for one command at a time.
-type resp struct {
-	w interface{ Write([]byte) (int, error) }
+// respConn is a RESP connection for one command at a time.
+type respConn struct {
+	w io.Writer
 	r *bufio.Reader
 }
 
-// call sends a command as an array of bulk strings and reads one answer: a string, an
-// int64, nil, []any, or a respError.
-func (c *resp) call(args ...string) (any, error) {
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := c.w.Write([]byte(b.String())); err != nil {
+// call sends a command and reads one answer: a string, an int64, nil, []any, or a
+// resp.ErrorReply; notRedis when the answer does not start like RESP.
+func (c *respConn) call(args ...string) (any, error) {
+	if _, err := c.w.Write(resp.AppendCommand(nil, args...)); err != nil {
 		return nil, err
 	}
 	first, err := c.r.Peek(1)
 	if err != nil {
 		return nil, err
 	}
-	if !strings.ContainsRune("+-:$*_#,(=!%~>|", rune(first[0])) {
+	if !resp.IsType(first[0]) {
 		peek, _ := c.r.Peek(min(c.r.Buffered(), 32))
 		return nil, notRedis(peek)
 	}
-	return c.read(0)
-}
-
-func (c *resp) line() (string, error) {
-	s, err := c.r.ReadString('\n')
-	if err != nil {
-		return "", err
-	}
-	if len(s) > respMaxBulk {
-		return "", errors.New("RESP line too long")
-	}
-	return strings.TrimRight(s, "\r\n"), nil
-}
-
-func (c *resp) read(depth int) (any, error) {
-	if depth > respMaxDepth {
-		return nil, errors.New("RESP answer nested too deep")
-	}
-	l, err := c.line()
-	if err != nil {
-		return nil, err
-	}
-	if l == "" {
-		return nil, errors.New("empty RESP line")
-	}
-	body := l[1:]
-	switch l[0] {
-	case '+':
-		return body, nil
-	case '-', '!':
-		return respError(body), nil
-	case ':':
-		return strconv.ParseInt(body, 10, 64)
-	case '_':
-		return nil, nil
-	case '#', ',', '(':
-		return body, nil
-	case '$', '=':
-		n, err := strconv.Atoi(body)
-		if err != nil || n > respMaxBulk {
-			return nil, fmt.Errorf("bad RESP bulk length %q", body)
-		}
-		if n < 0 {
-			return nil, nil
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(c.r, buf); err != nil {
-			return nil, err
-		}
-		return string(buf[:n]), nil
-	case '*', '~', '>', '%', '|':
-		n, err := strconv.Atoi(body)
-		if err != nil || n > respMaxArray {
-			return nil, fmt.Errorf("bad RESP array length %q", body)
-		}
-		if n < 0 {
-			return nil, nil
-		}
-		if l[0] == '%' || l[0] == '|' {
-			n *= 2 // maps and attributes: key, value pairs
-		}
-		out := make([]any, 0, n)
-		for i := 0; i < n; i++ {
-			v, err := c.read(depth + 1)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, v)
-		}
-		return out, nil
-	}
-	return nil, fmt.Errorf("unknown RESP type %q", l[0])
+	return resp.Read(c.r, respLimits)
 }

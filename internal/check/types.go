@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nowconnect/nowconnect/internal/confdoc"
 )
 
 // A check file is a list of checks. In YAML it is the document itself (conn-check's
@@ -99,7 +101,7 @@ func (l *Loader) LoadFile(path string) {
 func (l *Loader) Load(name string, format Format, data []byte) {
 	p := &parser{file: name}
 	defer func() {
-		sortErrors(p.errs)
+		p.errs.Sort()
 		l.errs = append(l.errs, p.errs...)
 	}()
 	root := p.parse(format, data)
@@ -107,39 +109,39 @@ func (l *Loader) Load(name string, format Format, data []byte) {
 		return
 	}
 	list := root
-	if root.kind == kMap {
+	if root.Kind == confdoc.Map {
 		list = nil
-		for _, e := range root.keys {
-			if e.key != "checks" {
-				p.at(e.pos, e.key, "unknown key: a check file holds a list of checks (YAML) or [[checks]] tables")
+		for _, e := range root.Entries {
+			if e.Key != "checks" {
+				p.at(e.Pos, e.Key, "unknown key: a check file holds a list of checks (YAML) or [[checks]] tables")
 				continue
 			}
-			if e.val.kind != kList {
-				p.at(e.pos, "checks", "expected a list of checks, got %s", describe(e.val))
+			if e.Val.Kind != confdoc.List {
+				p.at(e.Pos, "checks", "expected a list of checks, got %s", describe(e.Val))
 				return
 			}
-			list = e.val
+			list = e.Val
 		}
 		if list == nil {
 			if len(p.errs) == 0 {
-				p.at(root.pos, "checks", "no checks: want a list of checks (YAML) or [[checks]] tables")
+				p.at(root.Pos, "checks", "no checks: want a list of checks (YAML) or [[checks]] tables")
 			}
 			return
 		}
-	} else if root.kind != kList {
-		p.at(root.pos, "", "expected a list of checks, got %s", describe(root))
+	} else if root.Kind != confdoc.List {
+		p.at(root.Pos, "", "expected a list of checks, got %s", describe(root))
 		return
 	}
-	for i, n := range list.items {
-		if c := l.loadCheck(p, indexPath("checks", i), n); c != nil {
+	for i, n := range list.Items {
+		if c := l.loadCheck(p, confdoc.JoinIndex("checks", i), n); c != nil {
 			l.checks = append(l.checks, c)
 		}
 	}
 }
 
-func (l *Loader) loadCheck(p *parser, path string, n *node) *Check {
-	if n.kind != kMap {
-		p.at(n.pos, path, "expected a check (a mapping with a type), got %s", describe(n))
+func (l *Loader) loadCheck(p *parser, path string, n *confdoc.Node) *Check {
+	if n.Kind != confdoc.Map {
+		p.at(n.Pos, path, "expected a check (a mapping with a type), got %s", describe(n))
 		return nil
 	}
 	f := &fields{p: p, path: path, n: n, used: map[string]bool{}}
@@ -147,7 +149,7 @@ func (l *Loader) loadCheck(p *parser, path string, n *node) *Check {
 	if a, ok := aliases[typ]; ok {
 		typ = a
 	}
-	c := &Check{Type: typ, Where: fmt.Sprintf("%s:%d", p.file, n.pos.line)}
+	c := &Check{Type: typ, Where: fmt.Sprintf("%s:%d", p.file, n.Pos.Line)}
 	c.Name = f.str("name")
 	c.Timeout = f.duration("timeout", l.Timeout)
 	c.Tags = f.list("tags")
@@ -156,8 +158,8 @@ func (l *Loader) loadCheck(p *parser, path string, n *node) *Check {
 		c.probe = t.parse(f)
 		f.done()
 	case unsupported[typ]:
-		for _, e := range n.keys { // not ours to judge
-			f.used[e.key] = true
+		for _, e := range n.Entries { // not ours to judge
+			f.used[e.Key] = true
 		}
 		f.secret("password")
 		u := &unsupportedCheck{typ: typ}
@@ -177,7 +179,7 @@ func (l *Loader) loadCheck(p *parser, path string, n *node) *Check {
 		}
 		sort.Strings(known)
 		msg := fmt.Sprintf("unknown check type %q", typ)
-		if s := suggest(typ, known); s != "" {
+		if s := confdoc.Suggest(typ, known); s != "" {
 			msg += fmt.Sprintf(" (did you mean %s?)", s)
 		}
 		f.errf("type", "%s; known: %s", msg, strings.Join(known, ", "))

@@ -6,30 +6,11 @@ import (
 	"math"
 	"path/filepath"
 	"reflect"
-	"sort"
 	"strings"
 	"time"
+
+	"github.com/nowconnect/nowconnect/internal/confdoc"
 )
-
-// tnode is one value of a parsed document (TOML or YAML) with its position,
-// so one decoder serves both formats and can report every error at once.
-type tnode struct {
-	pos     pos
-	isMap   bool
-	entries []tentry // when isMap, in document order
-	isList  bool
-	items   []*tnode // when isList
-	val     any      // scalar: string, bool, an integer or float type, time values, or nil (YAML null)
-	text    string   // YAML scalars: the value as written
-	hasText bool     // text is set (YAML); such scalars are accepted where a string is wanted
-}
-
-// tentry is one key of a map node.
-type tentry struct {
-	key string
-	pos pos // position of the key
-	val *tnode
-}
 
 var (
 	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
@@ -44,8 +25,8 @@ type decoder struct {
 }
 
 // decode overlays n onto v (addressable). path is n's key path.
-func (d *decoder) decode(n *tnode, v reflect.Value, path string) {
-	if n.val == nil && !n.isMap && !n.isList {
+func (d *decoder) decode(n *confdoc.Node, v reflect.Value, path string) {
+	if n.Kind == confdoc.Null {
 		return // YAML null: keep the default
 	}
 	if v.Kind() == reflect.Pointer {
@@ -59,47 +40,47 @@ func (d *decoder) decode(n *tnode, v reflect.Value, path string) {
 }
 
 // decode1 decodes into a non-pointer value and reports whether it was set.
-func (d *decoder) decode1(n *tnode, v reflect.Value, path string) bool {
+func (d *decoder) decode1(n *confdoc.Node, v reflect.Value, path string) bool {
 	if v.Type() == durationType || reflect.PointerTo(v.Type()).Implements(textUnmarshalerType) {
 		return d.decodeText(n, v, path)
 	}
 	switch v.Kind() {
 	case reflect.Struct:
-		if !n.isMap {
-			d.r.at(n.pos, path, "expected a table, got %s", describe(n))
+		if n.Kind != confdoc.Map {
+			d.r.at(n.Pos, path, "expected a table, got %s", describe(n))
 			return false
 		}
 		d.decodeStruct(n, v, path)
 		return true
 	case reflect.Slice:
-		if !n.isList {
-			d.r.at(n.pos, path, "expected a list, got %s", describe(n))
+		if n.Kind != confdoc.List {
+			d.r.at(n.Pos, path, "expected a list, got %s", describe(n))
 			return false
 		}
-		s := reflect.MakeSlice(v.Type(), len(n.items), len(n.items))
-		for i, it := range n.items {
-			d.decode(it, s.Index(i), indexPath(path, i))
+		s := reflect.MakeSlice(v.Type(), len(n.Items), len(n.Items))
+		for i, it := range n.Items {
+			d.decode(it, s.Index(i), confdoc.JoinIndex(path, i))
 		}
 		v.Set(s)
 		return true
 	case reflect.String:
-		switch x := n.val.(type) {
+		switch x := n.Val.(type) {
 		case string:
 			v.SetString(x)
 			return true
 		default:
-			if n.hasText && !n.isMap && !n.isList {
-				v.SetString(n.text)
+			if n.HasText && n.Kind == confdoc.Scalar {
+				v.SetString(n.Text)
 				return true
 			}
 		}
-		d.r.at(n.pos, path, "expected a string, got %s", describe(n))
+		d.r.at(n.Pos, path, "expected a string, got %s", describe(n))
 	case reflect.Bool:
-		if b, ok := n.val.(bool); ok {
+		if b, ok := n.Val.(bool); ok {
 			v.SetBool(b)
 			return true
 		}
-		if s, ok := n.val.(string); ok && n.hasText {
+		if s, ok := n.Val.(string); ok && n.HasText {
 			// YAML 1.1 booleans, as yaml.v3 accepts them for bool fields.
 			switch s {
 			case "y", "Y", "yes", "Yes", "YES", "on", "On", "ON":
@@ -110,15 +91,15 @@ func (d *decoder) decode1(n *tnode, v reflect.Value, path string) bool {
 				return true
 			}
 		}
-		d.r.at(n.pos, path, "expected true or false, got %s", describe(n))
+		d.r.at(n.Pos, path, "expected true or false, got %s", describe(n))
 	case reflect.Int, reflect.Int64, reflect.Int32:
-		i, ok := toInt64(n.val)
+		i, ok := toInt64(n.Val)
 		if !ok {
-			d.r.at(n.pos, path, "expected an integer, got %s", describe(n))
+			d.r.at(n.Pos, path, "expected an integer, got %s", describe(n))
 			return false
 		}
 		if v.OverflowInt(i) {
-			d.r.at(n.pos, path, "integer %d is out of range", i)
+			d.r.at(n.Pos, path, "integer %d is out of range", i)
 			return false
 		}
 		v.SetInt(i)
@@ -130,50 +111,50 @@ func (d *decoder) decode1(n *tnode, v reflect.Value, path string) bool {
 }
 
 // decodeText decodes a text value (Duration) through UnmarshalText.
-func (d *decoder) decodeText(n *tnode, v reflect.Value, path string) bool {
-	s, ok := n.val.(string)
+func (d *decoder) decodeText(n *confdoc.Node, v reflect.Value, path string) bool {
+	s, ok := n.Val.(string)
 	if !ok {
-		if _, num := toInt64(n.val); num || isFloat(n.val) {
-			d.r.at(n.pos, path, "%v", errBareDuration)
+		if _, num := toInt64(n.Val); num || isFloat(n.Val) {
+			d.r.at(n.Pos, path, "%v", errBareDuration)
 			return false
 		}
-		d.r.at(n.pos, path, "expected a string, got %s", describe(n))
+		d.r.at(n.Pos, path, "expected a string, got %s", describe(n))
 		return false
 	}
 	if err := v.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s)); err != nil {
-		d.r.at(n.pos, path, "%v", err)
+		d.r.at(n.Pos, path, "%v", err)
 		return false
 	}
 	return true
 }
 
 // decodeStruct overlays the entries of map node n onto struct v by toml tag.
-func (d *decoder) decodeStruct(n *tnode, v reflect.Value, path string) {
+func (d *decoder) decodeStruct(n *confdoc.Node, v reflect.Value, path string) {
 	fields, names := structFields(v.Type())
 	seen := map[int]string{}
-	for _, e := range n.entries {
-		kp := joinPath(path, e.key)
-		fi, ok := fields[e.key]
+	for _, e := range n.Entries {
+		kp := confdoc.JoinKey(path, e.Key)
+		fi, ok := fields[e.Key]
 		if !ok {
-			if s := suggest(e.key, names); s != "" {
-				d.r.at(e.pos, kp, "unknown key (did you mean %q?)", s)
+			if s := confdoc.Suggest(e.Key, names); s != "" {
+				d.r.at(e.Pos, kp, "unknown key (did you mean %q?)", s)
 			} else {
-				d.r.at(e.pos, kp, "unknown key")
+				d.r.at(e.Pos, kp, "unknown key")
 			}
 			continue
 		}
 		if prev, dup := seen[fi.index]; dup {
-			d.r.at(e.pos, kp, "set twice (also as %q)", prev)
+			d.r.at(e.Pos, kp, "set twice (also as %q)", prev)
 			continue
 		}
-		seen[fi.index] = e.key
-		val := e.val
-		if fi.alias == e.key && !val.isList && v.Field(fi.index).Kind() == reflect.Slice {
+		seen[fi.index] = e.Key
+		val := e.Val
+		if fi.alias == e.Key && val.Kind != confdoc.List && v.Field(fi.index).Kind() == reflect.Slice {
 			// cloud_url = "x" is cloud_urls = ["x"].
-			val = &tnode{pos: val.pos, isList: true, items: []*tnode{val}}
+			val = &confdoc.Node{Pos: val.Pos, Kind: confdoc.List, Items: []*confdoc.Node{val}}
 			if d.r.pos != nil {
-				d.r.pos[joinPath(path, fi.name)] = e.pos
-				d.r.pos[indexPath(joinPath(path, fi.name), 0)] = val.pos
+				d.r.pos[confdoc.JoinKey(path, fi.name)] = e.Pos
+				d.r.pos[confdoc.JoinIndex(confdoc.JoinKey(path, fi.name), 0)] = val.Pos
 			}
 		}
 		d.decode(val, v.Field(fi.index), kp)
@@ -256,14 +237,14 @@ func isFloat(x any) bool {
 }
 
 // describe names the type and value of a node for type errors.
-func describe(n *tnode) string {
-	switch {
-	case n.isMap:
+func describe(n *confdoc.Node) string {
+	switch n.Kind {
+	case confdoc.Map:
 		return "a table"
-	case n.isList:
+	case confdoc.List:
 		return "a list"
 	}
-	switch x := n.val.(type) {
+	switch x := n.Val.(type) {
 	case string:
 		return fmt.Sprintf("string %q", x)
 	case bool:
@@ -273,49 +254,11 @@ func describe(n *tnode) string {
 	case time.Time:
 		return "a date/time"
 	}
-	if _, ok := toInt64(n.val); ok {
-		return fmt.Sprintf("integer %v", n.val)
+	if _, ok := toInt64(n.Val); ok {
+		return fmt.Sprintf("integer %v", n.Val)
 	}
-	if n.hasText {
-		return fmt.Sprintf("%q", n.text)
+	if n.HasText {
+		return fmt.Sprintf("%q", n.Text)
 	}
-	return fmt.Sprintf("%v", n.val)
-}
-
-// fromTOML builds a tnode tree from a document decoded by go-toml into
-// map[string]any, positioned by idx (key path → position).
-func fromTOML(x any, path string, p pos, idx map[string]pos) *tnode {
-	switch v := x.(type) {
-	case map[string]any:
-		n := &tnode{pos: p, isMap: true}
-		for k, val := range v {
-			kp := joinPath(path, k)
-			kpos, ok := idx[kp]
-			if !ok {
-				kpos = p
-			}
-			n.entries = append(n.entries, tentry{key: k, pos: kpos, val: fromTOML(val, kp, kpos, idx)})
-		}
-		sort.Slice(n.entries, func(i, j int) bool {
-			a, b := n.entries[i], n.entries[j]
-			if a.pos != b.pos {
-				return a.pos.line < b.pos.line || (a.pos.line == b.pos.line && a.pos.col < b.pos.col)
-			}
-			return a.key < b.key
-		})
-		return n
-	case []any:
-		n := &tnode{pos: p, isList: true}
-		for i, val := range v {
-			ip := indexPath(path, i)
-			ipos, ok := idx[ip]
-			if !ok {
-				ipos = p
-			}
-			n.items = append(n.items, fromTOML(val, ip, ipos, idx))
-		}
-		return n
-	default:
-		return &tnode{pos: p, val: x}
-	}
+	return fmt.Sprintf("%v", n.Val)
 }

@@ -3,6 +3,8 @@ package config
 import (
 	"reflect"
 	"strings"
+
+	"github.com/nowconnect/nowconnect/internal/confdoc"
 )
 
 // Changed returns the keys (dotted, as written in a file: "tunnel.stream_window",
@@ -32,7 +34,7 @@ func changed(prefix string, a, b reflect.Value, out *[]string) {
 		if name == "-" || name == "" || !f.IsExported() {
 			continue
 		}
-		key := joinPath(prefix, name)
+		key := confdoc.JoinKey(prefix, name)
 		fa, fb := a.Field(i), b.Field(i)
 		if f.Type.Kind() == reflect.Struct {
 			changed(key, fa, fb, out)

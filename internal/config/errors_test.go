@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/nowconnect/nowconnect/internal/confdoc"
 )
 
 // wantErr is one expected error: its line (0 = no line), key and a part of
@@ -178,6 +180,17 @@ func TestLoadHubErrors(t *testing.T) {
 			file: "cloud.yaml",
 			body: "listen: a:1\nha:\n  enabled: true\n   mode: on\n",
 			want: []wantErr{{4, "", "mapping values are not allowed"}},
+		},
+		{
+			// Before confdoc, the alias at the depth limit was read as the string "a".
+			name: "yaml alias that contains itself",
+			file: "cloud.yaml",
+			body: "allow_cidrs: &a [*a]\n",
+			want: []wantErr{
+				{1, "allow_cidrs[0]", "expected a string, got a list"},
+				{1, "allow_cidrs" + strings.Repeat("[0]", confdoc.MaxDepth/2), "nested too deep"},
+				{1, "allow_cidrs[0]", `"" is not a CIDR`},
+			},
 		},
 		{
 			name: "yaml not a mapping",

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/nowconnect/nowconnect/internal/confdoc"
 )
 
 // Validate checks every field of a hub configuration (also one built in code)
@@ -38,7 +40,7 @@ func validateHub(h *Hub, r *reporter) {
 		binds = append(binds, boundAddr{key: "listen", addr: h.Listen})
 	}
 	for i, l := range h.Listeners {
-		k := indexPath("listeners", i)
+		k := confdoc.JoinIndex("listeners", i)
 		if l.Name == "" {
 			r.add(k+".name", "required")
 		} else if j, dup := names[l.Name]; dup {
@@ -60,7 +62,7 @@ func validateHub(h *Hub, r *reporter) {
 
 	file(r, "auth.jwt_secret_file", h.Auth.JWTSecretFile)
 	for i, f := range h.Auth.PublicKeyFiles {
-		k := indexPath("auth.public_key_files", i)
+		k := confdoc.JoinIndex("auth.public_key_files", i)
 		if f == "" {
 			r.add(k, "empty file name")
 		} else {
@@ -133,9 +135,9 @@ func validateHA(ha *HA, r *reporter) {
 		hostPort(r, "ha.mesh.listen", m.Listen, true)
 	}
 	for i, p := range m.Peers {
-		urlKey(r, indexPath("ha.mesh.peers", i), p, "ws", "wss")
+		urlKey(r, confdoc.JoinIndex("ha.mesh.peers", i), p, "ws", "wss")
 		if p == "" {
-			r.add(indexPath("ha.mesh.peers", i), "empty URL")
+			r.add(confdoc.JoinIndex("ha.mesh.peers", i), "empty URL")
 		}
 	}
 	if m.SecretFile != "" {
@@ -170,7 +172,7 @@ func validateAgent(a *Agent, r *reporter) {
 		r.add("cloud_urls", "required: at least one ws:// or wss:// URL (or NC_CLOUD_URL)")
 	}
 	for i, u := range a.CloudURLs {
-		k := indexPath("cloud_urls", i)
+		k := confdoc.JoinIndex("cloud_urls", i)
 		if u == "" {
 			r.add(k, "empty URL")
 		}
@@ -195,7 +197,7 @@ func validateAgent(a *Agent, r *reporter) {
 	}
 	names := map[string]int{}
 	for i, c := range a.Connectors {
-		k := indexPath("connectors", i)
+		k := confdoc.JoinIndex("connectors", i)
 		if c.Name == "" {
 			r.add(k+".name", "required")
 		} else if j, dup := names[c.Name]; dup {
@@ -273,7 +275,7 @@ func parseCIDR(s string) (netip.Prefix, error) {
 func cidrs(r *reporter, key string, list []string) {
 	for i, s := range list {
 		if _, err := parseCIDR(s); err != nil {
-			r.add(indexPath(key, i), "%v", err)
+			r.add(confdoc.JoinIndex(key, i), "%v", err)
 		}
 	}
 }

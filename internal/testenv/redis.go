@@ -5,13 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nowconnect/nowconnect/internal/resp"
 )
 
 const (
@@ -117,8 +118,9 @@ func (r *Redis) FlushAll(t testing.TB) {
 }
 
 // Do sends one command over a fresh RESP2 connection (5s deadline) and returns the
-// reply: string (simple or bulk), int64, nil (null bulk or array), or []any. An error
-// reply or a failed exchange fails the test.
+// reply: string (simple or bulk), int64, nil (null bulk or array), or []any (in which an
+// error reply, as in an EXEC answer, is a resp.ErrorReply). An error reply or a failed
+// exchange fails the test.
 //
 //	r.Do(t, "PTTL", "some-key")   // int64(-1): no TTL
 //	r.Do(t, "INFO", "clients")    // "# Clients\r\nconnected_clients:1\r\n…"
@@ -197,10 +199,10 @@ func redisPing(ctx context.Context, addr string) error {
 	return nil
 }
 
-// maxRESPBulk bounds a bulk reply Do accepts (a test never needs more).
-const maxRESPBulk = 64 << 20
+// respLimits bound a reply Do accepts (a test never needs more).
+var respLimits = resp.Limits{MaxBulk: 64 << 20, MaxArray: 1 << 20, MaxDepth: 16}
 
-// redisDo sends one command as a RESP2 array of bulk strings over a fresh connection and
+// redisDo sends one command as a RESP array of bulk strings over a fresh connection and
 // parses the reply; an error reply is returned as an error. Cancelling ctx aborts it.
 func redisDo(ctx context.Context, addr string, args ...string) (any, error) {
 	var d net.Dialer
@@ -216,65 +218,12 @@ func redisDo(ctx context.Context, addr string, args ...string) (any, error) {
 			return nil, err
 		}
 	}
-	var req strings.Builder
-	fmt.Fprintf(&req, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&req, "$%d\r\n%s\r\n", len(a), a)
-	}
-	if _, err := c.Write([]byte(req.String())); err != nil {
+	if _, err := c.Write(resp.AppendCommand(nil, args...)); err != nil {
 		return nil, err
 	}
-	return readRESP(bufio.NewReader(c))
-}
-
-// readRESP parses one RESP2 reply.
-func readRESP(br *bufio.Reader) (any, error) {
-	line, err := br.ReadString('\n')
-	if err != nil {
-		return nil, err
+	v, err := resp.Read(bufio.NewReader(c), respLimits)
+	if e, ok := v.(resp.ErrorReply); ok {
+		return nil, fmt.Errorf("error reply: %s", e)
 	}
-	line = strings.TrimSuffix(line, "\r\n")
-	if line == "" {
-		return nil, errors.New("empty RESP line")
-	}
-	body := line[1:]
-	switch line[0] {
-	case '+':
-		return body, nil
-	case '-':
-		return nil, fmt.Errorf("error reply: %s", body)
-	case ':':
-		return strconv.ParseInt(body, 10, 64)
-	case '$':
-		n, err := strconv.Atoi(body)
-		if err != nil || n > maxRESPBulk {
-			return nil, fmt.Errorf("bad bulk length %q", body)
-		}
-		if n < 0 {
-			return nil, nil
-		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(br, buf); err != nil {
-			return nil, err
-		}
-		return string(buf[:n]), nil
-	case '*':
-		n, err := strconv.Atoi(body)
-		if err != nil || n > maxRESPBulk {
-			return nil, fmt.Errorf("bad array length %q", body)
-		}
-		if n < 0 {
-			return nil, nil
-		}
-		out := make([]any, 0, n)
-		for range n {
-			v, err := readRESP(br)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, v)
-		}
-		return out, nil
-	}
-	return nil, fmt.Errorf("unexpected RESP line %q", line)
+	return v, err
 }
