@@ -66,6 +66,23 @@ func TestBenchSmoke(t *testing.T) {
 			t.Errorf("wan stalled client: %+v, want a settled stall with heap readings", st)
 		}
 	}
+	if m := rep.Mesh; m == nil {
+		t.Error("no mesh results")
+	} else {
+		if len(m.Throughput) != 6 || len(m.ReqResp) != 3 {
+			t.Errorf("mesh: %d throughput and %d req/resp results, want 6 and 3", len(m.Throughput), len(m.ReqResp))
+		}
+		for _, x := range m.Throughput {
+			if x.Bytes == 0 || (x.Path == "cross-hub") != (x.MeshOpens > 0) {
+				t.Errorf("mesh throughput %s %s: %d bytes, %d streams opened over the mesh", x.Path, x.Direction, x.Bytes, x.MeshOpens)
+			}
+		}
+		for _, x := range m.ReqResp {
+			if x.Latency.N == 0 || (x.Path == "cross-hub") != (x.MeshOpens >= m.RRConns) {
+				t.Errorf("mesh req/resp %s: %d latencies, %d streams opened over the mesh", x.Path, x.Latency.N, x.MeshOpens)
+			}
+		}
+	}
 	for _, id := range rep.Idle {
 		if id.HubActive != id.Conns {
 			t.Errorf("idle %d: the hub reports %d active streams", id.Conns, id.HubActive)
@@ -102,12 +119,22 @@ func TestBenchSmoke(t *testing.T) {
 	for _, s := range []string{"## Targets", "## Throughput", "## Request/response", "## Connection setup",
 		"## Idle memory", "## Slow-consumer isolation", "## Capacity tuning sweeps", "### Recommended settings",
 		"(bench/charts/ratios.svg)", "## WAN", "`go run ./bench/runner -only wan`", "### Stalled clients", "(bench/charts/wan.svg)",
-		"WAN 2 ms RTT: 1-stream throughput, download"} {
+		"WAN 2 ms RTT: 1-stream throughput, download", "## Mesh", "`go run ./bench/runner -only mesh`", "(bench/charts/mesh.svg)",
+		"Mesh: 1-stream throughput, upload, through hub B", "Mesh: the hop's added p50"} {
 		if !strings.Contains(string(text), s) {
 			t.Errorf("BENCHMARKS.md lacks %q", s)
 		}
 	}
 	checkSVGs(t, charts)
+}
+
+// TestMeshNeedsProcs: the mesh scenario runs real hub processes, so an
+// in-process run of it is refused up front, naming the mode.
+func TestMeshNeedsProcs(t *testing.T) {
+	_, err := Run(Options{Mode: "inproc", Only: []string{"mesh"}, Smoke: true, WorkDir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "mesh") || !strings.Contains(err.Error(), "-mode procs") {
+		t.Fatalf("inproc mesh run: %v, want an error naming the scenario and -mode procs", err)
+	}
 }
 
 func checkSVGs(t *testing.T, dir string) {
