@@ -109,6 +109,16 @@ func (r *runner) mesh() error {
 		rep.ReqResp = append(rep.ReqResp, MeshReqResp{RRResult: res, MeshOpens: opens})
 		r.p.note("%s: %.0f req/s, p50 %.0fµs p99 %.0fµs (unfinished %d)", label, res.Rate, res.Latency.P50, res.Latency.P99, res.Unfinished)
 	}
+	for _, h := range mc.hubs {
+		hh, err := h.health()
+		if err != nil {
+			return err
+		}
+		rep.Health = append(rep.Health, hh)
+		if hh.troubled() {
+			r.note("mesh: %s: %s", h.id, hh)
+		}
+	}
 	return nil
 }
 
@@ -150,6 +160,20 @@ func (h *meshHub) meshOpens() float64 {
 		return -1
 	}
 	return max(metricValue(m, meshOpenSeries), 0)
+}
+
+// health reads the hub's counters of what went wrong on its mesh link.
+func (h *meshHub) health() (MeshHubHealth, error) {
+	m, err := getMetrics("http://" + h.control + "/metrics")
+	if err != nil {
+		return MeshHubHealth{}, fmt.Errorf("%s /metrics: %w", h.id, err)
+	}
+	return MeshHubHealth{ID: h.id,
+		LinkReconnects:     metricSum(m, "nowconnect_mesh_link_reconnects_total", ""),
+		BackpressureDrops:  metricSum(m, "nowconnect_mesh_backpressure_drops_total", ""),
+		BackpressureResets: metricSum(m, "nowconnect_mesh_stream_resets_total", `reason="backpressure"`),
+		MeshDownResets:     metricSum(m, "nowconnect_stream_resets_total", `reason="mesh_down"`),
+	}, nil
 }
 
 // meshCluster is redis-server, the two hubs and the agent; Close stops

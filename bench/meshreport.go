@@ -17,6 +17,43 @@ type MeshReport struct {
 	StartSec   float64          `json:"start_sec"` // from redis-server's start to the first echo through hub B
 	Throughput []MeshThroughput `json:"throughput"`
 	ReqResp    []MeshReqResp    `json:"req_resp"`
+	Health     []MeshHubHealth  `json:"health"` // each hub's, at the end
+}
+
+// MeshHubHealth is what went wrong on a hub's mesh link over the whole
+// scenario, from its /metrics.
+type MeshHubHealth struct {
+	ID                 string  `json:"id"`
+	LinkReconnects     float64 `json:"link_reconnects"`     // nowconnect_mesh_link_reconnects_total: the link went down and came back
+	BackpressureDrops  float64 `json:"backpressure_drops"`  // nowconnect_mesh_backpressure_drops_total: frames the link refused
+	BackpressureResets float64 `json:"backpressure_resets"` // nowconnect_mesh_stream_resets_total{reason="backpressure"}
+	MeshDownResets     float64 `json:"mesh_down_resets"`    // nowconnect_stream_resets_total{reason="mesh_down"}: streams ended by a link going down
+}
+
+// metricSum adds the samples of a metric family whose labels contain
+// label ("" for all of them).
+func metricSum(text, name, label string) float64 {
+	sum := 0.0
+	for _, l := range strings.Split(text, "\n") {
+		series, v, ok := strings.Cut(l, " ")
+		if !ok || (series != name && !strings.HasPrefix(series, name+"{")) || !strings.Contains(series, label) {
+			continue
+		}
+		var f float64
+		if _, err := fmt.Sscan(strings.TrimSpace(v), &f); err == nil {
+			sum += f
+		}
+	}
+	return sum
+}
+
+func (h MeshHubHealth) troubled() bool {
+	return h.LinkReconnects+h.BackpressureDrops+h.BackpressureResets+h.MeshDownResets > 0
+}
+
+func (h MeshHubHealth) String() string {
+	return fmt.Sprintf("link reconnects %.0f, backpressure drops %.0f, streams reset for backpressure %.0f, streams reset by a link going down %.0f",
+		h.LinkReconnects, h.BackpressureDrops, h.BackpressureResets, h.MeshDownResets)
 }
 
 // MeshThroughput is one bulk transfer on one path.
@@ -81,8 +118,12 @@ func meshFigures(rep *Report) []Figure {
 			continue
 		}
 		ratio := x.BytesPerSec / l.BytesPerSec
-		met := ratio >= meshMinThrRatio
-		out = append(out, Figure{Name: fmt.Sprintf("Mesh: 1-stream throughput, %s, through hub B across the mesh (direct column: local, through hub A)", dir),
+		met := ratio >= meshMinThrRatio && x.Errors == 0 && l.Errors == 0
+		name := fmt.Sprintf("Mesh: 1-stream throughput, %s, through hub B across the mesh (direct column: local, through hub A)", dir)
+		if x.Errors > 0 || l.Errors > 0 {
+			name += "; ⚠ the stream was reset during the measurement"
+		}
+		out = append(out, Figure{Name: name,
 			Unit: "Gbit/s", Direct: gbps(l.BytesPerSec), Gateway: gbps(x.BytesPerSec), Ratio: ratio,
 			Target: fmt.Sprintf("≥%g× local", meshMinThrRatio), Met: &met, BgCPU: max(l.BgCPU, x.BgCPU)})
 	}
@@ -130,7 +171,7 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 			continue
 		}
 		lgb, xgb := float64(l.Bytes)/1e9, float64(x.Bytes)/1e9
-		w("| %s | %.2f | %.2f | %.2f | %.2f× | %.2f× | **%.2f×** | %s → %s | %s | %s |\n", dir,
+		w("| %s%s | %.2f | %.2f | %.2f | %.2f× | %.2f× | **%.2f×** | %s → %s | %s | %s |\n", dir, resetMark(d, l, x),
 			gbps(d.BytesPerSec), gbps(l.BytesPerSec), gbps(x.BytesPerSec),
 			safeDiv(l.BytesPerSec, d.BytesPerSec), safeDiv(x.BytesPerSec, d.BytesPerSec), safeDiv(x.BytesPerSec, l.BytesPerSec),
 			cpuPer(l.HubACPU, lgb, rep.Mode), cpuPer(x.HubACPU, xgb, rep.Mode), cpuPer(x.HubBCPU, xgb, rep.Mode),
@@ -173,26 +214,58 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 		w("\n")
 	}
 
+	if len(m.Health) > 0 {
+		var bad []string
+		for _, h := range m.Health {
+			if h.troubled() {
+				bad = append(bad, fmt.Sprintf("hub %s: %s", strings.ToUpper(strings.TrimPrefix(h.ID, "hub-")), h))
+			}
+		}
+		if len(bad) == 0 {
+			w("Over the whole scenario no mesh link went down and no stream was reset for backpressure (both hubs' `/metrics`).\n\n")
+		} else {
+			w("**The mesh misbehaved during the scenario** (both hubs' `/metrics` at its end):\n\n")
+			for _, b := range bad {
+				w("- %s;\n", b)
+			}
+			w("\nRows marked ⚠ reset had their stream reset during the measurement: their figure counts only the bytes moved\n")
+			w("until then.\n\n")
+		}
+	}
+
 	// What the numbers mean, and the targets.
 	w("Cross-hub ÷ local is what the mesh costs a client that lands on a hub other than its agent's: one more hub process and\n")
 	w("one more WebSocket hop (with its copies and frames), competing for the same cores as everything else here; the added\n")
-	w("p50 is that hop's latency at a modest load. ")
-	var verdicts []string
+	w("p50 is that hop's latency at a modest load. Against the targets:\n\n")
 	for i, r := range thrRatios {
-		verdicts = append(verdicts, fmt.Sprintf("%s %.2f× (%s)", strings.TrimPrefix(cats[i], "1-stream "), r, metWord(r >= meshMinThrRatio)))
-	}
-	if len(verdicts) > 0 {
-		w("Target cross-hub ≥ %g× local throughput: %s. ", meshMinThrRatio, strings.Join(verdicts, ", "))
+		dir := strings.TrimPrefix(cats[i], "1-stream ")
+		l, x := m.thr("local", dir), m.thr("cross-hub", dir)
+		verdict := metWord(r >= meshMinThrRatio)
+		if l.Errors > 0 || x.Errors > 0 {
+			verdict = "**not met**: the stream was reset"
+		}
+		w("- cross-hub ≥ %g× local, one-stream %s: %.2f× (%.2f of %.2f Gbit/s; %s);\n", meshMinThrRatio, dir, r,
+			gbps(x.BytesPerSec), gbps(l.BytesPerSec), verdict)
 	}
 	if l != nil && x != nil && l.Latency.N > 0 && x.Latency.N > 0 {
 		added := x.Latency.P50 - l.Latency.P50
-		w("Target the hop adds ≤ %g ms to the p50: %.0f µs (p50 %.0f µs through hub B, %.0f µs through hub A; %s).",
-			meshMaxAddedP50/1000, added, x.Latency.P50, l.Latency.P50, metWord(added <= meshMaxAddedP50))
+		w("- the hop adds ≤ %g ms to the p50 at %d req/s: %.0f µs (p50 %.0f µs through hub B, %.0f µs through hub A; %s);\n",
+			meshMaxAddedP50/1000, m.RRRate, added, x.Latency.P50, l.Latency.P50, metWord(added <= meshMaxAddedP50))
 		if d != nil && d.Latency.N > 0 {
-			w(" Against direct (p50 %.0f µs), local adds %.0f µs and cross-hub %.0f µs.", d.Latency.P50, l.Latency.P50-d.Latency.P50, x.Latency.P50-d.Latency.P50)
+			w("- against direct (p50 %.0f µs): local adds %.0f µs, cross-hub %.0f µs.\n", d.Latency.P50, l.Latency.P50-d.Latency.P50, x.Latency.P50-d.Latency.P50)
 		}
 	}
-	w("\n\n")
+	w("\n")
+}
+
+// resetMark flags a table row whose stream was reset while measured.
+func resetMark(ts ...*MeshThroughput) string {
+	for _, t := range ts {
+		if t.Errors > 0 {
+			return " ⚠ reset"
+		}
+	}
+	return ""
 }
 
 func metWord(ok bool) string {
