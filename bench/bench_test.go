@@ -66,6 +66,28 @@ func TestBenchSmoke(t *testing.T) {
 			t.Errorf("wan stalled client: %+v, want a settled stall with heap readings", st)
 		}
 	}
+	if m := rep.Mesh; m == nil {
+		t.Error("no mesh results")
+	} else {
+		if len(m.Throughput) != 6 || len(m.ReqResp) != 3 {
+			t.Errorf("mesh: %d throughput and %d req/resp results, want 6 and 3", len(m.Throughput), len(m.ReqResp))
+		}
+		for _, x := range m.Throughput {
+			// A stream the mesh resets may have moved nothing (the run
+			// reports it); anything else moved bytes.
+			if (x.Bytes == 0 && x.Errors == 0) || (x.Path == "cross-hub") != (x.MeshOpens > 0) {
+				t.Errorf("mesh throughput %s %s: %d bytes, %d streams opened over the mesh", x.Path, x.Direction, x.Bytes, x.MeshOpens)
+			}
+		}
+		for _, x := range m.ReqResp {
+			if (x.Latency.N == 0 && x.Errors == 0) || (x.Path == "cross-hub") != (x.MeshOpens >= m.RRConns) {
+				t.Errorf("mesh req/resp %s: %d latencies, %d streams opened over the mesh", x.Path, x.Latency.N, x.MeshOpens)
+			}
+		}
+		if len(m.Health) != 2 || m.Health[0].ID != "hub-a" || m.Health[1].ID != "hub-b" {
+			t.Errorf("mesh health: %+v, want hub-a's and hub-b's", m.Health)
+		}
+	}
 	for _, id := range rep.Idle {
 		if id.HubActive != id.Conns {
 			t.Errorf("idle %d: the hub reports %d active streams", id.Conns, id.HubActive)
@@ -102,12 +124,45 @@ func TestBenchSmoke(t *testing.T) {
 	for _, s := range []string{"## Targets", "## Throughput", "## Request/response", "## Connection setup",
 		"## Idle memory", "## Slow-consumer isolation", "## Capacity tuning sweeps", "### Recommended settings",
 		"(bench/charts/ratios.svg)", "## WAN", "`go run ./bench/runner -only wan`", "### Stalled clients", "(bench/charts/wan.svg)",
-		"WAN 2 ms RTT: 1-stream throughput, download"} {
+		"WAN 2 ms RTT: 1-stream throughput, download", "## Mesh", "`go run ./bench/runner -only mesh`", "(bench/charts/mesh.svg)",
+		"Mesh: 1-stream throughput, upload, through hub B", "Mesh: the hop's added p50"} {
 		if !strings.Contains(string(text), s) {
 			t.Errorf("BENCHMARKS.md lacks %q", s)
 		}
 	}
 	checkSVGs(t, charts)
+}
+
+// TestMeshNeedsProcs: the mesh scenario runs real hub processes, so an
+// in-process run of it is refused up front, naming the mode.
+func TestMeshNeedsProcs(t *testing.T) {
+	_, err := Run(Options{Mode: "inproc", Only: []string{"mesh"}, Smoke: true, WorkDir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "mesh") || !strings.Contains(err.Error(), "-mode procs") {
+		t.Fatalf("inproc mesh run: %v, want an error naming the scenario and -mode procs", err)
+	}
+}
+
+// TestMetricSum: the mesh health counters add a family's samples whose
+// labels match, and nothing of a family whose name only starts the same.
+func TestMetricSum(t *testing.T) {
+	text := "# TYPE nowconnect_x_total counter\n" +
+		`nowconnect_x_total{peer="a",reason="inflight"} 2` + "\n" +
+		`nowconnect_x_total{peer="a",reason="queue_full"} 3` + "\n" +
+		"nowconnect_x_total_other 100\nnowconnect_y 7\n"
+	for _, c := range []struct {
+		name, label string
+		want        float64
+	}{
+		{"nowconnect_x_total", "", 5},
+		{"nowconnect_x_total", `reason="inflight"`, 2},
+		{"nowconnect_x_total", `reason="nope"`, 0},
+		{"nowconnect_y", "", 7},
+		{"nowconnect_missing", "", 0},
+	} {
+		if got := metricSum(text, c.name, c.label); got != c.want {
+			t.Errorf("metricSum(%s, %q) = %v, want %v", c.name, c.label, got, c.want)
+		}
+	}
 }
 
 func checkSVGs(t *testing.T, dir string) {

@@ -278,6 +278,7 @@ func Render(rep *Report, md, chartsDir, analysis string) error {
 	}
 
 	renderWAN(rep, w, chart)
+	renderMesh(rep, w, chart)
 
 	// Sweeps.
 	if len(rep.Sweeps) > 0 {
@@ -348,6 +349,7 @@ func Render(rep *Report, md, chartsDir, analysis string) error {
 	w("go run ./bench/runner -report                       # re-render this file from the newest bench/out/*.json\n")
 	w("go run ./bench/runner -only thr,rr -no-sweeps       # some scenarios (does not rewrite this file)\n")
 	w("go run ./bench/runner -only wan                     # the WAN section's scenario alone\n")
+	w("go run ./bench/runner -only mesh                    # the Mesh section's scenario alone (procs mode; needs redis-server)\n")
 	w("go run ./bench/runner -mode inproc -only thr -cpuprofile cpu.prof && go tool pprof -top cpu.prof\n")
 	w("```\n\n")
 	w("Scenarios for `-only`: %s. Flags: `go run ./bench/runner -h`.\n", strings.Join(Scenarios, ", "))

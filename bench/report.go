@@ -30,6 +30,7 @@ type Report struct {
 	Idle        []IdleResult       `json:"idle"`
 	Slow        []SlowResult       `json:"slow_consumer"`
 	WAN         *WANReport         `json:"wan,omitempty"`
+	Mesh        *MeshReport        `json:"mesh,omitempty"`
 	Sweeps      []Sweep            `json:"sweeps"`
 	Recommended *GatewayConfig     `json:"recommended,omitempty"`
 	Notes       []string           `json:"notes"`

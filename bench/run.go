@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -42,7 +43,7 @@ type Options struct {
 }
 
 // Scenario names for Options.Only.
-var Scenarios = []string{"thr", "rr", "open", "setup", "slow", "idle", "wan", "sweep"}
+var Scenarios = []string{"thr", "rr", "open", "setup", "slow", "idle", "wan", "mesh", "sweep"}
 
 type runner struct {
 	opts      Options
@@ -77,6 +78,9 @@ func Run(opts Options) (*Report, error) {
 		if !slices.Contains(Scenarios, o) {
 			return nil, fmt.Errorf("unknown scenario %q (have %s)", o, strings.Join(Scenarios, ", "))
 		}
+	}
+	if opts.Mode == "inproc" && slices.Contains(opts.Only, "mesh") {
+		return nil, errors.New("scenario mesh needs -mode procs: it runs two hub processes, an agent and a redis-server")
 	}
 	nofile := raiseNoFile()
 	r := &runner{opts: opts, p: newProgress(opts.Progress, opts.TTY), quietLeft: 20 * time.Second}
@@ -195,6 +199,13 @@ func (r *runner) run() error {
 			return fmt.Errorf("wan: %w", err)
 		}
 	}
+	if r.want("mesh") {
+		if r.opts.Mode != "procs" {
+			r.note("mesh: not measured in %s mode (it runs two hub processes, an agent and a redis-server)", r.opts.Mode)
+		} else if err := r.mesh(); err != nil {
+			return fmt.Errorf("mesh: %w", err)
+		}
+	}
 	if r.want("sweep") && !r.opts.NoSweeps {
 		if err := r.sweeps(); err != nil {
 			return fmt.Errorf("sweeps: %w", err)
@@ -212,6 +223,12 @@ func (r *runner) quiet(gw Gateway) *bgMeter {
 		h, a := gw.Pids()
 		pids = append(pids, h, a)
 	}
+	return r.quietPids(pids...)
+}
+
+// quietPids is quiet for a scenario whose own processes are pids (besides
+// the runner and the idle target).
+func (r *runner) quietPids(pids ...int) *bgMeter {
 	pids = append(pids, r.childPid)
 	if !r.opts.Smoke {
 		start := time.Now()
@@ -771,7 +788,8 @@ func figures(rep *Report) []Figure {
 		out = append(out, Figure{Name: fmt.Sprintf("CPU per GB moved, 1-stream %s (gateway: hub+agent; direct: whole runner)", t.Direction),
 			Unit: "CPU-s/GB", Direct: direct, Gateway: g, Ratio: safeDiv(g, direct), BgCPU: t.BgCPU})
 	}
-	return append(out, wanFigures(rep)...)
+	out = append(out, wanFigures(rep)...)
+	return append(out, meshFigures(rep)...)
 }
 
 func safeDiv(a, b float64) float64 {

@@ -4,6 +4,7 @@
 //	go run ./bench/runner -smoke       # every scenario, tiny sizes (make bench-smoke)
 //	go run ./bench/runner -report      # regenerate BENCHMARKS.md from the newest bench/out/*.json
 //	go run ./bench/runner -only wan    # the WAN scenario alone (bench/out/partial-*.json; render with -report -in)
+//	go run ./bench/runner -only mesh   # the HA mesh scenario alone (two hubs, an agent, redis-server; procs mode)
 //	go run ./bench/runner -mode inproc -only thr -cpuprofile cpu.prof
 package main
 
