@@ -171,7 +171,7 @@ func (h *meshHub) health() (MeshHubHealth, error) {
 	return MeshHubHealth{ID: h.id,
 		LinkReconnects:     metricSum(m, "nowconnect_mesh_link_reconnects_total", ""),
 		BackpressureDrops:  metricSum(m, "nowconnect_mesh_backpressure_drops_total", ""),
-		BackpressureResets: metricSum(m, "nowconnect_mesh_stream_resets_total", `reason="backpressure"`),
+		BackpressureResets: metricSum(m, "nowconnect_mesh_stream_resets_total", ""),
 		MeshDownResets:     metricSum(m, "nowconnect_stream_resets_total", `reason="mesh_down"`),
 	}, nil
 }

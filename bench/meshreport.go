@@ -26,7 +26,7 @@ type MeshHubHealth struct {
 	ID                 string  `json:"id"`
 	LinkReconnects     float64 `json:"link_reconnects"`     // nowconnect_mesh_link_reconnects_total: the link went down and came back
 	BackpressureDrops  float64 `json:"backpressure_drops"`  // nowconnect_mesh_backpressure_drops_total: frames the link refused
-	BackpressureResets float64 `json:"backpressure_resets"` // nowconnect_mesh_stream_resets_total{reason="backpressure"}
+	BackpressureResets float64 `json:"backpressure_resets"` // nowconnect_mesh_stream_resets_total: streams reset because their link refused a frame
 	MeshDownResets     float64 `json:"mesh_down_resets"`    // nowconnect_stream_resets_total{reason="mesh_down"}: streams ended by a link going down
 }
 
@@ -52,7 +52,7 @@ func (h MeshHubHealth) troubled() bool {
 }
 
 func (h MeshHubHealth) String() string {
-	return fmt.Sprintf("link reconnects %.0f, backpressure drops %.0f, streams reset for backpressure %.0f, streams reset by a link going down %.0f",
+	return fmt.Sprintf("link reconnects %.0f, backpressure drops %.0f, streams reset because the link refused a frame %.0f, streams reset by a link going down %.0f",
 		h.LinkReconnects, h.BackpressureDrops, h.BackpressureResets, h.MeshDownResets)
 }
 
@@ -222,7 +222,7 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 			}
 		}
 		if len(bad) == 0 {
-			w("Over the whole scenario no mesh link went down and no stream was reset for backpressure (both hubs' `/metrics`).\n\n")
+			w("Over the whole scenario no mesh link went down and no stream was reset because its link refused a frame (both hubs' `/metrics`).\n\n")
 		} else {
 			w("**The mesh misbehaved during the scenario** (both hubs' `/metrics` at its end):\n\n")
 			for _, b := range bad {
