@@ -191,7 +191,7 @@ func TestBackpressure(t *testing.T) {
 	l := a.waitLink(t, "hub-raw")
 
 	payload := make([]byte, codec.MaxPayload)
-	var seq uint64 = 1
+	var seq, last uint64 = 1, 0 // last: the last seq SendData took
 	var full error
 	refused := 0
 	// Fill until the kernel's buffers are full too and the queue stays at its bound
@@ -199,7 +199,9 @@ func TestBackpressure(t *testing.T) {
 	testenv.WaitFor(t, 30*time.Second, "SendData refuses with a full queue", func() bool {
 		for range 64 {
 			seq++
-			if full = l.SendData(header(t, codec.MeshFrameData, 2, seq), payload); full != nil {
+			if full = l.SendData(header(t, codec.MeshFrameData, 2, seq), payload); full == nil {
+				last = seq
+			} else {
 				if !errors.Is(full, mesh.ErrBackpressure) {
 					t.Fatalf("SendData: %v, want ErrBackpressure", full)
 				}
@@ -233,9 +235,30 @@ func TestBackpressure(t *testing.T) {
 		t.Errorf("queue_full drops = %v", got)
 	}
 
-	// The peer reads again: everything drains, sends work again.
-	var wg sync.WaitGroup
-	wg.Go(func() { _, _ = io.Copy(io.Discard, p.conn) })
+	// The peer reads again: every frame SendData took arrives whole and in
+	// order (written directly, partly directly, or by the writer), the queue
+	// drains, and sends work again.
+	readUpTo := func(want uint64) {
+		t.Helper()
+		prev := uint64(0)
+		for prev < want {
+			h, pl, err := codec.ParseMeshFrame(p.read(t))
+			if err != nil {
+				t.Fatalf("after DATA seq %d: %v", prev, err)
+			}
+			if h.Type != codec.MeshFrameData {
+				continue
+			}
+			if h.Seq <= prev || len(pl) != len(payload) {
+				t.Fatalf("DATA seq %d (%d bytes) after seq %d", h.Seq, len(pl), prev)
+			}
+			prev = h.Seq
+		}
+		if prev != want {
+			t.Fatalf("DATA up to seq %d, want %d", prev, want)
+		}
+	}
+	readUpTo(last)
 	testenv.WaitFor(t, 30*time.Second, "the queue drains", func() bool {
 		return a.metric(t, `nowconnect_mesh_inflight_bytes{peer="hub-raw"}`) == 0 &&
 			a.metric(t, `nowconnect_mesh_send_queue_size{peer="hub-raw"}`) == 0
@@ -243,8 +266,8 @@ func TestBackpressure(t *testing.T) {
 	if err := l.SendData(header(t, codec.MeshFrameData, 2, seq+1), payload); err != nil {
 		t.Errorf("SendData after draining: %v", err)
 	}
+	readUpTo(seq + 1)
 	p.conn.Close()
-	wg.Wait()
 }
 
 // TestDiscovery: three hubs that know each other only through a registry (the
