@@ -647,6 +647,9 @@ func (s *session) handleHelloAck(p []byte) error {
 	if err := s.peer.Validate(); err != nil {
 		return protoErr("HELLO_ACK: %v", err)
 	}
+	if err := s.conn.SetReadDeadline(time.Time{}); err != nil {
+		return closeCause{msg: "clear read deadline: " + err.Error()}
+	}
 	if err := s.a.joinSlot(s); err != nil {
 		return err
 	}
@@ -659,9 +662,7 @@ func (s *session) handleHelloAck(p []byte) error {
 	s.ackedAt = time.Now()
 	s.ackedFlag.Store(true)
 	s.lastRecv.Store(int64(time.Since(s.start)))
-	if err := s.conn.SetReadDeadline(time.Time{}); err != nil {
-		return closeCause{msg: "clear read deadline: " + err.Error()}
-	}
+	// acked from here on: serve counts the tunnel down again when it ends
 	s.a.connects.Add(1)
 	s.a.up.Add(1)
 	s.sendPing(codec.FramePing, uint64(time.Since(s.start))) // a first RTT sample for window growth

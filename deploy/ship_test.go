@@ -51,7 +51,9 @@ func needTool(t *testing.T, bin, pkg string) string {
 		t.Skipf("%s is not installed and this machine has no apt: the Debian package %s cannot be installed here", bin, pkg)
 	}
 	out, err := exec.Command(aptCache, "show", "--no-all-versions", pkg).CombinedOutput()
-	if err != nil || !bytes.Contains(out, []byte("Package: "+pkg)) {
+	if lists, _ := filepath.Glob("/var/lib/apt/lists/*_Packages*"); len(lists) > 0 &&
+		(err != nil || !bytes.Contains(out, []byte("Package: "+pkg))) {
+		// apt knows its packages (its lists are there) and this is not one.
 		t.Skipf("%s is not installed and apt has no package %s (apt-cache show: %v)", bin, pkg, err)
 	}
 	t.Fatalf("%s is not installed: run make test (scripts/deps.sh installs the Debian package %s)", bin, pkg)

@@ -517,6 +517,7 @@ func (l *Link) finish(err error) {
 	if wasUp {
 		l.m.cfg.Handler.LinkDown(l, cause)
 	}
+	l.m.forget(l)
 	close(l.done)
 }
 

@@ -140,13 +140,20 @@ func (m *Manager) linkUp(l *Link) {
 	m.mu.Unlock()
 }
 
+// forget drops l as its peer's latest link, once its LinkDown has run: a link
+// registering until then waits for l.done before its LinkUp.
+func (m *Manager) forget(l *Link) {
+	m.mu.Lock()
+	if l.registered && m.latest[l.peer] == l {
+		delete(m.latest, l.peer)
+	}
+	m.mu.Unlock()
+}
+
 // linkFinished records that l is done (LinkDown follows if it was up).
 func (m *Manager) linkFinished(l *Link, wasUp bool, cause *linkError) {
 	m.mu.Lock()
 	delete(m.all, l)
-	if l.registered && m.latest[l.peer] == l {
-		delete(m.latest, l.peer)
-	}
 	if t := l.target; t != nil && t.attempting && t.pending == l {
 		t.attempting = false
 	}
