@@ -285,10 +285,30 @@ func tickFor(cfg Config) time.Duration {
 	return max(minTick, min(maxTick, d/4))
 }
 
-// Start binds the control port and the listeners. A bind error names the
-// listener and its address.
+// BindError is an address the hub could not bind: a listener's, or the
+// control port's (Listener "").
+type BindError struct {
+	Listener string
+	Bind     string
+	Err      error
+}
+
+func (e *BindError) Error() string {
+	if e.Listener == "" {
+		return fmt.Sprintf("control port (listen %s): %v", e.Bind, e.Err)
+	}
+	return fmt.Sprintf("listener %s (bind %s): %v", e.Listener, e.Bind, e.Err)
+}
+
+func (e *BindError) Unwrap() error { return e.Err }
+
+// Start binds the control port and the listeners. A bind error is a
+// *BindError.
 func (h *Hub) Start() error {
 	if err := h.srv.Start(); err != nil {
+		if oe := (*net.OpError)(nil); errors.As(err, &oe) && oe.Op == "listen" {
+			return &BindError{Bind: h.cfg.Control, Err: oe}
+		}
 		return err
 	}
 	if h.owners != nil {

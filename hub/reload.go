@@ -122,7 +122,7 @@ func (h *Hub) bindLocked(l *listener) (*binding, error) {
 	b.cur.Store(l)
 	el, err := h.srv.Listen(l.Name, l.Bind, b)
 	if err != nil {
-		return nil, fmt.Errorf("listener %s (bind %s): %w", l.Name, l.Bind, err)
+		return nil, &BindError{Listener: l.Name, Bind: l.Bind, Err: err}
 	}
 	b.eng = el
 	h.log.Info("listener_started", "name", l.Name, "bind", l.Bind, "connector", l.Connector)

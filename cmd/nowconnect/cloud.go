@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -69,7 +70,26 @@ func runCloud(ctx context.Context, args []string, stderr io.Writer) error {
 	if c.ha != nil {
 		started = c.ha.start
 	}
-	return serveHub(ctx, c.hub, c.grace, c.log, hup, r.reload, started)
+	return bindAt(*path, c.cfg, serveHub(ctx, c.hub, c.grace, c.log, hup, r.reload, started))
+}
+
+// bindAt positions a bind error at the key of the config file at path that
+// set the address ("cloud.toml:12:8: listeners[1].bind: listener l2 (bind
+// …): … address already in use"); other errors pass unchanged.
+func bindAt(path string, cfg *config.Hub, err error) error {
+	be := (*hub.BindError)(nil)
+	if !errors.As(err, &be) {
+		return err
+	}
+	key := "listen"
+	if be.Listener != "" {
+		for i, l := range cfg.Listeners {
+			if l.Name == be.Listener {
+				key = fmt.Sprintf("listeners[%d].bind", i)
+			}
+		}
+	}
+	return config.At(path, key, err.Error())
 }
 
 // cloudSetup is a hub ready to start.

@@ -128,3 +128,27 @@ func parseYAML(data []byte, r *reporter) *confdoc.Node {
 	}
 	return doc.Root
 }
+
+// At returns an Error for key of the file at path, positioned where the
+// file sets key (or its closest ancestor): for a failure found after the
+// load, such as a listener's address that cannot be bound. The file is read
+// again; without a position the Error names the file and the key.
+func At(path, key, msg string) *Error {
+	e := &Error{File: path, Key: key, Msg: msg}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return e
+	}
+	var doc *confdoc.Doc
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".toml":
+		doc, _ = confdoc.ParseTOML(path, data)
+	case ".yaml", ".yml":
+		doc, _ = confdoc.ParseYAML(path, data)
+	}
+	if doc != nil {
+		p := doc.Index.Lookup(key)
+		e.Line, e.Column = p.Line, p.Column
+	}
+	return e
+}

@@ -386,8 +386,19 @@ func TestCheckConfig(t *testing.T) {
 	}
 	// The same file really starts: the check did not pass what a start would refuse
 	// (here: the ports are held, so the start fails on the bind the check skipped).
-	if _, stderr, code := runNC(t, nil, "cloud", "--config", good); code != 1 || !strings.Contains(stderr, "nowconnect cloud:") {
-		t.Fatalf("start on held ports: exit %d: %s", code, stderr)
+	// A bind failure names the address, what it is for and where the file sets it.
+	want := fmt.Sprintf("nowconnect cloud: %s:1:1: listen: control port (listen %s): ", good, held[0])
+	if _, stderr, code := runNC(t, nil, "cloud", "--config", good); code != 1 || !strings.Contains(stderr, want) ||
+		!strings.Contains(stderr, "address already in use") {
+		t.Fatalf("start on held ports: exit %d: %s\nwant %q", code, stderr, want)
+	}
+	free := testenv.FreePorts(t, 2)
+	onlyL2 := writeText(t, filepath.Join(f.dir, "l2.toml"), fmt.Sprintf(
+		"listen = \"127.0.0.1:%d\"\n\n[[listeners]]\nname = \"l1\"\nbind = \"127.0.0.1:%d\"\nconnector = \"addomain\"\n\n[[listeners]]\nname = \"l2\"\nbind = %q\nconnector = \"dead\"\n\n[auth]\njwt_secret_file = \"secret\"\n",
+		free[0], free[1], held[2]))
+	want = fmt.Sprintf("nowconnect cloud: %s:10:1: listeners[1].bind: listener l2 (bind %s): ", onlyL2, held[2])
+	if _, stderr, code := runNC(t, nil, "cloud", "--config", onlyL2); code != 1 || !strings.Contains(stderr, want) {
+		t.Fatalf("start with listener l2's port held: exit %d: %s\nwant %q", code, stderr, want)
 	}
 
 	short := writeText(t, filepath.Join(f.dir, "short"), "tooshort\n")
