@@ -75,11 +75,20 @@ type stream struct {
 	prev, next *stream
 }
 
+// refuseOpen answers an OPEN with OPEN_ERR. The CID counts as ended: frames
+// the hub sent behind its OPEN are late frames, ignored (internal/flow).
+func (s *session) refuseOpen(cid uint32, r codec.Reason, msg string) {
+	s.mu.Lock()
+	s.recent.Add(cid)
+	s.mu.Unlock()
+	s.sendReason(codec.FrameOpenErr, cid, r, msg)
+}
+
 // handleOpen answers an OPEN. Called by the tunnel reader.
 func (s *session) handleOpen(cid uint32, p []byte) {
 	name, client, err := codec.ParseOpen(p)
 	if err != nil {
-		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonProtocol, "malformed OPEN")
+		s.refuseOpen(cid, codec.ReasonProtocol, "malformed OPEN")
 		return
 	}
 	if old := s.lookup(cid); old != nil && !old.detachIfDone() {
@@ -88,16 +97,16 @@ func (s *session) handleOpen(cid uint32, p []byte) {
 	}
 	a := s.a
 	if a.draining.Load() {
-		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonShutdown, "agent shutting down")
+		s.refuseOpen(cid, codec.ReasonShutdown, "agent shutting down")
 		return
 	}
 	if a.active.Load() >= maxStreams {
-		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonOverload, "too many streams")
+		s.refuseOpen(cid, codec.ReasonOverload, "too many streams")
 		return
 	}
 	c := a.conns.Load().byName[string(name)]
 	if c == nil {
-		s.sendReason(codec.FrameOpenErr, cid, codec.ReasonUnknownConnector, "")
+		s.refuseOpen(cid, codec.ReasonUnknownConnector, "")
 		if debugOn(s.log) {
 			s.log.Debug("open refused: unknown connector", "cid", cid, "connector", string(name))
 		}

@@ -181,15 +181,20 @@ func TestDialFailure(t *testing.T) {
 
 func TestUnknownConnector(t *testing.T) {
 	checkLeaks(t)
-	hub := newTestHub(t, hubOpts{})
+	hub := newTestHub(t, hubOpts{keepPongs: true})
 	a := newAgent(t, testConfig([]string{hub.url}, map[string]string{"ldap": "127.0.0.1:1"}, nil))
 	runAgent(t, a)
 	p := hub.nextPeer(t)
 	p.open(9, "nope")
+	p.data(9, []byte("pipelined request")) // sent behind the OPEN, before its answer
 	p.expectReason(t, codec.FrameOpenErr, 9, codec.ReasonUnknownConnector)
 	if a.ActiveStreams() != 0 {
 		t.Fatal("stream kept")
 	}
+	// The refused CID ended: its late DATA is ignored, never reset. The
+	// PONG comes next.
+	p.send(codec.AppendPing(nil, codec.FramePing, 42))
+	p.expect(t, codec.FramePong, 0)
 }
 
 // TestAgentCreditLimit: the hub withholds WINDOW; the agent must stop at
