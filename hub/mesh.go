@@ -243,8 +243,7 @@ func (h *Hub) LinkUp(l MeshLink) {
 		old.shutdown(errMeshDown)
 	}
 	h.met.meshLinksUp.Store(int64(h.peers.count()))
-	h.log.Info("mesh_link_up", "peer", pl.peer, "peer_mode", map[bool]string{true: "active", false: "shadow"}[pl.active],
-		"dialed", l.Dialed())
+	// mesh_link_up is the transport's line (package mesh): one per link.
 	if h.owners != nil {
 		h.owners.poke() // a full resync: who owns what is read again
 	}
@@ -264,8 +263,8 @@ func (h *Hub) LinkDown(l MeshLink, err error) {
 	if pl == nil {
 		return
 	}
-	h.log.Info("mesh_link_down", "peer", pl.peer, "reason", fmt.Sprint(err))
-	pl.shutdown(errMeshDown)
+	pl.shutdown(errMeshDown) // mesh_link_down is the transport's line
+
 }
 
 // shutdown resets the link's streams on their loops.
