@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -210,5 +213,57 @@ func TestMeshStalledTarget(t *testing.T) {
 	// mesh leg) and the kernel's buffers of the target connection.
 	if settled > 32<<20 {
 		t.Errorf("hub-b took %d KiB for a target that never reads", settled>>10)
+	}
+}
+
+// TestMeshDown: hub B loses its mesh (its manager stops: a partition, as B
+// sees it) while the owner A and the registry are fine. B's cross-hub
+// client is closed at once, new clients on B are closed at once and counted
+// as mesh_down, B's /readyz is degraded naming A, and A's local streams go
+// on untouched.
+func TestMeshDown(t *testing.T) {
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	store := mesh.NewMemoryStore(nil)
+	a := startMeshHub(t, "hub-a", store, []string{"echo"})
+	b := startMeshHub(t, "hub-b", store, []string{"echo"})
+	waitLinks(t, a, b)
+	startAgent(t, a.testHub, "agent-1", map[string]string{"echo": echo.Addr()})
+	testenv.WaitFor(t, 10*time.Second, "echo through hub-b", func() bool { return echoOnce(b.Addr["echo"], time.Second) == nil })
+	if code, body := readyz(t, b.Control); code != 200 {
+		t.Fatalf("hub-b /readyz before: %d %s", code, body)
+	}
+	cross := echoConn(t, b.Addr["echo"])
+	local := echoConn(t, a.Addr["echo"])
+
+	b.mgr.Close()
+	cut := time.Now()
+	d := waitClosed(t, cross, cut, 2*time.Second)
+	t.Logf("hub-b's cross-hub client closed %v after its mesh went down", d.Round(time.Millisecond))
+	if err := echoRound(local, []byte("still here")); err != nil {
+		t.Fatalf("hub-a's local stream after hub-b's mesh went down: %v", err)
+	}
+	// A new client on B: closed at once, not left hanging.
+	c, err := net.Dial("tcp", b.Addr["echo"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	t0 := time.Now()
+	_ = c.SetReadDeadline(t0.Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a new client on hub-b without a mesh: read %v, want the connection closed", err)
+	}
+	t.Logf("a new client on hub-b closed after %v", time.Since(t0).Round(time.Millisecond))
+	if v := testenv.Metric(t, b.Metrics().WritePrometheus, `nowconnect_listener_errors_total{connector="echo",type="mesh_down"}`); v < 1 {
+		t.Errorf("listener_errors_total{type=\"mesh_down\"} = %v, want ≥ 1", v)
+	}
+	if code, body := readyz(t, b.Control); code != 503 || !strings.Contains(body, `"degraded"`) || !strings.Contains(body, "hub-a") {
+		t.Errorf("hub-b /readyz without a link to the owner: %d %s, want 503 degraded naming hub-a", code, body)
+	}
+	if code, body := readyz(t, a.Control); code != 200 {
+		t.Errorf("hub-a /readyz: %d %s (it owns the agent, and hub-b owns none)", code, body)
+	}
+	if err := echoOnce(a.Addr["echo"], 2*time.Second); err != nil {
+		t.Errorf("a new client on hub-a: %v", err)
 	}
 }
