@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/nowconnect/nowconnect/hub"
 	"github.com/nowconnect/nowconnect/internal/flow"
 	"github.com/nowconnect/nowconnect/internal/haregistry"
@@ -48,7 +50,10 @@ func startMeshHub(t *testing.T, id string, store *mesh.MemoryStore, connectors [
 	mh := &meshHub{id: id}
 	opts = append([]hubOpt{withHA(hub.ModeActive, id, reg), func(c *hub.Config) {
 		control = c.Control
-		mgr, err := mesh.NewManager(mesh.ManagerConfig{
+		if c.Metrics == nil {
+			c.Metrics = metrics.NewSet() // the hub's and the mesh's series, on one /metrics
+		}
+		mgr, err := mesh.NewManager(mesh.ManagerConfig{Metrics: c.Metrics,
 			ReplicaID: id, Discovery: reg, AdvertiseURL: "ws://" + control + "/mesh", HubTTL: 3 * time.Second,
 			DiscoveryInterval: 200 * time.Millisecond, Secret: meshSecret,
 			Window: lim.Stream, MaxWindow: lim.MaxStream, LinkWindow: lim.Tunnel,
@@ -265,5 +270,36 @@ func TestMeshDown(t *testing.T) {
 	}
 	if err := echoOnce(a.Addr["echo"], 2*time.Second); err != nil {
 		t.Errorf("a new client on hub-a: %v", err)
+	}
+}
+
+// TestMeshShadow: hubs in mode shadow run their links and measure the
+// round trip, but forward nothing: a client on B, whose only agent is on A,
+// is closed at once (no_agent), and A is never asked to open a stream.
+func TestMeshShadow(t *testing.T) {
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	store := mesh.NewMemoryStore(nil)
+	shadow := func(c *hub.Config) { c.HA.Mode = hub.ModeShadow }
+	a := startMeshHub(t, "hub-a", store, []string{"echo"}, shadow)
+	b := startMeshHub(t, "hub-b", store, []string{"echo"}, shadow)
+	waitLinks(t, a, b)
+	startAgent(t, a.testHub, "agent-1", map[string]string{"echo": echo.Addr()})
+	testenv.WaitFor(t, 10*time.Second, "echo through hub-a", func() bool { return echoOnce(a.Addr["echo"], time.Second) == nil })
+	testenv.WaitFor(t, 10*time.Second, "hub-b measures the link's round trip", func() bool {
+		return testenv.Metric(t, b.Metrics().WritePrometheus, `nowconnect_mesh_rtt_seconds_count{peer="hub-a"}`) > 0
+	})
+	for range 3 {
+		if err := echoOnce(b.Addr["echo"], 2*time.Second); err == nil {
+			t.Fatal("a client on hub-b reached hub-a's agent in shadow mode")
+		}
+	}
+	if v := testenv.Metric(t, b.Metrics().WritePrometheus, `nowconnect_listener_errors_total{connector="echo",type="no_agent"}`); v < 3 {
+		t.Errorf("hub-b no_agent refusals = %v, want ≥ 3", v)
+	}
+	if v := testenv.Metric(t, a.Metrics().WritePrometheus, `nowconnect_mesh_frames_total{dir="in",type="M_OPEN"}`); v != 0 {
+		t.Errorf("hub-a received %v M_OPEN in shadow mode", v)
+	}
+	if code, body := readyz(t, b.Control); code != 200 || !strings.Contains(body, `"ha_mode":"shadow"`) {
+		t.Errorf("hub-b /readyz in shadow: %d %s", code, body)
 	}
 }
