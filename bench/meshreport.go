@@ -155,8 +155,8 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 	w("window 256 KiB, mesh link window 8 MiB); %.2g s warm-up + %.2g s per figure. For every cross-hub figure hub B sent at\n", m.WarmSec, m.DurSec)
 	w("least one `M_OPEN` per connection (`nowconnect_mesh_frames_total`; the run fails otherwise). The generators, the targets,\n")
 	w("both hubs, the agent and redis-server share the %d cores. Setting the mesh up (redis-server's start to the first echo\n", rep.Machine.NProc)
-	w("through hub B) took %.1f s, most of it hub B waiting for its next read of the registry's owners (once per\n", m.StartSec)
-	w("`heartbeat_interval`, 5 s by default).\n\n")
+	w("through hub B) took %.1f s: hub B reads the registry's owners once per `heartbeat_interval` (5 s by default), and\n", m.StartSec)
+	w("again, at most once a second, when a client finds no agent.\n\n")
 	w("Command: `go run ./bench/runner -only mesh` for this section alone (it writes `bench/out/partial-*.json`; render that\n")
 	w("with `go run ./bench/runner -report -in FILE`); every full run (`go run ./bench/runner`) includes it.\n\n")
 
