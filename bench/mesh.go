@@ -280,11 +280,35 @@ func startMeshCluster(bin, workDir string, targets connectors, agentArgs []strin
 		return nil, err
 	}
 	// Hub B learns who owns the agents of its connectors from the registry
-	// once per heartbeat_interval (5 s by default), not on a miss.
+	// once per heartbeat_interval (5 s by default), and again soon after a
+	// client finds no agent. It reads the connectors one by one, so the
+	// agent's claim may land between two reads: every connector is waited for.
 	if err := mc.waitFor(20*time.Second, "echo through hub B (cross-hub)", func() error { return echoOnce(b.addrs["echo"]) }); err != nil {
 		return nil, err
 	}
+	for _, n := range meshConnectors {
+		if err := mc.waitFor(20*time.Second, n+" served through hub B", func() error { return served(b.addrs[n]) }); err != nil {
+			return nil, err
+		}
+	}
 	return mc, nil
+}
+
+// served returns nil when a client of addr is carried to a target rather
+// than closed at once (no agent): it gets data, or nothing for a while.
+func served(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	var b [1]byte
+	_, err = c.Read(b[:])
+	if ne := net.Error(nil); err == nil || errors.As(err, &ne) && ne.Timeout() {
+		return nil
+	}
+	return fmt.Errorf("closed at once: %w", err)
 }
 
 // meshHubConfig is a hub's cloud.toml: the other scenarios' defaults plus
