@@ -5,6 +5,7 @@ import (
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/internal/bufpool"
+	"github.com/nowconnect/nowconnect/internal/flow"
 )
 
 // meshLane is the origin lane of a link: the client streams this hub
@@ -131,34 +132,49 @@ func copyPayload(p []byte) (*bufpool.Buf, []byte) {
 // fromLink hands a frame from the peer for one of our streams to the home
 // loop. On the link's reader goroutine; p is copied.
 func (ml *meshLane) fromLink(fh codec.MeshHeader, p []byte) {
-	buf, cp := copyPayload(p)
-	cid, t, reason := fh.CID, fh.Type, codec.ReasonNone
-	if t == codec.MeshFrameRst || t == codec.MeshFrameOpenErr {
+	// One pooled buffer holds the payload, then the agent and connector
+	// names (for a reset or a stale epoch): no allocation per frame.
+	buf := bufpool.Get(len(p) + len(fh.Agent) + len(fh.Connector))
+	n := copy(buf.B, p)
+	n += copy(buf.B[n:], fh.Agent)
+	copy(buf.B[n:], fh.Connector)
+	f := fh
+	f.Agent = buf.B[len(p):n]
+	f.Connector = buf.B[n : n+len(fh.Connector)]
+	cp := buf.B[:len(p)]
+	reason := codec.ReasonNone
+	if f.Type == codec.MeshFrameRst || f.Type == codec.MeshFrameOpenErr {
 		reason, _, _ = codec.ParseReason(p)
 	}
-	agent := string(fh.Agent)
 	err := ml.loop.Execute(func() {
 		defer bufpool.Put(buf)
-		ml.dispatch(cid, t, cp, reason, agent)
+		ml.dispatch(f, cp, reason)
 	})
 	if err != nil {
 		bufpool.Put(buf)
 	}
 }
 
-// dispatch runs a peer frame for cid on the home loop.
-func (ml *meshLane) dispatch(cid uint32, t codec.MeshFrameType, p []byte, reason codec.Reason, agent string) {
+// dispatch runs a peer frame (header f, payload p) on the home loop.
+func (ml *meshLane) dispatch(f codec.MeshHeader, p []byte, reason codec.Reason) {
 	now := time.Now()
+	cid, t := f.CID, f.Type
 	st := ml.streams[cid]
 	if st == nil {
 		if t == codec.MeshFrameData {
 			ml.pl.released(len(p), now)
 		}
-		return // ended: the late frames of a stream are ignored
+		// The late frames of a stream that ended are ignored; a frame for
+		// a CID this hub never opened is reset (internal/flow's rule).
+		if ml.fc.Recent.Unknown(cid, tunnelType(t)) == flow.Reset {
+			ml.pl.h.met.unknownCID.Inc()
+			ml.pl.rst(f, codec.ReasonUnknownCID)
+		}
+		return
 	}
 	if reason == codec.ReasonStaleEpoch && ml.pl.h.owners != nil {
 		// Our cached owner is outdated: read the registry again, once.
-		ml.pl.h.owners.invalidate(agent)
+		ml.pl.h.owners.invalidate(string(f.Agent))
 	}
 	st.onFrame(tunnelType(t), p, now)
 }

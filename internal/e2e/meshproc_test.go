@@ -482,8 +482,8 @@ func (in *injector) got(cid uint32) (codec.Reason, bool) {
 // TestMeshProcInjected: frames a peer should never send are refused and
 // counted by hub A: an M_OPEN with a stale epoch (M_RST stale_epoch,
 // nowconnect_owner_epoch_mismatch_total), a duplicated M_DATA (dropped,
-// nowconnect_cid_dedup_dropped_total, its bytes reach the target once). An
-// agent's token never opens /mesh and a mesh token never opens /tunnel.
+// nowconnect_cid_dedup_dropped_total, its bytes reach the target once), an
+// M_DATA for a CID never opened (M_RST unknown_cid). An agent's token never opens /mesh and a mesh token never opens /tunnel.
 func TestMeshProcInjected(t *testing.T) {
 	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	mc := startMeshCluster(t, map[string]string{"svc": echo.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "")
@@ -554,6 +554,19 @@ func TestMeshProcInjected(t *testing.T) {
 	}
 	if v := scrape(t, a.control)[`nowconnect_cid_dedup_dropped_total`]; v != 1 {
 		t.Errorf("nowconnect_cid_dedup_dropped_total = %v, want 1", v)
+	}
+
+	// Frames for CIDs that were never opened, on either side of the link
+	// (hub-x dialed: odd CIDs are hub-x's, even ones hub-a's), are reset.
+	for _, cid := range []uint32{1001, 1000} {
+		hdr, _ = codec.AppendMeshHeader(hdr[:0], codec.MeshFrameData, cid, 2, epoch, "agent-1", "echo")
+		if err := in.link.SendData(hdr, []byte("stray")); err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, 5*time.Second, fmt.Sprintf("M_RST for never-opened cid %d", cid), func() bool { _, ok := in.got(cid); return ok })
+		if r, _ := in.got(cid); r != codec.ReasonUnknownCID {
+			t.Errorf("M_DATA for never-opened cid %d answered with %v, want unknown_cid", cid, r)
+		}
 	}
 
 	// Credentials never cross: an agent token on /mesh, a mesh token on /tunnel.
