@@ -16,6 +16,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/nowconnect/nowconnect/agent"
 	"github.com/nowconnect/nowconnect/hub"
 	"github.com/nowconnect/nowconnect/internal/flow"
 	"github.com/nowconnect/nowconnect/internal/haregistry"
@@ -301,5 +302,52 @@ func TestMeshShadow(t *testing.T) {
 	}
 	if code, body := readyz(t, b.Control); code != 200 || !strings.Contains(body, `"ha_mode":"shadow"`) {
 		t.Errorf("hub-b /readyz in shadow: %d %s", code, body)
+	}
+}
+
+// TestMeshAgentMoves: agent-1 moves from hub A to hub B (a second process
+// of it connects to B and claims it) while streams run through A's tunnel,
+// from a client on A and from one on B across the mesh. Make-before-break:
+// both old streams go on until they end, new clients on either hub reach
+// the agent on B, and A closes the old tunnel once its streams are gone.
+func TestMeshAgentMoves(t *testing.T) {
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	store := mesh.NewMemoryStore(nil)
+	a := startMeshHub(t, "hub-a", store, []string{"echo"})
+	b := startMeshHub(t, "hub-b", store, []string{"echo"})
+	waitLinks(t, a, b)
+	startAgent(t, a.testHub, "agent-1", map[string]string{"echo": echo.Addr()},
+		func(c *agent.Config) { c.ReconnectMin, c.ReconnectMax = time.Hour, time.Hour }) // once gone, it stays gone
+	testenv.WaitFor(t, 10*time.Second, "echo through hub-b", func() bool { return echoOnce(b.Addr["echo"], time.Second) == nil })
+	local, cross := echoConn(t, a.Addr["echo"]), echoConn(t, b.Addr["echo"])
+
+	startAgent(t, b.testHub, "agent-1", map[string]string{"echo": echo.Addr()})
+	testenv.WaitFor(t, 10*time.Second, "hub-a loses agent-1", func() bool {
+		return strings.Contains(a.Logs.String(), `"msg":"ownership_lost","agent_id":"agent-1"`)
+	})
+	for i := range 3 {
+		for name, c := range map[string]net.Conn{"hub-a local": local, "hub-b cross-hub": cross} {
+			if err := echoRound(c, fmt.Appendf(nil, "after the move %d", i)); err != nil {
+				t.Fatalf("%s stream on the old tunnel after the move: %v", name, err)
+			}
+		}
+	}
+	for _, h := range []*meshHub{a, b} {
+		testenv.WaitFor(t, 10*time.Second, "a new client through "+h.id+" reaches agent-1 on hub-b", func() bool {
+			return echoOnce(h.Addr["echo"], time.Second) == nil
+		})
+	}
+	if a.Tunnels() == 0 {
+		t.Fatal("hub-a closed the old tunnel while it still carried streams")
+	}
+	// hub-a's new client went to hub-b over the mesh, not onto the old tunnel.
+	if v := testenv.Metric(t, a.Metrics().WritePrometheus, `nowconnect_mesh_frames_total{dir="out",type="M_OPEN"}`); v < 1 {
+		t.Errorf("hub-a sent %v M_OPEN: its new client did not cross to hub-b", v)
+	}
+	local.Close()
+	cross.Close()
+	testenv.WaitFor(t, 10*time.Second, "hub-a closes the old tunnel once idle", func() bool { return a.Tunnels() == 0 })
+	if err := echoOnce(a.Addr["echo"], 2*time.Second); err != nil {
+		t.Errorf("a client through hub-a after the old tunnel closed: %v", err)
 	}
 }
