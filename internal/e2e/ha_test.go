@@ -337,4 +337,20 @@ func TestHAThreeHubs(t *testing.T) {
 	if err := echoOnce(hubs[1].listen, 5*time.Second); err != nil {
 		t.Fatalf("hub-b serves: %v", err)
 	}
+	// Nothing of the dead hub stays in the registry past owner_ttl (2 s):
+	// no agent of svc is listed as owned by it.
+	testenv.WaitFor(t, 10*time.Second, "no registry entry owned by hub-a", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		list, err := reg.Agents(ctx, "svc")
+		if err != nil || len(list) != len(hubs) {
+			return false
+		}
+		for _, ai := range list {
+			if ai.Owner.ReplicaID == "hub-a" {
+				return false
+			}
+		}
+		return true
+	})
 }
