@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -246,32 +247,44 @@ func TestHARedisDownAtStart(t *testing.T) {
 	})
 }
 
-// TestHAModeOffNoRedis: a hub in mode off (ha.enabled false, a redis_url
-// set) never connects to Redis: INFO clients is unchanged.
+// TestHAModeOffNoRedis: a hub in mode off (ha.enabled false, or enabled
+// with mode "off", a redis_url set either way) never connects to Redis:
+// INFO stats' total_connections_received grows only by the test's own
+// INFO connection (each redisDo is one connection), also counting
+// connections that opened and closed in between.
 func TestHAModeOffNoRedis(t *testing.T) {
 	bin := testenv.Binary(t)
 	redis := testenv.StartRedis(t)
-	clients := func() string {
-		out := fmt.Sprint(redis.Do(t, "INFO", "clients"))
+	received := func() int {
+		out := fmt.Sprint(redis.Do(t, "INFO", "stats"))
 		for _, l := range strings.Split(out, "\n") {
-			if strings.HasPrefix(l, "connected_clients:") {
-				return strings.TrimSpace(l)
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "total_connections_received:"); ok {
+				n, err := strconv.Atoi(v)
+				if err != nil {
+					t.Fatalf("total_connections_received %q: %v", v, err)
+				}
+				return n
 			}
 		}
-		t.Fatalf("no connected_clients in %q", out)
-		return ""
+		t.Fatalf("no total_connections_received in %q", out)
+		return 0
 	}
-	before := clients()
-	control := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cfg := cloudConfig(t, control, listen, fmt.Sprintf("\n[ha]\nenabled = false\nreplica_id = \"hub-a\"\nredis_url = %q\n", redis.URL))
-	h := testenv.StartProcess(t, bin, []string{"cloud", "--config", cfg}, nil)
-	h.WaitForOutput(t, `"msg":"listener_started"`, 10*time.Second)
-	if err := healthz(control); err != nil {
-		t.Fatal(err)
-	}
-	if after := clients(); after != before {
-		t.Fatalf("mode off connected to Redis: %s → %s", before, after)
+	for _, ha := range []string{"enabled = false", "enabled = true\nmode = \"off\""} {
+		before := received()
+		control := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		cfg := cloudConfig(t, control, listen, fmt.Sprintf("\n[ha]\n%s\nreplica_id = \"hub-a\"\nredis_url = %q\n", ha, redis.URL))
+		h := testenv.StartProcess(t, bin, []string{"cloud", "--config", cfg}, nil)
+		h.WaitForOutput(t, `"msg":"listener_started"`, 10*time.Second)
+		if err := healthz(control); err != nil {
+			t.Fatal(err)
+		}
+		if after := received(); after != before+1 {
+			t.Fatalf("[ha] %s: Redis received %d connections while the hub started, want only this test's 1", ha, after-before)
+		}
+		if err := h.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
