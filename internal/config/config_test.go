@@ -297,3 +297,16 @@ ha:
 		t.Errorf("LoadHub = %+v", h)
 	}
 }
+
+func TestLoadHubSeed002YAML(t *testing.T) {
+	h, err := LoadHub("testdata/cloud_seed002.yaml")
+	if err != nil {
+		t.Fatalf("LoadHub: %v", err)
+	}
+	m := h.HA.Mesh
+	if !h.HA.Enabled || h.HA.Mode != "shadow" || m.Listen != "0.0.0.0:400" || !m.RequireMTLS ||
+		m.Peers[0] != "wss://cloud-b.ocg.labs.empowernow.ai/mesh" || m.ConnectBackoffMaxSec != 30 ||
+		m.SendQueueDepth != 1000 || m.PerLinkMaxInflightBytes != 8388608 || m.TLS.CABundle != "testdata/certs/ca.pem" {
+		t.Errorf("ha = %+v", h.HA)
+	}
+}
