@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
 // TestHubAndPingPong runs the hub and pingpong checks against a real hub and agent (two
@@ -105,7 +107,7 @@ func TestFromConfigHA(t *testing.T) {
 	ca := newCA(t)
 	dir := t.TempDir()
 	leaf := ca.leaf(t, "hub-a", time.Now().Add(90*24*time.Hour))
-	certFile, keyFile := writePEMPair(t, dir, leaf)
+	certFile, keyFile := testenv.WritePEMPair(t, dir, leaf)
 	cfg := filepath.Join(dir, "cloud.yaml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
 listen: "0.0.0.0:8765"
