@@ -20,6 +20,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/nowconnect/nowconnect/agent"
+	"github.com/nowconnect/nowconnect/internal/auth"
 	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
@@ -246,22 +247,30 @@ func TestCloudReloadListeners(t *testing.T) {
 		t.Fatalf("l2 before the reload: %v", err)
 	}
 
+	// A stream through l1 (kept) and one through l2 (removed) are both in
+	// flight across the reload: both finish byte-exact.
 	var rec map[string]any
-	err := gatedExchange(l1, 2, reloadStream, func() {
-		rec = cloud.hup(t, listenerTOML("l1", l1, "svc", "")+listenerTOML("l3", l3, "svc", ""))
-		if rec["msg"] != "config_reloaded" {
-			t.Errorf("reload: %v", rec)
-			return
-		}
-		if err := exchange(l3, 3, 100<<10, 100<<10); err != nil {
-			t.Errorf("the added listener: %v", err)
-		}
-		if !refused(l2) {
-			t.Error("the removed listener still accepts")
-		}
+	var err error
+	errL2 := gatedExchange(l2, 4, reloadStream, func() {
+		err = gatedExchange(l1, 2, reloadStream, func() {
+			rec = cloud.hup(t, listenerTOML("l1", l1, "svc", "")+listenerTOML("l3", l3, "svc", ""))
+			if rec["msg"] != "config_reloaded" {
+				t.Errorf("reload: %v", rec)
+				return
+			}
+			if err := exchange(l3, 3, 100<<10, 100<<10); err != nil {
+				t.Errorf("the added listener: %v", err)
+			}
+			if !refused(l2) {
+				t.Error("the removed listener still accepts")
+			}
+		})
 	})
 	if err != nil {
 		t.Fatalf("the stream through l1 across the reload: %v", err)
+	}
+	if errL2 != nil {
+		t.Fatalf("the stream through removed listener l2 across the reload: %v", errL2)
 	}
 	t.Logf("config_reloaded: %v", rec["changes"])
 	if !hasChange(rec, "listener l2 removed") || !hasChange(rec, "listener l3 added") {
@@ -617,4 +626,45 @@ func TestRetiredTunnelFinishesHalfClosed(t *testing.T) {
 		t.Fatal("the target never got its bytes")
 	}
 	testenv.WaitFor(t, 10*time.Second, "the stream ended", func() bool { return a.ActiveStreams() == 0 })
+}
+
+// TestCloudReloadAuthKeys: a SIGHUP after the JWT secret file changed
+// applies the new key to new tunnels (a token of the old key gets 401, one
+// of the new key is upgraded) while the tunnel already up, and a stream on
+// it, go on.
+func TestCloudReloadAuthKeys(t *testing.T) {
+	bin := testenv.Binary(t)
+	tgt := startServer(t, exchangeTarget)
+	l1 := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cloud := startReloadCloud(t, bin, listenerTOML("l1", l1, "svc", ""))
+	startPremise(t, bin, cloud.control, "reload-agent", map[string]string{"svc": tgt.Addr()})
+	cloud.WaitForOutput(t, `"msg":"agent_connected"`, 15*time.Second)
+	oldTok := token(t, "other-agent", []string{"svc"})
+	if code := upgradeStatus(t, cloud.control, "/tunnel", oldTok); code != 101 {
+		t.Fatalf("a token of the first key before the reload: HTTP %d, want 101", code)
+	}
+	newSecret := []byte(strings.Repeat("rotated-key-", 4))
+	newTok, err := auth.Mint(newSecret, "other-agent", []string{"svc"}, time.Hour, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = gatedExchange(l1, 9, reloadStream, func() {
+		writeFile(t, filepath.Join(filepath.Dir(cloud.path), "secret"), string(newSecret))
+		if rec := cloud.hup(t, listenerTOML("l1", l1, "svc", "")); rec["msg"] != "config_reloaded" {
+			t.Errorf("reload: %v", rec)
+			return
+		}
+		if code := upgradeStatus(t, cloud.control, "/tunnel", oldTok); code != 401 {
+			t.Errorf("a token of the old key after the reload: HTTP %d, want 401", code)
+		}
+		if code := upgradeStatus(t, cloud.control, "/tunnel", newTok); code != 101 {
+			t.Errorf("a token of the new key after the reload: HTTP %d, want 101", code)
+		}
+	})
+	if err != nil {
+		t.Fatalf("the stream on the tunnel that was up across the key change: %v", err)
+	}
+	if err := exchange(l1, 10, 1000, 1000); err != nil {
+		t.Errorf("the tunnel that was up before the key change: %v", err)
+	}
 }
