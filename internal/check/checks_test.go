@@ -2,6 +2,7 @@ package check
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -303,4 +304,23 @@ func TestRedis(t *testing.T) {
 			t.Errorf("%s leaks a password: %s", r.Name, r.Detail)
 		}
 	}
+}
+
+// TestHTTPS: https with the private CA in ca_file verifies; without it the
+// same server fails verification, and insecure skips it.
+func TestHTTPS(t *testing.T) {
+	leakCheck(t)
+	ca := newCA(t)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "secure hello") }))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.leaf(t, "web", time.Now().Add(90*24*time.Hour))}}
+	srv.StartTLS()
+	defer srv.Close()
+	rs := runYAML(t, fmt.Sprintf(`
+- {type: http, url: "%[1]s/", ca_file: %[2]s, body_regex: "secure hello"}
+- {type: http, url: "%[1]s/", name: no ca_file}
+- {type: http, url: "%[1]s/", name: insecure, insecure: true}
+`, srv.URL, ca.pemFile), 10*time.Second)
+	expect(t, rs[0], OK, "status 200")
+	expect(t, rs[1], Critical, "certificate")
+	expect(t, rs[2], OK, "status 200")
 }
