@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,27 +48,40 @@ func startHub(t testing.TB, connectors []string, opts ...hubOpt) *testHub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	th := &testHub{Addr: map[string]string{}, Logs: logs}
-	th.Control = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cfg := hub.Config{
-		Control:  th.Control,
-		Verifier: v,
-		Logger:   slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testLogWriter()), &slog.HandlerOptions{Level: slog.LevelDebug})),
-	}
-	for _, c := range connectors {
-		addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-		th.Addr[c] = addr
-		cfg.Listeners = append(cfg.Listeners, hub.Listener{Name: "l-" + c, Bind: addr, Connector: c})
-	}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	h, err := hub.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Start(); err != nil {
-		t.Fatal(err)
+	th := &testHub{Logs: logs}
+	// The ports were free a moment ago (testenv.FreePort): a concurrent
+	// test may take one first, and then the hub starts on new ones.
+	var h *hub.Hub
+	for try := 0; h == nil; try++ {
+		th.Addr = map[string]string{}
+		th.Control = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		cfg := hub.Config{
+			Control:  th.Control,
+			Verifier: v,
+			Logger:   slog.New(slog.NewJSONHandler(io.MultiWriter(logs, testLogWriter()), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		}
+		for _, c := range connectors {
+			addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+			th.Addr[c] = addr
+			cfg.Listeners = append(cfg.Listeners, hub.Listener{Name: "l-" + c, Bind: addr, Connector: c})
+		}
+		for _, o := range opts {
+			o(&cfg)
+		}
+		nh, err := hub.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = nh.Start()
+		var be *hub.BindError
+		switch {
+		case err == nil:
+			h = nh
+		case errors.As(err, &be) && errors.Is(err, syscall.EADDRINUSE) && try < 4:
+			continue
+		default:
+			t.Fatal(err)
+		}
 	}
 	th.Hub = h
 	t.Cleanup(func() {
