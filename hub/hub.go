@@ -285,6 +285,19 @@ func tickFor(cfg Config) time.Duration {
 	return max(minTick, min(maxTick, d/4))
 }
 
+// refuseUpgrade answers what every WebSocket route refuses before it looks
+// at credentials: a request that is no upgrade (426), or any while the hub
+// drains (503).
+func (h *Hub) refuseUpgrade(req *engine.Request) (engine.Response, bool) {
+	switch {
+	case !req.Upgrade:
+		return engine.Response{Status: 426, Body: []byte("websocket upgrade required\n")}, true
+	case h.shutdown.Load():
+		return engine.Response{Status: 503, Body: []byte("shutting down\n")}, true
+	}
+	return engine.Response{}, false
+}
+
 // BindError is an address the hub could not bind: a listener's, or the
 // control port's (Listener "").
 type BindError struct {
@@ -593,11 +606,8 @@ func (h *Hub) Route(req *engine.Request) engine.Response {
 	case "/mesh":
 		return h.meshRoute(req)
 	case "/tunnel":
-		if !req.Upgrade {
-			return engine.Response{Status: 426, Body: []byte("websocket upgrade required\n")}
-		}
-		if h.shutdown.Load() {
-			return engine.Response{Status: 503, Body: []byte("shutting down\n")}
+		if r, refused := h.refuseUpgrade(req); refused {
+			return r
 		}
 		// Verification may fetch keys (JWKS): decide off the event loop.
 		authz := bytes.Clone(req.Authorization)

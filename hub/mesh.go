@@ -407,11 +407,8 @@ func (h *Hub) meshRoute(req *engine.Request) engine.Response {
 	if m == nil || !m.AcceptsPeers() {
 		return engine.Response{Status: 404, Body: []byte("not found\n")}
 	}
-	if !req.Upgrade {
-		return engine.Response{Status: 426, Body: []byte("websocket upgrade required\n")}
-	}
-	if h.shutdown.Load() {
-		return engine.Response{Status: 503, Body: []byte("shutting down\n")}
+	if r, refused := h.refuseUpgrade(req); refused {
+		return r
 	}
 	authz := bytes.Clone(req.Authorization)
 	remote := req.RemoteAddr.String()
