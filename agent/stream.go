@@ -241,11 +241,7 @@ func (st *stream) fromHub(p []byte) {
 	if err := st.fc.Data(len(p)); err != nil {
 		st.mu.Unlock()
 		st.sess.releaseTunnel(len(p)) // not counted by the stream: abort will not return it
-		r := codec.ReasonProtocol
-		if errors.Is(err, flow.ErrWindowExceeded) {
-			r = codec.ReasonWindowExceeded
-		}
-		st.abort(r, true, err.Error())
+		st.abort(flow.ResetReason(err), true, err.Error())
 		return
 	}
 	st.conn.bytesC2A.add(len(p))

@@ -166,7 +166,7 @@ func (r *relay) onFrame(ft codec.FrameType, p []byte, now time.Time) {
 	case codec.FrameData:
 		if err := r.fc.Data(len(p)); err != nil {
 			r.t.released(len(p), now)
-			r.kill(codec.ReasonProtocol, true, true)
+			r.kill(flow.ResetReason(err), true, true)
 			return
 		}
 		r.lis.met.bytesA2C.Add(len(p))
@@ -283,7 +283,7 @@ func (r *relay) onPeer(t codec.MeshFrameType, p []byte, now time.Time) {
 	case codec.MeshFrameData:
 		if err := r.mfc.Data(len(p)); err != nil {
 			r.pl.released(len(p), now)
-			r.kill(codec.ReasonWindowExceeded, true, true)
+			r.kill(flow.ResetReason(err), true, true)
 			return
 		}
 		r.lis.met.bytesC2A.Add(len(p))

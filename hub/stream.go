@@ -457,11 +457,7 @@ func (s *stream) onData(p []byte, now time.Time) {
 			s.fc.Recv.Release(len(p), now, 0) // counted, never buffered: end must not release it again
 		}
 		s.t.released(len(p), now)
-		r := codec.ReasonProtocol
-		if errors.Is(err, flow.ErrWindowExceeded) {
-			r = codec.ReasonWindowExceeded
-		}
-		s.kill(r, true, true)
+		s.kill(flow.ResetReason(err), true, true) // shut, err nil: protocol
 		return
 	}
 	s.lastAct = now

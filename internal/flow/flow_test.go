@@ -2,6 +2,7 @@ package flow
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -468,5 +469,22 @@ func BenchmarkReceiveRelease(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		_ = w.Receive(16 << 10)
 		w.Release(16<<10, now, time.Millisecond)
+	}
+}
+
+func TestResetReason(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want codec.Reason
+	}{
+		{ErrWindowExceeded, codec.ReasonWindowExceeded},
+		{fmt.Errorf("stream 3: %w", ErrWindowExceeded), codec.ReasonWindowExceeded},
+		{ErrBeforeAck, codec.ReasonProtocol},
+		{ErrDataAfterFin, codec.ReasonProtocol},
+		{nil, codec.ReasonProtocol},
+	} {
+		if got := ResetReason(tc.err); got != tc.want {
+			t.Errorf("ResetReason(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

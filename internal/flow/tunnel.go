@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"errors"
 	"slices"
 
 	"github.com/nowconnect/nowconnect/codec"
@@ -32,6 +33,16 @@ func (r *Recent) Add(cid uint32) {
 
 // Has reports whether cid ended lately.
 func (r *Recent) Has(cid uint32) bool { return cid != 0 && slices.Contains(r.ring, cid) }
+
+// ResetReason is the reason to reset a stream with when Data refused its
+// bytes: window_exceeded for more than the credit, protocol for DATA out of
+// order (before OPEN_ACK, after FIN) and anything else, nil included.
+func ResetReason(err error) codec.Reason {
+	if errors.Is(err, ErrWindowExceeded) {
+		return codec.ReasonWindowExceeded
+	}
+	return codec.ReasonProtocol
+}
 
 // Verdict says what to do with a frame for a CID that has no live stream.
 type Verdict uint8
