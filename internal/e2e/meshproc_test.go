@@ -315,11 +315,17 @@ func TestMeshProcBulk(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	for _, hp := range []*meshProc{a, b} {
+	// Each hub's link to the other is still the first one, up, and no stream
+	// was reset for want of a link. (Counters that never fired are absent
+	// from a scrape and read 0; the link's state gauge must be there.)
+	for _, pair := range [][2]*meshProc{{a, b}, {b, a}} {
+		hp, peer := pair[0], pair[1].id
 		m := scrape(t, hp.control)
-		for _, k := range []string{`nowconnect_mesh_stream_resets_total`, `nowconnect_mesh_link_reconnects_total{peer="hub-a"}`,
-			`nowconnect_mesh_link_reconnects_total{peer="hub-b"}`, `nowconnect_mesh_link_errors_total{peer="hub-a"}`,
-			`nowconnect_mesh_link_errors_total{peer="hub-b"}`} {
+		if v, ok := m[`nowconnect_mesh_links{peer="`+peer+`",state="up"}`]; !ok || v != 1 {
+			t.Errorf("%s: link to %s up = %v (exposed %v), want 1", hp.id, peer, v, ok)
+		}
+		for _, k := range []string{`nowconnect_mesh_stream_resets_total`, `nowconnect_mesh_link_reconnects_total{peer="` + peer + `"}`,
+			`nowconnect_mesh_link_errors_total{peer="` + peer + `"}`} {
 			if m[k] != 0 {
 				t.Errorf("%s: %s = %v after bulk transfers, want 0", hp.id, k, m[k])
 			}

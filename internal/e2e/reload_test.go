@@ -151,6 +151,20 @@ func startReloadCloud(t *testing.T, bin, body string) *reloadCloud {
 	return c
 }
 
+// startReloadOneListener runs a hub process with listener l1 (returned)
+// for connector svc, served by an agent process in front of an
+// exchangeTarget, and waits for the agent.
+func startReloadOneListener(t *testing.T) (*reloadCloud, string) {
+	t.Helper()
+	bin := testenv.Binary(t)
+	tgt := startServer(t, exchangeTarget)
+	l1 := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cloud := startReloadCloud(t, bin, listenerTOML("l1", l1, "svc", ""))
+	startPremise(t, bin, cloud.control, "reload-agent", map[string]string{"svc": tgt.Addr()})
+	cloud.WaitForOutput(t, `"msg":"agent_connected"`, 15*time.Second)
+	return cloud, l1
+}
+
 func (c *reloadCloud) write(t *testing.T, body string) {
 	t.Helper()
 	writeFile(t, c.path, fmt.Sprintf("listen = %q\n%s\n[auth]\njwt_secret_file = \"secret\"\n", c.control, body))
@@ -295,12 +309,7 @@ func TestCloudReloadListeners(t *testing.T) {
 // the error (file, line, key) and counts a failure; then a valid file
 // with a key that needs a restart applies the rest and names that key.
 func TestCloudReloadInvalid(t *testing.T) {
-	bin := testenv.Binary(t)
-	tgt := startServer(t, exchangeTarget)
-	l1 := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cloud := startReloadCloud(t, bin, listenerTOML("l1", l1, "svc", ""))
-	startPremise(t, bin, cloud.control, "reload-agent", map[string]string{"svc": tgt.Addr()})
-	cloud.WaitForOutput(t, `"msg":"agent_connected"`, 15*time.Second)
+	cloud, l1 := startReloadOneListener(t)
 
 	var rec map[string]any
 	err := gatedExchange(l1, 4, 8<<20, func() {
@@ -633,12 +642,7 @@ func TestRetiredTunnelFinishesHalfClosed(t *testing.T) {
 // of the new key is upgraded) while the tunnel already up, and a stream on
 // it, go on.
 func TestCloudReloadAuthKeys(t *testing.T) {
-	bin := testenv.Binary(t)
-	tgt := startServer(t, exchangeTarget)
-	l1 := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	cloud := startReloadCloud(t, bin, listenerTOML("l1", l1, "svc", ""))
-	startPremise(t, bin, cloud.control, "reload-agent", map[string]string{"svc": tgt.Addr()})
-	cloud.WaitForOutput(t, `"msg":"agent_connected"`, 15*time.Second)
+	cloud, l1 := startReloadOneListener(t)
 	oldTok := token(t, "other-agent", []string{"svc"})
 	if code := upgradeStatus(t, cloud.control, "/tunnel", oldTok); code != 101 {
 		t.Fatalf("a token of the first key before the reload: HTTP %d, want 101", code)
