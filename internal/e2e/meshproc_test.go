@@ -609,3 +609,47 @@ func upgradeStatus(t *testing.T, control, path, tok string) int {
 	}
 	return code
 }
+
+// TestMeshProcOriginCrash: kill -9 of hub B, the origin of a cross-hub
+// stream: hub A sees the link's TCP connection die at once and closes the
+// relay, so the target behind the agent sees its connection end, and A
+// keeps serving its own clients.
+func TestMeshProcOriginCrash(t *testing.T) {
+	// The target echoes; it reports the end of the one connection whose
+	// first bytes are "held" (not of the set-up's probes).
+	ended := make(chan struct{}, 1)
+	echo := startServer(t, func(c net.Conn) {
+		first := make([]byte, 4)
+		if _, err := io.ReadFull(c, first); err != nil {
+			return
+		}
+		_, _ = c.Write(first)
+		_, _ = io.Copy(c, c)
+		if string(first) == "held" {
+			ended <- struct{}{}
+		}
+	})
+	mc := startMeshCluster(t, map[string]string{"svc": echo.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "")
+	a, b := mc.hubs[0], mc.hubs[1]
+	c, err := net.Dial("tcp", b.addr["echo"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := echoRound(c, []byte("held")); err != nil {
+		t.Fatalf("the held cross-hub stream: %v", err)
+	}
+	if err := b.p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	select {
+	case <-ended:
+		t.Logf("the target's connection for hub-b's client ended %v after kill -9 of hub-b", time.Since(killed).Round(time.Millisecond))
+	case <-time.After(15 * time.Second):
+		t.Fatal("the target's connection for a client of the killed hub-b is still open after 15 s")
+	}
+	if err := echoOnce(a.addr["echo"], 2*time.Second); err != nil {
+		t.Errorf("hub-a's own clients after hub-b died: %v", err)
+	}
+}
