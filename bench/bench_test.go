@@ -69,8 +69,9 @@ func TestBenchSmoke(t *testing.T) {
 	if m := rep.Mesh; m == nil {
 		t.Error("no mesh results")
 	} else {
-		if len(m.Throughput) != 6 || len(m.ReqResp) != 3 {
-			t.Errorf("mesh: %d throughput and %d req/resp results, want 6 and 3", len(m.Throughput), len(m.ReqResp))
+		if len(m.Throughput) != 6 || len(m.ReqResp) != 3 || len(m.Quiet) != 3 {
+			t.Errorf("mesh: %d throughput, %d open-loop and %d closed-loop req/resp results, want 6, 3 and 3",
+				len(m.Throughput), len(m.ReqResp), len(m.Quiet))
 		}
 		for _, x := range m.Throughput {
 			// A stream the mesh resets may have moved nothing (the run
@@ -82,6 +83,11 @@ func TestBenchSmoke(t *testing.T) {
 		for _, x := range m.ReqResp {
 			if (x.Latency.N == 0 && x.Errors == 0) || (x.Path == "cross-hub") != (x.MeshOpens >= m.RRConns) {
 				t.Errorf("mesh req/resp %s: %d latencies, %d streams opened over the mesh", x.Path, x.Latency.N, x.MeshOpens)
+			}
+		}
+		for _, x := range m.Quiet {
+			if x.Latency.N == 0 || x.Errors != 0 || (x.Path == "cross-hub") != (x.MeshOpens >= 1) {
+				t.Errorf("mesh closed-loop req/resp %s: %d latencies, %d errors, %d streams opened over the mesh", x.Path, x.Latency.N, x.Errors, x.MeshOpens)
 			}
 		}
 		if len(m.Health) != 2 || m.Health[0].ID != "hub-a" || m.Health[1].ID != "hub-b" {
@@ -125,7 +131,7 @@ func TestBenchSmoke(t *testing.T) {
 		"## Idle memory", "## Slow-consumer isolation", "## Capacity tuning sweeps", "### Recommended settings",
 		"(bench/charts/ratios.svg)", "## WAN", "`go run ./bench/runner -only wan`", "### Stalled clients", "(bench/charts/wan.svg)",
 		"WAN 2 ms RTT: 1-stream throughput, download", "## Mesh", "`go run ./bench/runner -only mesh`", "(bench/charts/mesh.svg)",
-		"Mesh: 1-stream throughput, upload, through hub B", "Mesh: the hop's added p50"} {
+		"Mesh: 1-stream throughput, upload, through hub B", "Mesh: the hop's added p50", "### Request/response, one connection, closed loop"} {
 		if !strings.Contains(string(text), s) {
 			t.Errorf("BENCHMARKS.md lacks %q", s)
 		}

@@ -94,6 +94,21 @@ func (r *runner) mesh() error {
 	}
 	cfg := r.rep.Config
 	for _, p := range paths("rr", r.t.RR) {
+		label := fmt.Sprintf("mesh: req/resp closed loop, 1 conn, %s", p[0])
+		opens0 := b.meshOpens()
+		res, err := rrClosed(r.p, label, p[1], 1, cfg.ReqSize, cfg.RespSize, w)
+		if err != nil {
+			return fmt.Errorf("%s: %w", label, err)
+		}
+		opens, err := checkOpens(p[0], b, opens0, 1)
+		if err != nil {
+			return fmt.Errorf("%s: %w", label, err)
+		}
+		res.Path = p[0]
+		rep.Quiet = append(rep.Quiet, MeshReqResp{RRResult: res, MeshOpens: opens})
+		r.p.note("%s: %.0f req/s, p50 %.0fµs p99 %.0fµs", label, res.Rate, res.Latency.P50, res.Latency.P99)
+	}
+	for _, p := range paths("rr", r.t.RR) {
 		label := fmt.Sprintf("mesh: req/resp open loop, %d conns at %d/s, %s", meshRRConns, rate, p[0])
 		bg := r.quietPids(ours...)
 		opens0 := b.meshOpens()

@@ -17,7 +17,8 @@ type MeshReport struct {
 	StartSec   float64          `json:"start_sec"` // from redis-server's start to the first echo through hub B
 	Throughput []MeshThroughput `json:"throughput"`
 	ReqResp    []MeshReqResp    `json:"req_resp"`
-	Health     []MeshHubHealth  `json:"health"` // each hub's, at the end
+	Quiet      []MeshReqResp    `json:"quiet_rr"` // closed loop, one connection: the hop without queueing for the cores
+	Health     []MeshHubHealth  `json:"health"`   // each hub's, at the end
 }
 
 // MeshHubHealth is what went wrong on a hub's mesh link over the whole
@@ -71,7 +72,8 @@ type MeshThroughput struct {
 	MeshOpens   int     `json:"mesh_opens"` // M_OPEN hub B sent during the measurement
 }
 
-// MeshReqResp is one open-loop request/response run on one path.
+// MeshReqResp is one request/response run on one path (open loop, or
+// closed loop on one connection).
 type MeshReqResp struct {
 	RRResult
 	MeshOpens int `json:"mesh_opens"` // M_OPEN hub B sent during the measurement
@@ -93,9 +95,13 @@ func (m *MeshReport) thr(path, dir string) *MeshThroughput {
 	return nil
 }
 
-func (m *MeshReport) rr(path string) *RRResult {
-	for i := range m.ReqResp {
-		if x := &m.ReqResp[i]; x.Path == path {
+func (m *MeshReport) rr(path string) *RRResult { return meshRR(m.ReqResp, path) }
+
+func (m *MeshReport) quiet(path string) *RRResult { return meshRR(m.Quiet, path) }
+
+func meshRR(rs []MeshReqResp, path string) *RRResult {
+	for i := range rs {
+		if x := &rs[i]; x.Path == path {
 			return &x.RRResult
 		}
 	}
@@ -214,6 +220,25 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 		w("\n")
 	}
 
+	qd, ql, qx := m.quiet("direct"), m.quiet("local"), m.quiet("cross-hub")
+	if qd != nil && ql != nil && qx != nil {
+		w("### Request/response, one connection, closed loop\n\n")
+		w("The same `rr` target, one request at a time on one connection: the latency of each path when nothing queues for\n")
+		w("the cores, that is what the hop itself costs (its copies, frames, system calls and thread wake-ups).\n\n")
+		w("| path | req/s | p50 µs | p90 µs | p99 µs | p50 added to the path before |\n")
+		w("| --- | ---: | ---: | ---: | ---: | ---: |\n")
+		var prev *RRResult
+		for _, r := range []*RRResult{qd, ql, qx} {
+			added := "—"
+			if prev != nil {
+				added = fmt.Sprintf("%.0f µs", r.Latency.P50-prev.Latency.P50)
+			}
+			prev = r
+			w("| %s | %.0f | %.0f | %.0f | %.0f | %s |\n", r.Path, r.Rate, r.Latency.P50, r.Latency.P90, r.Latency.P99, added)
+		}
+		w("\n")
+	}
+
 	if len(m.Health) > 0 {
 		var bad []string
 		for _, h := range m.Health {
@@ -254,6 +279,11 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 		if d != nil && d.Latency.N > 0 {
 			w("- against direct (p50 %.0f µs): local adds %.0f µs, cross-hub %.0f µs.\n", d.Latency.P50, l.Latency.P50-d.Latency.P50, x.Latency.P50-d.Latency.P50)
 		}
+	}
+	if ql != nil && qx != nil {
+		w("- not a target: on one connection, closed loop, the hop adds %.0f µs to the p50 (%.0f through hub B, %.0f through hub A):\n",
+			qx.Latency.P50-ql.Latency.P50, qx.Latency.P50, ql.Latency.P50)
+		w("  what it costs before anything waits for a core.\n")
 	}
 	w("\n")
 }
