@@ -275,6 +275,34 @@ func TestLDAP(t *testing.T) {
 	}
 }
 
+// TestLDAPTLS: a real slapd with a certificate from a test CA, over ldaps://
+// and StartTLS: verified with ca_file, refused without it, skipped under
+// insecure; the bind and the search run inside TLS.
+func TestLDAPTLS(t *testing.T) {
+	leakCheck(t)
+	ca := newCA(t)
+	certFile, keyFile := testenv.WritePEMPair(t, t.TempDir(), ca.leaf(t, "slapd", time.Now().Add(90*24*time.Hour)))
+	s := testenv.StartSlapdTLS(t, 5, certFile, keyFile)
+	pwFile := writeFile(t, "pw", s.AdminPW+"\n")
+	rs := runYAML(t, fmt.Sprintf(`
+- {type: ldap, url: "%[1]s", ca_file: %[2]s, bind_dn: "%[3]s", password_file: %[4]s, base: "%[5]s", filter: "(uid=user*)", expect_min_entries: 5}
+- {type: ldap, name: starttls, url: "%[6]s", start_tls: true, ca_file: %[2]s, bind_dn: "%[3]s", password_file: %[4]s, base: "%[5]s", expect_min_entries: 5}
+- {type: ldap, name: ldaps without ca_file, url: "%[1]s"}
+- {type: ldap, name: starttls without ca_file, url: "%[6]s", start_tls: true, bind_dn: "%[3]s", password_file: %[4]s}
+- {type: ldap, name: ldaps insecure, url: "%[1]s", insecure: true}
+- {type: ldap, name: ldaps wrong name, url: "%[1]s", ca_file: %[2]s, server_name: ldap.example.org}
+`, s.LDAPSURL, ca.pemFile, s.AdminDN, pwFile, s.BaseDN, s.URL), 10*time.Second)
+	expect(t, rs[0], OK, `TLS 1.3, certificate "slapd"`, "rootDSE", "bind as cn=admin,dc=example,dc=org", "found 5 entries")
+	expect(t, rs[1], OK, "rootDSE", `StartTLS: TLS 1.3, certificate "slapd"`, "bind as cn=admin,dc=example,dc=org", "found")
+	expect(t, rs[2], Critical, "connect: TLS:", "certificate signed by unknown authority")
+	expect(t, rs[3], Critical, "StartTLS:", "certificate signed by unknown authority")
+	expect(t, rs[4], OK, `certificate "slapd" (verification skipped)`, "rootDSE")
+	expect(t, rs[5], Critical, "connect: TLS:", "ldap.example.org")
+	if strings.Contains(rs[1].Detail, "bind as") && strings.Index(rs[1].Detail, "StartTLS") > strings.Index(rs[1].Detail, "bind as") {
+		t.Errorf("starttls: the bind ran before StartTLS: %s", rs[1].Detail)
+	}
+}
+
 // TestRedis: a real redis-server with a password.
 func TestRedis(t *testing.T) {
 	leakCheck(t)

@@ -109,6 +109,9 @@ func (c *ldapCheck) run(ctx context.Context, r *report) {
 		return
 	}
 	defer nc.Close()
+	if tc, ok := nc.(*tls.Conn); ok {
+		r.ok("%s", tlsDone(tc.ConnectionState()))
+	}
 
 	// The rootDSE proves the port speaks LDAP: any LDAP answer, even a refusal, does.
 	dse, err := readRootDSE(ctx, nc, []string{"namingContexts", "supportedLDAPVersion", "vendorName", "vendorVersion"})
@@ -168,7 +171,8 @@ func (t *ldapTarget) session(ctx context.Context, conn *ldap.Conn, r *report) bo
 			r.crit("StartTLS: %s", ldapFailure(ctx, r, err))
 			return false
 		}
-		r.ok("StartTLS")
+		cs, _ := conn.TLSConnectionState()
+		r.ok("StartTLS: %s", tlsDone(cs))
 	}
 	if t.bindDN != "" {
 		if err := conn.Bind(t.bindDN, t.password); err != nil {
@@ -196,6 +200,19 @@ func describeRootDSE(attrs map[string][]string) string {
 		return "rootDSE read: an LDAP server"
 	}
 	return "rootDSE: " + strings.Join(parts, "; ")
+}
+
+// tlsDone says what a completed handshake gave: the version and the
+// certificate's subject ("verification skipped" under insecure).
+func tlsDone(cs tls.ConnectionState) string {
+	s := tls.VersionName(cs.Version)
+	if len(cs.PeerCertificates) > 0 {
+		s += fmt.Sprintf(", certificate %q", cs.PeerCertificates[0].Subject.CommonName)
+	}
+	if len(cs.VerifiedChains) == 0 {
+		s += " (verification skipped)"
+	}
+	return s
 }
 
 // dial connects to the target, with TLS for ldaps://.

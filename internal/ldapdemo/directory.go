@@ -66,8 +66,8 @@ func UserDescription(i int) string {
 func userUID(i int) string { return fmt.Sprintf("user%04d", i) }
 
 // slapdConf is the slapd.conf of a directory whose pid/args files live in dir and whose
-// mdb database lives in dataDir.
-func slapdConf(dir, dataDir string) string {
+// mdb database lives in dataDir; with certFile and keyFile, slapd serves TLS.
+func slapdConf(dir, dataDir, certFile, keyFile string) string {
 	var b strings.Builder
 	for _, schema := range []string{"core", "cosine", "inetorgperson", "nis"} {
 		fmt.Fprintf(&b, "include /etc/ldap/schema/%s.schema\n", schema)
@@ -75,7 +75,11 @@ func slapdConf(dir, dataDir string) string {
 	// Debian builds the backends as modules.
 	b.WriteString("modulepath /usr/lib/ldap\nmoduleload back_mdb\n")
 	fmt.Fprintf(&b, "pidfile %s\nargsfile %s\n", filepath.Join(dir, "slapd.pid"), filepath.Join(dir, "slapd.args"))
-	b.WriteString("loglevel 0\nsizelimit unlimited\n\n")
+	b.WriteString("loglevel 0\nsizelimit unlimited\n")
+	if certFile != "" {
+		fmt.Fprintf(&b, "TLSCertificateFile %s\nTLSCertificateKeyFile %s\n", certFile, keyFile)
+	}
+	b.WriteString("\n")
 	b.WriteString("database mdb\n")
 	fmt.Fprintf(&b, "suffix %q\nrootdn %q\nrootpw %s\n", BaseDN, AdminDN, AdminPW)
 	fmt.Fprintf(&b, "directory %s\n", dataDir)

@@ -49,6 +49,10 @@ type Options struct {
 	// header in front of every connection (OpenLDAP 2.5 or later). Their
 	// ports are the caller's to choose. Default none.
 	ExtraURLs []string
+	// TLSCertFile and TLSKeyFile (PEM; both or neither) give slapd a server
+	// certificate: the ldap:// listener then offers StartTLS, and an
+	// "ldaps://127.0.0.1:PORT/" in ExtraURLs serves TLS from the first byte.
+	TLSCertFile, TLSKeyFile string
 	// Debug is slapd's -d level. Default "0": nothing is printed. "stats"
 	// prints a line per connection (with the client's address) and per
 	// operation to Output.
@@ -107,7 +111,11 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		s.Stop()
 		return nil, fmt.Errorf("ldapdemo: %w", err)
 	}
-	if err := os.WriteFile(conf, []byte(slapdConf(s.dir, dataDir)), 0o600); err != nil {
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		s.Stop()
+		return nil, fmt.Errorf("ldapdemo: TLSCertFile and TLSKeyFile go together (got %q and %q)", o.TLSCertFile, o.TLSKeyFile)
+	}
+	if err := os.WriteFile(conf, []byte(slapdConf(s.dir, dataDir, o.TLSCertFile, o.TLSKeyFile)), 0o600); err != nil {
 		s.Stop()
 		return nil, fmt.Errorf("ldapdemo: %w", err)
 	}

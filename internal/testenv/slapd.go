@@ -53,6 +53,12 @@ type Slapd struct {
 	AdminDN string // "cn=admin,dc=example,dc=org"
 	AdminPW string // "admin"
 	Users   int    // number of seeded users
+	// LDAPSURL is "ldaps://127.0.0.1:PORT" when the server has a certificate
+	// (StartSlapdTLS), else empty.
+	LDAPSURL string
+
+	certFile, keyFile string // StartSlapdTLS's certificate
+	ldapsPort         int
 
 	dir  string // slapd.conf and the database, kept across Stop/Start
 	port int
@@ -92,6 +98,28 @@ func StartSlapd(t testing.TB, users int) *Slapd {
 		t.Fatalf("testenv: slapd: %v", err)
 	}
 	return s
+}
+
+// StartSlapdTLS is StartSlapd with a server certificate (PEM files): the
+// ldap:// listener offers StartTLS, and LDAPSURL serves TLS from the first byte.
+func StartSlapdTLS(t testing.TB, users int, certFile, keyFile string) *Slapd {
+	t.Helper()
+	lookBinary(t, "slapd", "/usr/sbin/slapd")
+	lookBinary(t, "ldapsearch", "/usr/bin/ldapsearch")
+	lookBinary(t, "ldapadd", "/usr/bin/ldapadd")
+	s := &Slapd{BaseDN: BaseDN, AdminDN: AdminDN, AdminPW: AdminPW, Users: users, dir: t.TempDir(), out: &SyncBuffer{},
+		certFile: certFile, keyFile: keyFile}
+	t.Cleanup(func() { s.stop(t) })
+	var err error
+	for range 3 { // the ldaps port is chosen before slapd binds it: another process may take it first
+		s.ldapsPort = FreePort(t)
+		if err = s.startOn(0); err == nil {
+			s.LDAPSURL = fmt.Sprintf("ldaps://127.0.0.1:%d", s.ldapsPort)
+			return s
+		}
+	}
+	t.Fatalf("testenv: slapd with TLS: %v", err)
+	return nil
 }
 
 // Stop stops slapd (SIGTERM, then SIGKILL after 5s) and reaps it; the database stays.
@@ -138,7 +166,11 @@ var errExitedEarly = errors.New("exited before answering")
 func (s *Slapd) startOn(port int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), ldapCommandTimeout)
 	defer cancel()
-	srv, err := ldapdemo.Start(ctx, ldapdemo.Options{Users: s.Users, Dir: s.dir, Port: port, Output: s.out})
+	o := ldapdemo.Options{Users: s.Users, Dir: s.dir, Port: port, Output: s.out, TLSCertFile: s.certFile, TLSKeyFile: s.keyFile}
+	if s.ldapsPort != 0 {
+		o.ExtraURLs = []string{fmt.Sprintf("ldaps://127.0.0.1:%d/", s.ldapsPort)}
+	}
+	srv, err := ldapdemo.Start(ctx, o)
 	if err != nil {
 		if errors.Is(err, ldapdemo.ErrExitedEarly) {
 			return fmt.Errorf("%w: %w", errExitedEarly, err)
