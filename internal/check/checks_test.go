@@ -334,6 +334,32 @@ func TestRedis(t *testing.T) {
 	}
 }
 
+// TestRedisTLS: a real redis-server serving TLS only: verified with ca_file
+// (PING and AUTH inside TLS), refused without it, and plain text at a TLS
+// port is not Redis.
+func TestRedisTLS(t *testing.T) {
+	leakCheck(t)
+	ca := newCA(t)
+	port := startRedisTLS(t, "redis-secret-3", ca)
+	rs := runYAML(t, fmt.Sprintf(`
+- {type: redis, host: 127.0.0.1, port: %[1]d, tls: true, ca_file: %[2]s, password: redis-secret-3}
+- {type: redis, name: no ca_file, host: 127.0.0.1, port: %[1]d, tls: true, password: redis-secret-3}
+- {type: redis, name: wrong password, host: 127.0.0.1, port: %[1]d, tls: true, ca_file: %[2]s, password: not-it}
+- {type: redis, name: plain at tls, host: 127.0.0.1, port: %[1]d, password: redis-secret-3, timeout: 2s}
+`, port, ca.pemFile), 10*time.Second)
+	expect(t, rs[0], OK, "PONG", "role master")
+	expect(t, rs[1], Critical, "TLS:", "certificate signed by unknown authority")
+	expect(t, rs[2], Critical, "AUTH refused: WRONGPASS")
+	if rs[3].Status == OK {
+		t.Errorf("plain text at a TLS port: %s %q, want a failure", rs[3].Status, rs[3].Detail)
+	}
+	for _, r := range rs {
+		if strings.Contains(r.Detail, "redis-secret-3") || strings.Contains(r.Detail, "not-it") {
+			t.Errorf("%s leaks a password: %s", r.Name, r.Detail)
+		}
+	}
+}
+
 // TestHTTPS: https with the private CA in ca_file verifies; without it the
 // same server fails verification, and insecure skips it.
 func TestHTTPS(t *testing.T) {

@@ -147,16 +147,36 @@ func serveRaw(t *testing.T, reply string) int {
 // startRedisPW starts a real redis-server that requires password, and returns its port.
 func startRedisPW(t *testing.T, password string) int {
 	t.Helper()
+	port := testenv.FreePort(t)
+	runRedis(t, port, password, nil, "--port", strconv.Itoa(port))
+	return port
+}
+
+// startRedisTLS runs redis-server with a password, serving TLS only, with a
+// certificate for 127.0.0.1 from ca (clients need none). It returns the port.
+func startRedisTLS(t *testing.T, password string, ca *testCA) int {
+	t.Helper()
+	certFile, keyFile := testenv.WritePEMPair(t, t.TempDir(), ca.leaf(t, "redis", time.Now().Add(90*24*time.Hour)))
+	port := testenv.FreePort(t)
+	runRedis(t, port, password, &tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1"},
+		"--port", "0", "--tls-port", strconv.Itoa(port), "--tls-cert-file", certFile, "--tls-key-file", keyFile,
+		"--tls-ca-cert-file", ca.pemFile, "--tls-auth-clients", "no")
+	return port
+}
+
+// runRedis starts redis-server on 127.0.0.1 with args and password, and waits
+// until it answers on port (over TLS with tc) asking for the password.
+func runRedis(t *testing.T, port int, password string, tc *tls.Config, args ...string) {
+	t.Helper()
 	bin := "/usr/bin/redis-server"
 	if _, err := os.Stat(bin); err != nil {
 		if bin, err = exec.LookPath("redis-server"); err != nil {
 			t.Fatal("redis-server not installed: run `make test` (scripts/deps.sh installs it)")
 		}
 	}
-	port := testenv.FreePort(t)
 	dir := t.TempDir()
-	p := testenv.StartProcess(t, bin, []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--requirepass", password}, nil)
+	p := testenv.StartProcess(t, bin, append(args, "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--requirepass", password), nil)
 	testenv.WaitFor(t, 10*time.Second, "redis-server answering", func() bool {
 		if p.Exited() {
 			t.Fatalf("redis-server exited: %s", p.Output())
@@ -164,6 +184,9 @@ func startRedisPW(t *testing.T, password string) int {
 		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)
 		if err != nil {
 			return false
+		}
+		if tc != nil {
+			c = tls.Client(c, tc)
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(time.Second))
@@ -174,7 +197,6 @@ func startRedisPW(t *testing.T, password string) int {
 		n, _ := c.Read(b)
 		return strings.HasPrefix(string(b[:n]), "-NOAUTH") // up, and wants the password
 	})
-	return port
 }
 
 // ---- hub and agent ---------------------------------------------------------------------
