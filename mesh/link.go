@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -46,9 +47,10 @@ type Link struct {
 	m        *Manager
 	conn     net.Conn
 	dialed   bool
-	target   *dialTarget // the target this hub dialed, nil for an accepted link
-	remote   string      // the socket's remote address, for logs
-	authPeer string      // accepted links: the replica the mesh token names, "" without one
+	target   *dialTarget       // the target this hub dialed, nil for an accepted link
+	remote   string            // the socket's remote address, for logs
+	authPeer string            // accepted links: the replica the mesh token names, "" without one
+	peerCert *x509.Certificate // accepted over mTLS: the peer's verified certificate, nil otherwise
 	done     chan struct{}
 
 	// set by the handshake, read-only once registered
@@ -325,6 +327,11 @@ func (l *Link) readHello() error {
 	if l.authPeer != "" && l.authPeer != hello.Replica {
 		return &linkError{reason: reasonAuth, code: ws.StatusPolicyViolation, err: ErrMeshAuth,
 			detail: "the mesh token names " + l.authPeer + ", M_HELLO " + hello.Replica}
+	}
+	if l.peerCert != nil && l.authPeer == "" {
+		if err := l.m.checkPeerCert(l.peerCert, hello.Replica); err != nil {
+			return &linkError{reason: reasonAuth, code: ws.StatusPolicyViolation, err: ErrMeshAuth, detail: err.Error()}
+		}
 	}
 	l.peer, l.hello = hello.Replica, hello
 	l.snd.budget = dataBudget(l.m.cfg.LinkWindow, int(hello.LinkWindow)) // the writer is not running yet

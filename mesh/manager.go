@@ -162,6 +162,7 @@ type Manager struct {
 	targets         map[string]*dialTarget // by URL
 	seen            map[string]bool        // peers that had a link up (reconnect counting)
 	gauged          map[string]bool        // peers with nowconnect_mesh_links series
+	unchecked       map[string]bool        // replicas admitted on a certificate no URL ties them to (logged once)
 	changed         chan struct{}          // closed and replaced on every change of links or targets
 }
 
@@ -172,18 +173,19 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		met:     newMeshMetrics(cfg.Metrics),
-		base:    time.Now(),
-		links:   map[string]*Link{},
-		latest:  map[string]*Link{},
-		all:     map[*Link]struct{}{},
-		raw:     map[net.Conn]struct{}{},
-		targets: map[string]*dialTarget{},
-		seen:    map[string]bool{},
-		gauged:  map[string]bool{},
-		changed: make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		met:       newMeshMetrics(cfg.Metrics),
+		base:      time.Now(),
+		links:     map[string]*Link{},
+		latest:    map[string]*Link{},
+		all:       map[*Link]struct{}{},
+		raw:       map[net.Conn]struct{}{},
+		targets:   map[string]*dialTarget{},
+		seen:      map[string]bool{},
+		gauged:    map[string]bool{},
+		unchecked: map[string]bool{},
+		changed:   make(chan struct{}),
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if cfg.Secret != nil {

@@ -3,9 +3,13 @@ package mesh
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -56,6 +60,66 @@ func (m *Manager) meshListenLoop(ln net.Listener) {
 		m.wg.Go(func() { m.acceptListened(c) })
 	}
 }
+
+// checkPeerCert ties a peer that proved itself with a client certificate alone (no
+// mesh token) to the replica it announces: the certificate must be valid for the host
+// of a URL this hub knows that replica by (a peer URL that answered as it, or the
+// registry's entry, read again if it names none yet). Without it, any certificate of
+// ca_bundle could claim any replica id and take over another hub's link, and with it
+// that hub's streams. A replica this hub knows by no URL (a peer that dials without
+// being dialed or listed) is admitted on the certificate alone and logged once
+// (mesh_peer_identity_unchecked).
+func (m *Manager) checkPeerCert(cert *x509.Certificate, replica string) error {
+	hosts := m.hostsOf(replica)
+	if len(hosts) == 0 && m.cfg.Discovery != nil {
+		_ = m.discover() // a peer that started a moment ago: the registry may list it by now
+		hosts = m.hostsOf(replica)
+	}
+	if len(hosts) == 0 {
+		m.mu.Lock()
+		first := !m.unchecked[replica]
+		if first {
+			if len(m.unchecked) >= maxUnchecked {
+				clear(m.unchecked) // bounded: at worst a replica is logged again
+			}
+			m.unchecked[replica] = true
+		}
+		m.mu.Unlock()
+		if first {
+			m.log.Warn("mesh_peer_identity_unchecked", "peer", replica, "subject", cert.Subject.CommonName,
+				"why", "no peer URL or registry entry names this replica, so its client certificate (from ca_bundle) is not checked against a host; list it in ha.mesh.peers or give it an advertise_url to tie it")
+		}
+		return nil
+	}
+	for _, h := range hosts {
+		if cert.VerifyHostname(h) == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("client certificate %q is not valid for %s, the host this hub knows %s by", cert.Subject.CommonName, strings.Join(hosts, " or "), replica)
+}
+
+// hostsOf returns the hosts (no port) of the URLs this hub knows replica by.
+func (m *Manager) hostsOf(replica string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var hosts []string
+	for _, t := range m.targets {
+		if t.replica != replica || t.self {
+			continue
+		}
+		h, _, err := net.SplitHostPort(t.host)
+		if err != nil {
+			h = t.host
+		}
+		hosts = append(hosts, strings.Trim(h, "[]"))
+	}
+	slices.Sort(hosts)
+	return slices.Compact(hosts)
+}
+
+// maxUnchecked bounds the replicas remembered as logged unchecked.
+const maxUnchecked = 1024
 
 // trackRaw adds c to (add) or removes it from the connections Close must close.
 func (m *Manager) trackRaw(c net.Conn, add bool) bool {
@@ -145,5 +209,10 @@ func (m *Manager) upgradeListened(raw net.Conn) (*Link, bool) {
 	_ = c.SetDeadline(time.Time{})
 	l := newLink(m, c, false, nil)
 	l.authPeer = peer
+	if tc, ok := c.(*tls.Conn); ok {
+		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+			l.peerCert = certs[0] // verified against ClientCAs by the handshake
+		}
+	}
 	return l, true
 }

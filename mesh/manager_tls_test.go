@@ -120,3 +120,62 @@ func TestTokensOnTLSListener(t *testing.T) {
 	b := newHub(t, mesh.ManagerConfig{ReplicaID: "hub-b", Peers: []string{a.url()}, DialTLS: dialTLS, Secret: testSecret})
 	b.waitLink(t, "hub-a")
 }
+
+// TestMTLSIdentity: with mTLS alone, a peer's certificate must be valid for the host
+// this hub knows the announced replica by (here: the registry's URL). An impostor
+// with a certificate from the same CA that claims hub-a's replica id is refused and
+// hub-b keeps its link to the real hub-a; a replica known by no URL is admitted on
+// its certificate and logged once.
+func TestMTLSIdentity(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	ca := testenv.NewCA(t, "mesh CA")
+	store := mesh.NewMemoryStore(nil)
+	hubs := map[string]*hub{}
+	for _, r := range []string{"hub-a", "hub-b"} {
+		reg, err := mesh.NewMemory(mesh.MemoryConfig{Config: mesh.Config{ReplicaID: r}, Store: store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(reg.Close)
+		cert := issue(t, ca, r, "127.0.0.1")
+		hubs[r] = startHub(t, func(addr string) mesh.ManagerConfig {
+			return mesh.ManagerConfig{ReplicaID: r, Listen: addr,
+				ListenTLS: &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: ca.Pool, ClientAuth: tls.RequireAndVerifyClientCert},
+				DialTLS:   &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool},
+				Discovery: reg, AdvertiseURL: "wss://" + addr + "/mesh", DiscoveryInterval: 50 * time.Millisecond}
+		})
+	}
+	a, b := hubs["hub-a"], hubs["hub-b"]
+	l := b.waitLink(t, "hub-a")
+	a.waitLink(t, "hub-b")
+	testenv.WaitFor(t, 10*time.Second, "hub-b knows hub-a's URL from the registry", func() bool {
+		_, ok := b.metricValue(`nowconnect_mesh_links{peer="hub-a",state="up"}`)
+		return ok
+	})
+	if b.logged("mesh_peer_identity_unchecked") || a.logged("mesh_peer_identity_unchecked") {
+		t.Error("a peer the registry names was admitted unchecked")
+	}
+
+	// The impostor: a certificate of the same CA, for another host, claiming hub-a.
+	x := newHub(t, mesh.ManagerConfig{ReplicaID: "hub-a", Peers: []string{b.url()}, Secret: testSecret,
+		DialTLS: &tls.Config{Certificates: []tls.Certificate{issue(t, ca, "hub-x", "127.0.0.3")}, RootCAs: ca.Pool}})
+	testenv.WaitFor(t, 10*time.Second, "hub-b refuses the impostor and logs why", func() bool {
+		return b.logged("mesh_peer_refused", "auth", `client certificate \"hub-x\" is not valid for 127.0.0.1`)
+	})
+	testenv.WaitFor(t, 10*time.Second, "the impostor's dial fails", func() bool { return x.logged("mesh_dial_failed") })
+	if got := b.Link("hub-a"); got != l {
+		t.Errorf("hub-b's link to hub-a was replaced (%p, was %p)", got, l)
+	}
+	if x.Link("hub-b") != nil {
+		t.Error("the impostor has a link up")
+	}
+	x.Close()
+
+	// A replica hub-b knows by no URL: admitted on its certificate, logged once.
+	c := newHub(t, mesh.ManagerConfig{ReplicaID: "hub-c", Peers: []string{b.url()}, Secret: testSecret,
+		DialTLS: &tls.Config{Certificates: []tls.Certificate{issue(t, ca, "hub-c", "hub-c.example")}, RootCAs: ca.Pool}})
+	c.waitLink(t, "hub-b")
+	if !b.logged("mesh_peer_identity_unchecked", "hub-c") {
+		t.Error("hub-c was admitted without mesh_peer_identity_unchecked")
+	}
+}
