@@ -20,9 +20,10 @@ STATICCHECK_VERSION ?= v0.8.2
 BENCHSTAT_VERSION ?= v0.0.0-20260908200009-22c9c6c9d4da
 export STATICCHECK_VERSION BENCHSTAT_VERSION
 
-# How long `make fuzz` runs each Fuzz target (FUZZPKGS: every parser of bytes from the wire).
+# How long `make fuzz` runs each Fuzz target (FUZZPKGS: every parser of bytes from the wire
+# or of files, and the flow-control rules).
 FUZZTIME ?= 30s
-FUZZPKGS ?= ./codec/... ./internal/auth ./internal/proxyproto
+FUZZPKGS ?= ./codec/... ./internal/auth ./internal/proxyproto ./internal/resp ./internal/confdoc ./internal/flow
 
 GOBIN_DIR = $(shell $(GO) env GOPATH)/bin
 STATICCHECK = $(GOBIN_DIR)/staticcheck
