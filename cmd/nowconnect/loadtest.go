@@ -215,12 +215,3 @@ func (lf *loadtestFlags) config(stderr io.Writer) (loadtest.Config, error) {
 	}
 	return cfg, cfg.Validate()
 }
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -196,4 +197,48 @@ func TestMakeRunForwardUnreachable(t *testing.T) {
 		t.Errorf("a slapd runs although FORWARD is set:%s", describePids(pids))
 	}
 	interruptMakeRun(t, p, marker)
+}
+
+// TestUpBannerOnTerminal: without --banner, `nowconnect up` prints its banner when
+// its stderr is a terminal (a pty here), once the tunnel is up, and names where it
+// serves; SIGTERM then stops it with status 0.
+func TestUpBannerOnTerminal(t *testing.T) {
+	bin := testenv.Binary(t)
+	target := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) }).Addr()
+	control := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	master, slave := testenv.OpenPTY(t)
+	cmd := exec.Command(bin, "up", "--control", control, "--forward", listen+"="+target)
+	cmd.Stdout, cmd.Stderr = slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // upWaitLoop: reaps the child
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	var out testenv.SyncBuffer
+	go func() { _, _ = io.Copy(&out, master) }() // ptyReadLoop: ends when the test closes master
+	testenv.WaitFor(t, 30*time.Second, "the banner on the terminal", func() bool { return strings.Contains(out.String(), "stop:") })
+	if try := bannerLine(t, out.String(), "try"); !strings.Contains(try, listen) {
+		t.Errorf("banner's command %q does not name %s", try, listen)
+	}
+	if m := bannerLine(t, out.String(), "metrics"); !strings.Contains(m, "http://"+control+"/metrics") {
+		t.Errorf("banner's metrics line %q does not name %s", m, control)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err // for the cleanup
+		if err != nil {
+			t.Errorf("up after SIGTERM: %v\n%s", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("up did not stop on SIGTERM:\n%s", out.String())
+	}
 }
