@@ -209,7 +209,9 @@ type Mesh struct {
 	// Peers are ws:// or wss:// URLs of peer hubs' /mesh. Default none.
 	Peers []string `toml:"peers"`
 	// RequireMTLS requires mutual TLS on mesh links; with peers, the TLS
-	// files are then required. Default false.
+	// files are then required. A peer's client certificate must then be
+	// valid for the host of the URL this hub knows its replica by (a peers
+	// URL, or its advertise_url in the registry). Default false.
 	RequireMTLS bool `toml:"require_mtls"`
 	// SendQueueDepth bounds the frames queued per link. Default 1000.
 	SendQueueDepth int `toml:"send_queue_depth"`
