@@ -146,6 +146,7 @@ type owners struct {
 	wg       sync.WaitGroup
 	conflict *lograte.Limit
 	missed   *lograte.Limit // clients that found no agent: re-read the registry at most once a second
+	refutes  *lograte.Limit // owners that answered not_owner: forget them at most once a second
 
 	mu sync.Mutex
 	// guarded by mu
@@ -167,7 +168,8 @@ func newOwners(h *Hub, cfg HAConfig) *owners {
 	o := &owners{h: h, cfg: cfg, reg: cfg.Registry, kick: make(chan struct{}, 1), stop: make(chan struct{}),
 		claims: make(map[string]*claim), remote: make(map[string][]Ownership),
 		conflict: lograte.New(1, time.Minute, h.met.logSuppressed("agent_id_conflict")),
-		missed:   lograte.New(1, time.Second, nil)}
+		missed:   lograte.New(1, time.Second, nil),
+		refutes:  lograte.New(1, time.Second, nil)}
 	o.mode.Store(int32(cfg.Mode))
 	h.met.haMode(cfg.Mode)
 	h.met.ownedAgents = o.ownedCount
@@ -489,6 +491,17 @@ func (o *owners) invalidate(agent string) {
 	o.refreshNow = true
 	o.mu.Unlock()
 	o.poke()
+}
+
+// refuted is invalidate for an owner that answered not_owner: after an agent
+// moved between two other hubs, the old owner says so, and the cache, until
+// its next read, would send every new client to it. At most once a second,
+// so that a peer that keeps refusing (say, in shadow mode while the registry
+// names it) costs one registry read a second, not one per client.
+func (o *owners) refuted(agent string) {
+	if _, ok := o.refutes.Allow(time.Now()); ok {
+		o.invalidate(agent)
+	}
 }
 
 // missedAgent re-reads the registry soon for a client that found no agent

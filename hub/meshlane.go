@@ -172,9 +172,16 @@ func (ml *meshLane) dispatch(f codec.MeshHeader, p []byte, reason codec.Reason) 
 		}
 		return
 	}
-	if reason == codec.ReasonStaleEpoch && ml.pl.h.owners != nil {
-		// Our cached owner is outdated: read the registry again, once.
-		ml.pl.h.owners.invalidate(string(f.Agent))
+	if o := ml.pl.h.owners; o != nil {
+		switch reason {
+		case codec.ReasonStaleEpoch:
+			// Our cached owner is outdated: read the registry again, once.
+			o.invalidate(string(f.Agent))
+		case codec.ReasonNotOwner:
+			// The peer no longer owns the agent (it moved to another hub):
+			// our cache is outdated too, or the peer is not serving it.
+			o.refuted(string(f.Agent))
+		}
 	}
 	st.onFrame(tunnelType(t), p, now)
 }

@@ -351,3 +351,39 @@ func TestMeshAgentMoves(t *testing.T) {
 		t.Errorf("a client through hub-a after the old tunnel closed: %v", err)
 	}
 }
+
+// TestMeshAgentMovesAway: agent-1 moves from hub A to hub C while hub B, which
+// reads the registry only once a minute here, still routes it to A. A answers B's
+// next M_OPEN with not_owner: that one client is reset, B forgets its cached
+// owner and reads the registry again, and the next client through B reaches
+// agent-1 on C, long before B's own next read.
+func TestMeshAgentMovesAway(t *testing.T) {
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	store := mesh.NewMemoryStore(nil)
+	a := startMeshHub(t, "hub-a", store, []string{"echo"})
+	b := startMeshHub(t, "hub-b", store, []string{"echo"}, func(c *hub.Config) { c.HA.HeartbeatInterval = time.Minute })
+	c := startMeshHub(t, "hub-c", store, []string{"echo"})
+	waitLinks(t, a, b, c)
+	startAgent(t, a.testHub, "agent-1", map[string]string{"echo": echo.Addr()},
+		func(c *agent.Config) { c.ReconnectMin, c.ReconnectMax = time.Hour, time.Hour }) // once gone, it stays gone
+	// B learns agent-1's owner from a client that finds no agent (a read at once).
+	testenv.WaitFor(t, 10*time.Second, "echo through hub-b to hub-a", func() bool { return echoOnce(b.Addr["echo"], time.Second) == nil })
+
+	startAgent(t, c.testHub, "agent-1", map[string]string{"echo": echo.Addr()})
+	testenv.WaitFor(t, 10*time.Second, "hub-a loses agent-1", func() bool {
+		return strings.Contains(a.Logs.String(), `"msg":"ownership_lost","agent_id":"agent-1"`)
+	})
+	start := time.Now()
+	failed := 0
+	testenv.WaitFor(t, 10*time.Second, "a client through hub-b reaches agent-1 on hub-c", func() bool {
+		if echoOnce(b.Addr["echo"], 2*time.Second) != nil {
+			failed++
+			return false
+		}
+		return true
+	})
+	t.Logf("hub-b reached the new owner %v after hub-a lost agent-1, %d client(s) failed first", time.Since(start).Round(time.Millisecond), failed)
+	if v := testenv.Metric(t, c.Metrics().WritePrometheus, `nowconnect_mesh_frames_total{dir="in",type="M_OPEN"}`); v < 1 {
+		t.Errorf("hub-c received %v M_OPEN: hub-b's client did not cross to it", v)
+	}
+}
