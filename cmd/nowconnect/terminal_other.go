@@ -2,18 +2,11 @@
 
 package main
 
-import (
-	"io"
-	"os"
-)
+import "os"
 
-// isTerminal reports whether w is a character device (a console or a
-// terminal; also /dev/null, which only hides what is printed).
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
+// fileIsTerminal: f is a character device (a console or a terminal; also
+// /dev/null, which only hides what is printed).
+func fileIsTerminal(f *os.File) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
