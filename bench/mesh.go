@@ -302,16 +302,17 @@ func startMeshCluster(bin, workDir string, targets connectors, agentArgs []strin
 		return nil, err
 	}
 	for _, n := range meshConnectors {
-		if err := mc.waitFor(20*time.Second, n+" served through hub B", func() error { return served(b.addrs[n]) }); err != nil {
+		if err := mc.waitFor(20*time.Second, n+" served through hub B", func() error { return Served(b.addrs[n]) }); err != nil {
 			return nil, err
 		}
 	}
 	return mc, nil
 }
 
-// served returns nil when a client of addr is carried to a target rather
+// Served returns nil when a client of addr is carried to a target rather
 // than closed at once (no agent): it gets data, or nothing for a while.
-func served(addr string) error {
+// The e2e tests wait on it too.
+func Served(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return err

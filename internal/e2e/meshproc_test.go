@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nowconnect/nowconnect/bench"
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/internal/testenv"
 	"github.com/nowconnect/nowconnect/mesh"
@@ -122,25 +123,10 @@ advertise_url = "ws://%s/mesh"
 		// A hub reads the owners of each connector in turn: the agent's claim
 		// may land between two of the reads, so echo alone proves one.
 		for _, c := range meshConnectors {
-			testenv.WaitFor(t, 10*time.Second, c+" served through "+hp.id, func() bool { return served(hp.addr[c]) })
+			testenv.WaitFor(t, 10*time.Second, c+" served through "+hp.id, func() bool { return bench.Served(hp.addr[c]) == nil })
 		}
 	}
 	return mc
-}
-
-// served reports whether a client of addr is carried to a target rather
-// than closed at once (no agent): it gets data, or nothing for a while.
-func served(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	var b [1]byte
-	_, err = c.Read(b[:])
-	var ne net.Error
-	return err == nil || errors.As(err, &ne) && ne.Timeout()
 }
 
 // owner returns the registry's owner of agent-1 (zero if none).
