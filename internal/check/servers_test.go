@@ -63,6 +63,18 @@ func expect(t *testing.T, r Result, st Status, want ...string) {
 	}
 }
 
+// noSecrets asserts that no result's detail carries any of secrets.
+func noSecrets(t *testing.T, rs []Result, secrets ...string) {
+	t.Helper()
+	for _, r := range rs {
+		for _, sec := range secrets {
+			if strings.Contains(r.Detail, sec) {
+				t.Errorf("%s leaks a secret: %s", r.Name, r.Detail)
+			}
+		}
+	}
+}
+
 // closedPort returns a loopback port nothing listens on.
 func closedPort(t *testing.T) int { return testenv.FreePort(t) }
 
