@@ -85,15 +85,7 @@ func UserDescription(i int) string { return ldapdemo.UserDescription(i) }
 // stops slapd and reaps it. It fails the test if slapd, ldapsearch or ldapadd is missing.
 func StartSlapd(t testing.TB, users int) *Slapd {
 	t.Helper()
-	if users < 0 {
-		t.Fatalf("testenv: StartSlapd: negative user count %d", users)
-	}
-	lookBinary(t, "slapd", "/usr/sbin/slapd")
-	lookBinary(t, "ldapsearch", "/usr/bin/ldapsearch")
-	lookBinary(t, "ldapadd", "/usr/bin/ldapadd")
-
-	s := &Slapd{BaseDN: BaseDN, AdminDN: AdminDN, AdminPW: AdminPW, Users: users, dir: t.TempDir(), out: &SyncBuffer{}}
-	t.Cleanup(func() { s.stop(t) })
+	s := newSlapd(t, users, "", "")
 	if err := s.startOn(0); err != nil {
 		t.Fatalf("testenv: slapd: %v", err)
 	}
@@ -104,12 +96,7 @@ func StartSlapd(t testing.TB, users int) *Slapd {
 // ldap:// listener offers StartTLS, and LDAPSURL serves TLS from the first byte.
 func StartSlapdTLS(t testing.TB, users int, certFile, keyFile string) *Slapd {
 	t.Helper()
-	lookBinary(t, "slapd", "/usr/sbin/slapd")
-	lookBinary(t, "ldapsearch", "/usr/bin/ldapsearch")
-	lookBinary(t, "ldapadd", "/usr/bin/ldapadd")
-	s := &Slapd{BaseDN: BaseDN, AdminDN: AdminDN, AdminPW: AdminPW, Users: users, dir: t.TempDir(), out: &SyncBuffer{},
-		certFile: certFile, keyFile: keyFile}
-	t.Cleanup(func() { s.stop(t) })
+	s := newSlapd(t, users, certFile, keyFile)
 	var err error
 	for range 3 { // the ldaps port is chosen before slapd binds it: another process may take it first
 		s.ldapsPort = FreePort(t)
@@ -117,9 +104,28 @@ func StartSlapdTLS(t testing.TB, users int, certFile, keyFile string) *Slapd {
 			s.LDAPSURL = fmt.Sprintf("ldaps://127.0.0.1:%d", s.ldapsPort)
 			return s
 		}
+		if !errors.Is(err, errExitedEarly) {
+			break
+		}
 	}
 	t.Fatalf("testenv: slapd with TLS: %v", err)
 	return nil
+}
+
+// newSlapd checks the tools and returns a Slapd in t.TempDir(), not yet
+// started, stopped at the test's end.
+func newSlapd(t testing.TB, users int, certFile, keyFile string) *Slapd {
+	t.Helper()
+	if users < 0 {
+		t.Fatalf("testenv: negative slapd user count %d", users)
+	}
+	lookBinary(t, "slapd", "/usr/sbin/slapd")
+	lookBinary(t, "ldapsearch", "/usr/bin/ldapsearch")
+	lookBinary(t, "ldapadd", "/usr/bin/ldapadd")
+	s := &Slapd{BaseDN: BaseDN, AdminDN: AdminDN, AdminPW: AdminPW, Users: users, dir: t.TempDir(), out: &SyncBuffer{},
+		certFile: certFile, keyFile: keyFile}
+	t.Cleanup(func() { s.stop(t) })
+	return s
 }
 
 // Stop stops slapd (SIGTERM, then SIGKILL after 5s) and reaps it; the database stays.
