@@ -137,6 +137,12 @@ type Config struct {
 	// TunnelWindow bounds the hub→agent bytes in flight over all the
 	// streams of one tunnel (protocol 2). Default 64 MiB.
 	TunnelWindow int
+	// TargetSendBuffer is SO_SNDBUF, in bytes, of every target connection;
+	// 0 (default) leaves the kernel's autotuning (up to 4 MiB per socket
+	// on Linux). A small value bounds the kernel memory a slow target
+	// costs: what it has not read then waits in the agent, within the
+	// stream and tunnel windows.
+	TargetSendBuffer int
 	// Tunnels is how many tunnels the agent keeps to its hub (1..16).
 	// Default 2.
 	Tunnels int
@@ -241,6 +247,9 @@ func New(cfg Config) (*Agent, error) {
 	limits := flow.Limits{Stream: cfg.Window, MaxStream: cfg.MaxWindow, Tunnel: cfg.TunnelWindow}
 	if err := limits.Validate(); err != nil {
 		bad("Window, MaxWindow, TunnelWindow: %v", err)
+	}
+	if cfg.TargetSendBuffer < 0 {
+		bad("TargetSendBuffer: negative size %d", cfg.TargetSendBuffer)
 	}
 	if cfg.Tunnels == 0 {
 		cfg.Tunnels = DefaultTunnels

@@ -403,6 +403,9 @@ func (st *stream) dialLoop() {
 	if ok {
 		raw, err = tc.SyscallConn()
 	}
+	if ok && err == nil && s.a.cfg.TargetSendBuffer > 0 {
+		err = tc.SetWriteBuffer(s.a.cfg.TargetSendBuffer)
+	}
 	if !ok || err != nil {
 		_ = nc.Close()
 		st.refuseOpen(codec.ReasonDialFailed, "target connection unusable")

@@ -300,10 +300,12 @@ func agentConfig(cfg *config.Agent) (agent.Config, error) {
 		MaxWindow:    cfg.MaxStreamWindow,
 		TunnelWindow: cfg.TunnelWindow,
 		Tunnels:      cfg.Tunnels,
-		ReconnectMin: cfg.ReconnectMin.D(),
-		ReconnectMax: cfg.ReconnectMax.D(),
-		PingInterval: cfg.PingInterval.D(),
-		PingTimeout:  cfg.PingTimeout.D(),
+
+		TargetSendBuffer: cfg.TargetSendBuffer,
+		ReconnectMin:     cfg.ReconnectMin.D(),
+		ReconnectMax:     cfg.ReconnectMax.D(),
+		PingInterval:     cfg.PingInterval.D(),
+		PingTimeout:      cfg.PingTimeout.D(),
 
 		MaskClientAddr: cfg.Log.MaskClientAddr,
 	}

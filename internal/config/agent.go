@@ -54,6 +54,12 @@ type Agent struct {
 	// of one tunnel (protocol 2). Default 67108864, range
 	// MaxStreamWindow..1073741824.
 	TunnelWindow int `toml:"tunnel_window"`
+	// TargetSendBuffer is SO_SNDBUF, in bytes, of every connection to a
+	// target. Default 0: the kernel's autotuning (up to 4 MiB per socket).
+	// A small value bounds the kernel memory a slow target costs; what it
+	// has not read waits in the agent instead, within stream_window and
+	// tunnel_window. Range 0 or 4096..1073741824.
+	TargetSendBuffer int `toml:"target_send_buffer"`
 	// Tunnels is how many WebSocket tunnels the agent keeps to its hub; new
 	// streams are spread over them, and one tunnel's loss takes only its
 	// own streams. Default 2, range 1..16, env NC_TUNNELS.

@@ -49,15 +49,16 @@ func TestLoadAgentErrors(t *testing.T) {
 		{
 			name: "missing token file and bad values",
 			file: "premise.toml",
-			body: "cloud_url = \"https://cloud/tunnel\"\nagent_id = \"a 1\"\ntoken_file = \"/nonexistent/token\"\nping_timeout = \"1s\"\n[[connectors]]\nname = \"x\"\ntarget = \"openldap\"\n[[connectors]]\nname = \"x\"\ntarget = \"h:0\"\n",
+			body: "cloud_url = \"https://cloud/tunnel\"\nagent_id = \"a 1\"\ntoken_file = \"/nonexistent/token\"\nping_timeout = \"1s\"\ntarget_send_buffer = 1024\n[[connectors]]\nname = \"x\"\ntarget = \"openldap\"\n[[connectors]]\nname = \"x\"\ntarget = \"h:0\"\n",
 			want: []wantErr{
 				{1, "cloud_urls[0]", "scheme must be ws:// or wss://"},
 				{2, "agent_id", "contains spaces"},
 				{3, "token_file", "file not found: /nonexistent/token"},
 				{4, "ping_timeout", "must be greater than ping_interval"},
-				{7, "connectors[0].target", `"openldap" is not host:port`},
-				{9, "connectors[1].name", "duplicate connector name"},
-				{10, "connectors[1].target", "bad port"},
+				{5, "target_send_buffer", "1024 is out of range 4096..1073741824"},
+				{8, "connectors[0].target", `"openldap" is not host:port`},
+				{10, "connectors[1].name", "duplicate connector name"},
+				{11, "connectors[1].target", "bad port"},
 			},
 		},
 		{

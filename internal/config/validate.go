@@ -227,6 +227,9 @@ func validateAgent(a *Agent, r *reporter) {
 			r.add("tunnel_window", "%d is smaller than max_stream_window (%d)", a.TunnelWindow, a.MaxStreamWindow)
 		}
 	}
+	if a.TargetSendBuffer != 0 {
+		intRange(r, "target_send_buffer", a.TargetSendBuffer, 4096, 1<<30)
+	}
 	intRange(r, "tunnels", a.Tunnels, 1, 16)
 	pingPair(r, "", a.PingInterval, a.PingTimeout)
 	if a.MetricsListen != "" {
