@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime/pprof"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -137,11 +138,7 @@ func TestTunnelWindowHolds(t *testing.T) {
 	// Clients with a tiny receive buffer that read nothing yet: the hub
 	// cannot hand their bytes to the kernel, so what it holds is what the
 	// windows let in.
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		_ = rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		return serr
-	}}
+	d := net.Dialer{Control: smallRcvbuf}
 	conns := make([]net.Conn, streams)
 	for i := range conns {
 		c, err := d.Dial("tcp", th.Addr["src"])
@@ -180,6 +177,91 @@ func TestTunnelWindowHolds(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestTunnelWindowHoldsUploads is TestTunnelWindowHolds the other way: 512
+// clients upload to targets that read nothing yet. The agent writes to
+// the targets with a 4 KiB send buffer (target_send_buffer) and the
+// targets' receive buffers are 4 KiB, so the kernel absorbs little; the
+// agent's tunnel window (8 MiB) bounds what it holds for them, and the
+// hub stops reading its clients.
+func TestTunnelWindowHoldsUploads(t *testing.T) {
+	const (
+		streams = 512
+		each    = 320 << 10 // more than a stream window (256 KiB)
+		tunnelW = 8 << 20
+		// readBuffer is the hub's engine.read_buffer_bytes default.
+		readBuffer = 64 << 10
+	)
+	release := make(chan struct{})
+	var freeOnce sync.Once
+	free := func() { freeOnce.Do(func() { close(release) }) }
+	defer free() // a failure must not leave the targets waiting
+	var got sync.WaitGroup
+	got.Add(streams)
+	errs := make(chan error, streams)
+	dst := startServerWith(t, net.ListenConfig{Control: smallRcvbuf}, func(c net.Conn) {
+		defer got.Done()
+		<-release
+		if err := readSame(c, newPRNG(5), each); err != nil {
+			errs <- err
+		}
+	})
+	th := startHub(t, []string{"dst"})
+	startAgent(t, th, "a1", map[string]string{"dst": dst.Addr()}, func(c *agent.Config) {
+		c.Tunnels, c.TunnelWindow, c.MaxWindow, c.TargetSendBuffer = 1, tunnelW, 1<<20, 4096
+	})
+	// One payload for every client, so that the clients' own buffers do
+	// not count in the heap below.
+	payload := make([]byte, each)
+	_, _ = io.ReadFull(newPRNG(5), payload)
+	idle := heapInUse()
+
+	conns := make([]net.Conn, streams)
+	var sent sync.WaitGroup
+	for i := range conns {
+		c, err := net.Dial("tcp", th.Addr["dst"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+		sent.Go(func() { _, _ = c.Write(payload) })
+	}
+	c2a := `nowconnect_tcp_bytes_total{direction="c2a",connector="dst"}`
+	settled := waitStable(t, 30*time.Second, 500*time.Millisecond, "c2a bytes settle", func() int64 {
+		return int64(testenv.Metric(t, th.Metrics().WritePrometheus, c2a))
+	})
+	held := int64(heapInUse()) - int64(idle)
+	if f, err := os.Create("/tmp/heap.prof"); err == nil {
+		_ = pprof.WriteHeapProfile(f)
+		f.Close()
+	}
+	t.Logf("c2a settled at %d MiB of %d MiB; heap above idle: %d MiB", settled>>20, streams*each>>20, held>>20)
+	if settled >= streams*each/4 {
+		t.Fatalf("%d MiB went through with no target reading: the agent's tunnel window did not hold", settled>>20)
+	}
+	// The agent holds what the tunnel window let in. The hub holds, for
+	// each client it was reading when the credit ran out, at most that
+	// one read (gnet reads a whole read buffer before the hub sees it):
+	// the bytes past the credit wait in the stream until it returns.
+	if bound := 3*tunnelW + streams*readBuffer; held > int64(bound) {
+		t.Fatalf("heap grew by %d MiB; the tunnel window is %d MiB, plus one %d KiB read per client: %d MiB",
+			held>>20, tunnelW>>20, readBuffer>>10, bound>>20)
+	}
+	// Now the targets read: every byte arrives, byte-exact.
+	free()
+	done := make(chan struct{})
+	go func() { got.Wait(); sent.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(exchangeDeadline):
+		t.Fatal("the uploads did not complete once the targets read")
+	}
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)

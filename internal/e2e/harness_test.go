@@ -188,7 +188,14 @@ type server struct {
 
 func startServer(t testing.TB, handle func(net.Conn)) *server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startServerWith(t, net.ListenConfig{}, handle)
+}
+
+// startServerWith is startServer with the listener's options (lc.Control
+// applies to every accepted socket too).
+func startServerWith(t testing.TB, lc net.ListenConfig, handle func(net.Conn)) *server {
+	t.Helper()
+	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +210,18 @@ func startServer(t testing.TB, handle func(net.Conn)) *server {
 }
 
 func (s *server) Addr() string { return s.ln.Addr().String() }
+
+// smallRcvbuf is a Control for dialers and listeners: a 4 KiB SO_RCVBUF,
+// set before connect or listen, so the window the socket advertises is
+// small from its SYN on. What its peer sends then waits in the peer, not
+// in this socket's kernel buffer.
+func smallRcvbuf(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }); err != nil {
+		return err
+	}
+	return serr
+}
 
 func (s *server) acceptLoop(handle func(net.Conn)) {
 	defer s.wg.Done()

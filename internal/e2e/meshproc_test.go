@@ -340,11 +340,7 @@ func TestMeshProcStalledClient(t *testing.T) {
 	a, b := mc.hubs[0], mc.hubs[1]
 	heapA, heapB := heapOf(t, "http://"+a.control+"/metrics"), heapOf(t, "http://"+b.control+"/metrics")
 
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		_ = rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		return serr
-	}}
+	d := net.Dialer{Control: smallRcvbuf}
 	for range stalled {
 		c, err := d.Dial("tcp", b.addr["big"])
 		if err != nil {

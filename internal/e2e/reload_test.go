@@ -569,9 +569,7 @@ func TestRetiredTunnelFinishesHalfClosed(t *testing.T) {
 	got := make(chan []byte, 1)
 	// A small receive buffer from the SYN on (set before listen, so the
 	// window it advertises is small too): the agent's writes stall early.
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10) })
-	}}
+	lc := net.ListenConfig{Control: smallRcvbuf}
 	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -164,11 +163,7 @@ func TestStalledClientsOverWAN(t *testing.T) {
 	})
 	hub0, agent0 := heapOf(t, hubURL), heapOf(t, agentURL)
 
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		_ = rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		return serr
-	}}
+	d := net.Dialer{Control: smallRcvbuf}
 	for range stalled {
 		c, err := d.Dial("tcp", listen)
 		if err != nil {
