@@ -187,7 +187,10 @@ func (s *Server) Start() error {
 		_ = s.Stop(context.Background())
 		return err
 	}
-	s.control = s.serve(ctl, "control", controlAcceptor{s})
+	cl := s.serve(ctl, "control", controlAcceptor{s})
+	s.mu.Lock()
+	s.control = cl
+	s.mu.Unlock()
 	return nil
 }
 
@@ -232,9 +235,10 @@ func (s *Server) runLoop(addrs []string, gopts []gnet.Option) {
 	}
 	if !s.closing.Load() {
 		if err == nil {
-			err = ErrEngineStopped
+			s.fail(ErrEngineStopped)
+		} else {
+			s.fail(fmt.Errorf("%w: %v", ErrEngineStopped, err))
 		}
-		s.fail(fmt.Errorf("%w: %v", ErrEngineStopped, err))
 	}
 }
 
@@ -276,7 +280,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	var err error
 	select {
 	case <-s.booted:
-		err = eng.Stop(ctx)
+		err = s.askStop(eng)
 	default:
 	}
 	select {
@@ -292,6 +296,62 @@ func (s *Server) Stop(ctx context.Context) error {
 	}
 	s.shedMu.Unlock()
 	return err
+}
+
+// askStop asks the booted gnet engine to shut down and returns at once;
+// its end is s.stopped. gnet's own Stop would poll for the end every
+// 500 ms, so it gets a context that has ended already: it only asks. An
+// engine that ended already (it failed) is not asked again.
+func (s *Server) askStop(eng gnet.Engine) error {
+	select {
+	case <-s.stopped:
+		return nil
+	default:
+	}
+	asked, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := eng.Stop(asked); err != nil && !errors.Is(err, context.Canceled) {
+		select {
+		case <-s.stopped: // it ended meanwhile
+			return nil
+		default:
+		}
+		return fmt.Errorf("engine: stop the event loops: %w", err)
+	}
+	return nil
+}
+
+// stopEngine stops the gnet engine behind the server's back, as a failure
+// of gnet would: Stop is not called, so runLoop must fail the server (Done
+// closes). It waits for the engine to boot, and returns once the engine has
+// returned, ErrStopped if it had already, or ctx's error when ctx ends. It
+// is the one fault that tests inject (engine_test.go; fault.go exports it
+// to test builds of the binary). Safe from any goroutine.
+func (s *Server) stopEngine(ctx context.Context) error {
+	select {
+	case <-s.stopped:
+		return ErrStopped
+	default:
+	}
+	select {
+	case <-s.booted:
+	case <-s.stopped:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.mu.Lock()
+	eng := s.eng
+	s.mu.Unlock()
+	if err := s.askStop(eng); err != nil {
+		return err
+	}
+	select {
+	case <-s.stopped:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Loops returns every event loop.

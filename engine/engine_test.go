@@ -1,0 +1,152 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nowconnect/nowconnect/internal/testenv"
+)
+
+// Never alive and deaf: an engine that ends without Stop, or a listener
+// that dies, fails the server (Done closes, Err says why) so that the
+// process exits; a Stop does neither.
+
+// failDeadline bounds how long a failure may take to close Done, and Stop
+// to return after it.
+const failDeadline = 3 * time.Second
+
+// notFound answers every control-port request with 404.
+type notFound struct{}
+
+func (notFound) Route(*Request) Response { return Response{Status: 404} }
+
+// startServer runs a server with one event loop on a random control port;
+// its logs go to the returned buffer. A cleanup stops it.
+func startServer(t *testing.T) (*Server, *testenv.SyncBuffer) {
+	t.Helper()
+	logs := &testenv.SyncBuffer{}
+	s, err := NewServer(Options{
+		Control:    "127.0.0.1:0",
+		EventLoops: 1,
+		Logger:     slog.New(slog.NewJSONHandler(logs, nil)),
+	}, notFound{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = s.Stop(ctx)
+	})
+	return s, logs
+}
+
+// waitDone waits up to failDeadline for Done and returns how long it took.
+func waitDone(t *testing.T, s *Server, since time.Time) time.Duration {
+	t.Helper()
+	select {
+	case <-s.Done():
+		return time.Since(since)
+	case <-time.After(failDeadline):
+		t.Fatalf("Done not closed %v after the fault (Err: %v)", failDeadline, s.Err())
+		return 0
+	}
+}
+
+// stopAfterFailure checks that Stop still returns, promptly, once the
+// server failed.
+func stopAfterFailure(t *testing.T, s *Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), failDeadline)
+	defer cancel()
+	start := time.Now()
+	err := s.Stop(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("Stop after the failure did not return within %v: %v", failDeadline, err)
+	}
+	t.Logf("Stop after the failure returned in %v: %v", time.Since(start).Round(time.Millisecond), err)
+}
+
+func TestEngineStopBehindBackFails(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	s, logs := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), failDeadline)
+	defer cancel()
+	start := time.Now()
+	if err := s.stopEngine(ctx); err != nil {
+		t.Fatalf("stopEngine: %v", err)
+	}
+	took := waitDone(t, s, start)
+	t.Logf("Done closed %v after the engine was stopped", took.Round(time.Microsecond))
+	if err := s.Err(); !errors.Is(err, ErrEngineStopped) {
+		t.Fatalf("Err() = %v, want %v", err, ErrEngineStopped)
+	}
+	if !strings.Contains(logs.String(), `"msg":"engine_failed"`) {
+		t.Errorf("no engine_failed in the log:\n%s", logs)
+	}
+	if err := s.stopEngine(ctx); !errors.Is(err, ErrStopped) {
+		t.Errorf("stopEngine again = %v, want %v", err, ErrStopped)
+	}
+	stopAfterFailure(t, s)
+	if err := s.Err(); !errors.Is(err, ErrEngineStopped) {
+		t.Errorf("Err() after Stop = %v, want %v", err, ErrEngineStopped)
+	}
+}
+
+func TestEngineControlListenerDiesFails(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	s, logs := startServer(t)
+	s.mu.Lock()
+	ctl := s.control
+	s.mu.Unlock()
+	start := time.Now()
+	if err := ctl.ln.Close(); err != nil { // behind Listener.Close's back
+		t.Fatal(err)
+	}
+	took := waitDone(t, s, start)
+	t.Logf("Done closed %v after the control listener died", took.Round(time.Microsecond))
+	err := s.Err()
+	if !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "listener control") {
+		t.Fatalf("Err() = %v, want the control listener closed (net.ErrClosed)", err)
+	}
+	if errors.Is(err, ErrEngineStopped) {
+		t.Errorf("Err() = %v: the engine did not stop", err)
+	}
+	if !strings.Contains(logs.String(), `"msg":"engine_failed"`) {
+		t.Errorf("no engine_failed in the log:\n%s", logs)
+	}
+	stopAfterFailure(t, s)
+}
+
+func TestEngineStopIsNoFailure(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	s, logs := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), failDeadline)
+	defer cancel()
+	start := time.Now()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	t.Logf("Stop returned in %v", time.Since(start).Round(time.Millisecond))
+	// The engine and the acceptLoop have returned (Stop waited for them):
+	// whatever they would fail has been failed already.
+	select {
+	case <-s.Done():
+		t.Fatalf("Done closed by Stop (Err: %v)", s.Err())
+	default:
+	}
+	if err := s.Err(); err != nil {
+		t.Errorf("Err() after Stop = %v, want nil", err)
+	}
+	if strings.Contains(logs.String(), "engine_failed") {
+		t.Errorf("engine_failed logged by Stop:\n%s", logs)
+	}
+}
