@@ -236,6 +236,9 @@ func serveHub(ctx context.Context, h *hub.Hub, grace time.Duration, log *slog.Lo
 	if err := h.Start(); err != nil {
 		return err
 	}
+	if faultHooks != nil {
+		defer faultHooks(h, log)()
+	}
 	if started != nil {
 		if err := started(); err != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -264,5 +267,10 @@ serve:
 	defer cancel()
 	return h.Shutdown(sctx)
 }
+
+// faultHooks arms fault injection on a started hub and returns what disarms
+// it. Only test builds set it (fault.go, tag nowconnect_faults): nil in the
+// binary that ships, which then behaves as if it did not exist.
+var faultHooks func(h *hub.Hub, log *slog.Logger) (stop func())
 
 var _ hub.TokenVerifier = (*auth.Verifier)(nil)

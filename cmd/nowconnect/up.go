@@ -132,6 +132,9 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := h.Start(); err != nil {
 		return err
 	}
+	if faultHooks != nil {
+		defer faultHooks(h, log)()
+	}
 	a, err := agent.New(agent.Config{
 		URLs:       []string{"ws://" + *control + "/tunnel"},
 		AgentID:    "local-agent",
@@ -148,10 +151,22 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 	// the agent refuses new streams, and both wait for the streams in flight.
 	var wg sync.WaitGroup
 	var hubErr error
+	var hubFailed bool // read after wg.Wait
 	wg.Add(1)
 	go func() { // hubShutdownLoop, joined below
 		defer wg.Done()
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-h.Done():
+			// Never alive and deaf: stop the agent too and exit non-zero.
+			hubErr = fmt.Errorf("hub failed: %w", h.Err())
+			hubFailed = true
+			stopUp()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = h.Stop(sctx)
+			return
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), *grace)
 		defer cancel()
 		hubErr = h.Shutdown(sctx)
@@ -177,10 +192,10 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 		stopUp()
 	})
 	wg.Wait()
-	if err != nil {
-		return err
+	if hubFailed || err == nil {
+		return hubErr // a failed hub comes first: the agent's end is its consequence
 	}
-	return hubErr
+	return err
 }
 
 // parseForwards checks every --forward and names each listener fwdN.

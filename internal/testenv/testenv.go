@@ -130,11 +130,22 @@ func findBinary(name string, candidates ...string) (string, error) {
 // ---------------------------------------------------------------------------------------
 // Binary
 
+// The builds of ./cmd/nowconnect, each made once per test process.
 var (
-	binaryOnce sync.Once
-	binaryPath string
-	binaryErr  error
+	plainBuild = &binaryBuild{name: "nowconnect"}
+	faultBuild = &binaryBuild{name: "nowconnect-faults", tags: "nowconnect_faults"}
 )
+
+// binaryBuild is one build of ./cmd/nowconnect.
+type binaryBuild struct {
+	// set at construction
+	name string // file name in the per-checkout directory, before the -race/-norace suffix
+	tags string // go build -tags; "" for none
+
+	once sync.Once // guards path and err
+	path string
+	err  error
+}
 
 // Binary builds ./cmd/nowconnect once per test process and returns the path of the
 // executable. When the tests run with -race the binary is built with -race too, so data
@@ -146,11 +157,24 @@ var (
 // runs do not pile up builds).
 func Binary(t testing.TB) string {
 	t.Helper()
-	binaryOnce.Do(func() { binaryPath, binaryErr = buildBinary() })
-	if binaryErr != nil {
-		t.Fatalf("testenv: building ./cmd/nowconnect: %v", binaryErr)
+	return plainBuild.get(t)
+}
+
+// FaultBinary is Binary built with -tags nowconnect_faults, in its own file next to
+// Binary's: a binary that also takes injected faults from outside (on signals, see
+// cmd/nowconnect/fault.go). Binary never has them.
+func FaultBinary(t testing.TB) string {
+	t.Helper()
+	return faultBuild.get(t)
+}
+
+func (b *binaryBuild) get(t testing.TB) string {
+	t.Helper()
+	b.once.Do(func() { b.path, b.err = b.build() })
+	if b.err != nil {
+		t.Fatalf("testenv: building ./cmd/nowconnect (%s): %v", b.name, b.err)
 	}
-	return binaryPath
+	return b.path
 }
 
 // ModuleRoot returns the directory holding go.mod, found by walking up from the working
@@ -181,7 +205,7 @@ func moduleRoot() (string, error) {
 	}
 }
 
-func buildBinary() (string, error) {
+func (b *binaryBuild) build() (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
@@ -196,12 +220,15 @@ func buildBinary() (string, error) {
 		variant = "race"
 		args = append(args, "-race")
 	}
+	if b.tags != "" {
+		args = append(args, "-tags", b.tags)
+	}
 	sum := sha256.Sum256([]byte(root))
 	dir := filepath.Join(os.TempDir(), "nowconnect-testbin-"+hex.EncodeToString(sum[:6]))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	final := filepath.Join(dir, "nowconnect-"+variant)
+	final := filepath.Join(dir, b.name+"-"+variant)
 	tmp, err := os.CreateTemp(dir, "build-*.tmp")
 	if err != nil {
 		return "", err

@@ -1,0 +1,9 @@
+//go:build nowconnect_faults
+
+package hub
+
+// InjectEngineStop stops the hub's engine behind its back, as a failure of
+// gnet would (engine.Server.InjectEngineStop): Done closes and Err wraps
+// engine.ErrEngineStopped. Only test builds (tag nowconnect_faults) have
+// it. Safe from any goroutine.
+func (h *Hub) InjectEngineStop() error { return h.srv.InjectEngineStop() }
