@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +83,10 @@ type Registry interface {
 	AddConnectors(ctx context.Context, agentID string, epoch uint64, connectors []string) error
 	// Owners lists the agents that serve connector, with their owners.
 	Owners(ctx context.Context, connector string) ([]Ownership, error)
+	// Watch calls fn with the agent id of every ownership that becomes
+	// routable on any hub, until ctx ends or the subscription breaks (best
+	// effort; watchLoop's, the one call without a deadline).
+	Watch(ctx context.Context, fn func(agentID string)) error
 	Healthy() bool
 }
 
@@ -143,10 +148,13 @@ type owners struct {
 	healthy  atomic.Bool  // the registry's health as ownerLoop last saw it
 	kick     chan struct{}
 	stop     chan struct{}
+	watchCtx context.Context // watchLoop's subscription; close cancels it
+	unwatch  context.CancelFunc
 	wg       sync.WaitGroup
 	conflict *lograte.Limit
 	missed   *lograte.Limit // clients that found no agent: re-read the registry at most once a second
 	refutes  *lograte.Limit // owners that answered not_owner: forget them at most once a second
+	watchLog *lograte.Limit // ha_registry_watch_failed lines
 
 	mu sync.Mutex
 	// guarded by mu
@@ -169,7 +177,9 @@ func newOwners(h *Hub, cfg HAConfig) *owners {
 		claims: make(map[string]*claim), remote: make(map[string][]Ownership),
 		conflict: lograte.New(1, time.Minute, h.met.logSuppressed("agent_id_conflict")),
 		missed:   lograte.New(1, time.Second, nil),
-		refutes:  lograte.New(1, time.Second, nil)}
+		refutes:  lograte.New(1, time.Second, nil),
+		watchLog: lograte.New(1, time.Minute, h.met.logSuppressed("ha_registry_watch_failed"))}
+	o.watchCtx, o.unwatch = context.WithCancel(context.Background())
 	o.mode.Store(int32(cfg.Mode))
 	h.met.haMode(cfg.Mode)
 	h.met.ownedAgents = o.ownedCount
@@ -179,12 +189,67 @@ func newOwners(h *Hub, cfg HAConfig) *owners {
 // Mode returns the current mode.
 func (o *owners) Mode() Mode { return Mode(o.mode.Load()) }
 
-// start runs ownerLoop.
-func (o *owners) start() { o.wg.Go(o.ownerLoop) }
+// start runs ownerLoop and watchLoop.
+func (o *owners) start() {
+	o.wg.Go(o.ownerLoop)
+	o.wg.Go(o.watchLoop)
+}
+
+// Backoff of watchLoop between subscriptions.
+const (
+	watchBackoffMin = 500 * time.Millisecond
+	watchBackoffMax = 30 * time.Second
+)
+
+// watchLoop keeps a subscription to the registry's ownership changes until
+// close: an agent that moved to another hub is re-read at once, so routing
+// stops sending its clients to the hub it left (which would refuse them,
+// not_owner) long before the next heartbeat's read. A broken subscription
+// is taken again after a backoff, followed by a read (what was published
+// meanwhile is lost); the heartbeat's reads stay the backstop.
+func (o *owners) watchLoop() {
+	ctx := o.watchCtx
+	backoff := watchBackoffMin
+	for {
+		wait := watchBackoffMin // for a registry that is down (logged as such, ha_registry_down)
+		if o.reg.Healthy() {
+			start := time.Now()
+			err := o.reg.Watch(ctx, o.moved)
+			if ctx.Err() != nil {
+				return
+			}
+			if time.Since(start) > watchBackoffMax {
+				backoff = watchBackoffMin // it had worked for a while
+			}
+			wait, backoff = backoff, min(2*backoff, watchBackoffMax)
+			if n, ok := o.watchLog.Allow(time.Now()); ok && o.reg.Healthy() {
+				o.h.log.Warn("ha_registry_watch_failed", "err", err.Error(), "retry_in", wait.String(), "suppressed", n)
+			}
+		}
+		select {
+		case <-o.stop:
+			return
+		case <-time.After(wait + rand.N(wait/4+1)):
+		}
+		// What was published while not subscribed is lost: read instead.
+		o.moved("")
+	}
+}
+
+// moved has the registry read again at the next pass (now): agent's new
+// owner is routable. Notifications that come while a pass runs fold into
+// the next one.
+func (o *owners) moved(string) {
+	o.mu.Lock()
+	o.refreshNow = true
+	o.mu.Unlock()
+	o.poke()
+}
 
 // close stops ownerLoop and releases the claims (best effort, bounded).
 func (o *owners) close() {
 	close(o.stop)
+	o.unwatch()
 	o.wg.Wait()
 	o.mu.Lock()
 	claims := make([]*claim, 0, len(o.claims))

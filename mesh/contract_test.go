@@ -1,6 +1,8 @@
 package mesh_test
 
 import (
+	"context"
+	"errors"
 	"reflect"
 	"testing"
 	"time"
@@ -357,6 +359,53 @@ var contract = []struct {
 			t.Fatalf("nowconnect_registry_up after Close = %v, want 0", got)
 		}
 		a.Close() // idempotent
+	}},
+
+	{"watch: every replica's AddConnectors notifies; cancel and Close end it", func(t *testing.T, e env) {
+		a, b := e.open(t, cfg("hub-a", nil)), e.open(t, cfg("hub-b", nil))
+		got := make(chan string, 64)
+		watch := func(ctx context.Context) <-chan error {
+			done := make(chan error, 1)
+			go func() { done <- b.Watch(ctx, func(id string) { got <- id }) }() // joined through done
+			return done
+		}
+		ended := func(done <-chan error, want error) {
+			t.Helper()
+			select {
+			case err := <-done:
+				if !errors.Is(err, want) {
+					t.Fatalf("Watch returned %v, want %v", err, want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("Watch still running 5s after it should have ended (%v)", want)
+			}
+		}
+		wctx, cancel := context.WithCancel(context.Background())
+		done := watch(wctx)
+		ep := claim(t, a, "agent-1", 0)
+		// The subscription starts asynchronously: publish until one arrives.
+		testenv.WaitFor(t, 5*time.Second, "hub-b notified of hub-a's agent", func() bool {
+			addConnectors(t, a, "agent-1", ep, "ldap")
+			for {
+				select {
+				case id := <-got:
+					if id != "agent-1" {
+						t.Fatalf("notified of %q, want agent-1", id)
+					}
+					return true
+				case <-time.After(50 * time.Millisecond):
+					return false
+				}
+			}
+		})
+		cancel()
+		ended(done, context.Canceled)
+		done = watch(context.Background())
+		b.Close()
+		ended(done, mesh.ErrClosed)
+		if err := b.Watch(context.Background(), func(string) {}); !errors.Is(err, mesh.ErrClosed) {
+			t.Fatalf("Watch on a closed registry = %v, want ErrClosed", err)
+		}
 	}},
 }
 

@@ -23,6 +23,7 @@ type MemoryStore struct {
 	members  map[string]map[string]uint64 // connector → agent → epoch of its latest AddConnectors
 	replicas map[string]map[string]bool   // replica → agents it claimed (ClearOwn's index)
 	hubs     map[string]memHub            // replica → mesh URL and expiry
+	watchers map[chan string]struct{}     // Watch subscriptions (kept by FlushAll, as Redis keeps its channels)
 }
 
 type memOwner struct {
@@ -43,7 +44,7 @@ func NewMemoryStore(now func() time.Time) *MemoryStore {
 	if now == nil {
 		now = time.Now
 	}
-	s := &MemoryStore{now: now}
+	s := &MemoryStore{now: now, watchers: make(map[chan string]struct{})}
 	s.FlushAll()
 	return s
 }
@@ -94,6 +95,7 @@ type Memory struct {
 	m     *registryMetrics
 
 	closed atomic.Bool
+	done   chan struct{} // closed by Close: Watch returns
 }
 
 var _ Registry = (*Memory)(nil)
@@ -108,7 +110,7 @@ func NewMemory(cfg MemoryConfig) (*Memory, error) {
 	if store == nil {
 		store = NewMemoryStore(nil)
 	}
-	r := &Memory{cfg: c, store: store, m: newRegistryMetrics(c.Metrics)}
+	r := &Memory{cfg: c, store: store, m: newRegistryMetrics(c.Metrics), done: make(chan struct{})}
 	r.m.setUp(true)
 	return r, nil
 }
@@ -242,7 +244,43 @@ func (r *Memory) AddConnectors(ctx context.Context, agentID string, epoch uint64
 		}
 		s.members[c][agentID] = max(s.members[c][agentID], epoch) // ZADD GT
 	}
+	for w := range s.watchers { // PUBLISH: a watcher that is behind misses it
+		select {
+		case w <- agentID:
+		default:
+		}
+	}
 	return nil
+}
+
+// watchBuffer is how many notifications a Memory watcher may be behind.
+const watchBuffer = 64
+
+// Watch implements Registry.
+func (r *Memory) Watch(ctx context.Context, fn func(agentID string)) error {
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	w := make(chan string, watchBuffer)
+	s := r.store
+	s.mu.Lock()
+	s.watchers[w] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.watchers, w)
+		s.mu.Unlock()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.done:
+			return ErrClosed
+		case a := <-w:
+			fn(a)
+		}
+	}
 }
 
 // Agents implements Registry.
@@ -358,5 +396,6 @@ func (r *Memory) Healthy() bool { return !r.closed.Load() }
 func (r *Memory) Close() {
 	if !r.closed.Swap(true) {
 		r.m.setUp(false)
+		close(r.done)
 	}
 }

@@ -93,6 +93,7 @@ type Redis struct {
 	state     healthState
 	downSince time.Time
 
+	life      context.Context // healthLoop's lifetime: Close ends it, and Watch with it
 	cancel    context.CancelFunc
 	done      chan struct{} // closed when healthLoop has returned
 	closeOnce sync.Once
@@ -149,6 +150,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		ownerTTL: strconv.FormatInt(c.OwnerTTL.Milliseconds(), 10),
 		hubTTL:   strconv.FormatInt(c.HubTTL.Milliseconds(), 10),
 		prefix:   c.ReplicaID + "|",
+		life:     ctx,
 		cancel:   cancel,
 		done:     make(chan struct{}),
 	}

@@ -156,7 +156,42 @@ func (r *Redis) AddConnectors(ctx context.Context, agentID string, epoch uint64,
 			return r.fail(opAddConnectors, what, err)
 		}
 	}
+	// The agent is routable on its new owner: tell the watchers (best effort, so a
+	// failure here fails nothing; they learn it at their next read).
+	_ = c.Do(ctx, c.B().Publish().Channel(claimsChannel).Message(agentID).Build()).Error()
 	return nil
+}
+
+// claimsChannel is the channel AddConnectors publishes on and Watch subscribes to.
+const claimsChannel = "nc:claims"
+
+// Watch implements Registry. The subscription has a connection of its own; Close ends
+// it too.
+func (r *Redis) Watch(ctx context.Context, fn func(agentID string)) error {
+	if r.closed.Load() {
+		return fmt.Errorf("registry watch: %w", ErrClosed)
+	}
+	ref := r.client.Load()
+	if ref == nil || !r.healthy.Load() {
+		return fmt.Errorf("registry watch: %w (unhealthy)", ErrUnavailable)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(r.life, cancel)()
+	// A dedicated connection: a subscription on the shared pipeline would delay
+	// the health check's PING behind it when the server freezes.
+	err := ref.c.Dedicated(func(dc rueidis.DedicatedClient) error {
+		return dc.Receive(ctx, dc.B().Subscribe().Channel(claimsChannel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
+	})
+	switch {
+	case r.closed.Load():
+		return fmt.Errorf("registry watch: %w", ErrClosed)
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case err == nil:
+		return fmt.Errorf("registry watch: %w (unsubscribed)", ErrUnavailable)
+	}
+	return fmt.Errorf("registry watch: %w", err)
 }
 
 // liveness reads, in one pipeline, the owner entry and the connector's epoch of each

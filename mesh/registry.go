@@ -102,7 +102,8 @@
 //	               returns how many.
 //
 // Plain commands, one slot each: SADD nc:{r:<replica>}:agents before the claim script;
-// ZADD GT nc:{c:<connector>}:agents and SADD nc:{idx}:connectors after addConnectors;
+// ZADD GT nc:{c:<connector>}:agents and SADD nc:{idx}:connectors after addConnectors,
+// then PUBLISH nc:claims <agent> (Watch SUBSCRIBEs to nc:claims);
 // Agents and Sweep read GET owner and HGET connectors of each member in one pipeline;
 // ClearOwn ends with DEL nc:{r:<replica>}:agents, HDEL urls and ZREM expiry.
 // The server needs Redis 6.2 or later (ZADD GT).
@@ -151,6 +152,13 @@ type Registry interface {
 	// Sweep prunes stale connector memberships and expired hub entries and returns how
 	// many of those it removed.
 	Sweep(ctx context.Context) (removed int, err error)
+	// Watch calls fn, on Watch's goroutine, with the agent id of every AddConnectors
+	// that succeeds on any replica (this one included) while Watch is subscribed: the
+	// moment an agent becomes routable on its new owner. It blocks until ctx ends or
+	// the subscription breaks and returns why (ctx's error, ErrClosed, the failure).
+	// Best effort: what is published while nobody is subscribed is lost, and a reader
+	// learns it at its next read instead.
+	Watch(ctx context.Context, fn func(agentID string)) error
 	// Healthy reports whether the registry can serve operations now.
 	Healthy() bool
 	// Close stops the goroutines the registry owns and waits for them; later calls

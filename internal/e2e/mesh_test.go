@@ -352,16 +352,42 @@ func TestMeshAgentMoves(t *testing.T) {
 	}
 }
 
+// deafWatch is a registry whose change notifications never arrive (a
+// subscription that is down): the hub learns of moves from reads only.
+type deafWatch struct{ hub.Registry }
+
+func (deafWatch) Watch(ctx context.Context, _ func(string)) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
 // TestMeshAgentMovesAway: agent-1 moves from hub A to hub C while hub B, which
-// reads the registry only once a minute here, still routes it to A. A answers B's
-// next M_OPEN with not_owner: that one client is reset, B forgets its cached
-// owner and reads the registry again, and the next client through B reaches
-// agent-1 on C, long before B's own next read.
+// reads the registry only once a minute here and misses the registry's change
+// notifications (deafWatch), still routes it to A. A answers B's next M_OPEN
+// with not_owner: that one client is reset, B forgets its cached owner and
+// reads the registry again, and the next client through B reaches agent-1 on
+// C, long before B's own next read.
 func TestMeshAgentMovesAway(t *testing.T) {
+	testAgentMoves(t, false)
+}
+
+// TestMeshAgentMovesNotified: the same move, with B subscribed to the
+// registry's change notifications: B reads the registry as soon as agent-1
+// is routable on C, and no client through B is reset.
+func TestMeshAgentMovesNotified(t *testing.T) {
+	testAgentMoves(t, true)
+}
+
+func testAgentMoves(t *testing.T, notified bool) {
 	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	store := mesh.NewMemoryStore(nil)
 	a := startMeshHub(t, "hub-a", store, []string{"echo"})
-	b := startMeshHub(t, "hub-b", store, []string{"echo"}, func(c *hub.Config) { c.HA.HeartbeatInterval = time.Minute })
+	b := startMeshHub(t, "hub-b", store, []string{"echo"}, func(c *hub.Config) {
+		c.HA.HeartbeatInterval = time.Minute
+		if !notified {
+			c.HA.Registry = deafWatch{c.HA.Registry}
+		}
+	})
 	c := startMeshHub(t, "hub-c", store, []string{"echo"})
 	waitLinks(t, a, b, c)
 	startAgent(t, a.testHub, "agent-1", map[string]string{"echo": echo.Addr()},
@@ -385,5 +411,12 @@ func TestMeshAgentMovesAway(t *testing.T) {
 	t.Logf("hub-b reached the new owner %v after hub-a lost agent-1, %d client(s) failed first", time.Since(start).Round(time.Millisecond), failed)
 	if v := testenv.Metric(t, c.Metrics().WritePrometheus, `nowconnect_mesh_frames_total{dir="in",type="M_OPEN"}`); v < 1 {
 		t.Errorf("hub-c received %v M_OPEN: hub-b's client did not cross to it", v)
+	}
+	refused := testenv.Metric(t, a.Metrics().WritePrometheus, `nowconnect_mesh_frames_total{dir="out",type="M_RST"}`)
+	switch {
+	case notified && (failed > 0 || refused > 0):
+		t.Errorf("with notifications, %d client(s) through hub-b failed and hub-a refused %v stream(s): hub-b still routed to hub-a", failed, refused)
+	case !notified && refused == 0:
+		t.Errorf("hub-a refused no stream: hub-b learnt of the move some other way than not_owner")
 	}
 }
