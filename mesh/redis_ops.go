@@ -178,11 +178,13 @@ func (r *Redis) Watch(ctx context.Context, fn func(agentID string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(r.life, cancel)()
-	// A dedicated connection: a subscription on the shared pipeline would delay
-	// the health check's PING behind it when the server freezes.
-	err := ref.c.Dedicated(func(dc rueidis.DedicatedClient) error {
-		return dc.Receive(ctx, dc.B().Subscribe().Channel(claimsChannel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
-	})
+	// A connection of its own, kept off the shared pipeline. Ending the watch closes
+	// it: rueidis would otherwise wait for the server to answer the UNSUBSCRIBE,
+	// seconds when the server is frozen.
+	dc, release := ref.c.Dedicate()
+	defer release()
+	defer context.AfterFunc(ctx, dc.Close)()
+	err := dc.Receive(ctx, dc.B().Subscribe().Channel(claimsChannel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
 	switch {
 	case r.closed.Load():
 		return fmt.Errorf("registry watch: %w", ErrClosed)
