@@ -1,6 +1,7 @@
 package mesh_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -37,11 +38,26 @@ func (e *memoryEnv) open(t testing.TB, cfg mesh.Config) mesh.Registry {
 
 func (e *memoryEnv) flushAll(testing.TB) { e.store.FlushAll() }
 
-type redisEnv struct{ srv *testenv.Redis }
+type redisEnv struct {
+	srv *testenv.Redis
+	url string // the registry's URL: srv.URL, or with the credentials of an ACL user
+}
 
 func (e *redisEnv) open(t testing.TB, cfg mesh.Config) mesh.Registry {
 	t.Helper()
-	return openRedis(t, e.srv.URL, cfg, 0)
+	return openRedis(t, cmp.Or(e.url, e.srv.URL), cfg, 0)
+}
+
+// aclRules are the ACL rules the README gives the hubs' Redis user: the
+// contract runs under them too ("redis-acl").
+const aclRules = "resetkeys ~nc:* resetchannels &nc:claims -@all +@read +@write +@scripting +@pubsub +@connection +time"
+
+// newACLEnv is a fresh redis-server whose registry connects as a user with
+// aclRules only.
+func newACLEnv(t testing.TB) env {
+	srv := testenv.StartRedis(t)
+	srv.Do(t, append([]string{"ACL", "SETUSER", "nowconnect", "on", ">hub-secret"}, strings.Fields(aclRules)...)...)
+	return &redisEnv{srv: srv, url: strings.Replace(srv.URL, "redis://", "redis://nowconnect:hub-secret@", 1)}
 }
 
 func (e *redisEnv) flushAll(t testing.TB) { e.srv.FlushAll(t) }
@@ -65,6 +81,7 @@ var backends = []struct {
 }{
 	{"memory", func(testing.TB) env { return &memoryEnv{store: mesh.NewMemoryStore(nil)} }},
 	{"redis", func(t testing.TB) env { return &redisEnv{srv: testenv.StartRedis(t)} }},
+	{"redis-acl", newACLEnv},
 }
 
 // ctx returns a context with a deadline that ends with the test.
