@@ -362,7 +362,8 @@ var contract = []struct {
 	}},
 
 	{"watch: every replica's AddConnectors notifies; cancel and Close end it", func(t *testing.T, e env) {
-		a, b := e.open(t, cfg("hub-a", nil)), e.open(t, cfg("hub-b", nil))
+		cb := cfg("hub-b", nil)
+		a, b := e.open(t, cfg("hub-a", nil)), e.open(t, cb)
 		got := make(chan string, 64)
 		watch := func(ctx context.Context) <-chan error {
 			done := make(chan error, 1)
@@ -403,6 +404,12 @@ var contract = []struct {
 		done = watch(context.Background())
 		b.Close()
 		ended(done, mesh.ErrClosed)
+		if v := metric(t, cb, `nowconnect_registry_notifications_total`); v < 1 {
+			t.Errorf("nowconnect_registry_notifications_total = %v after a notification", v)
+		}
+		if v := metric(t, cb, `nowconnect_registry_errors_total{op="watch"}`); v != 0 {
+			t.Errorf(`nowconnect_registry_errors_total{op="watch"} = %v: a cancel or a Close is no failure`, v)
+		}
 		if err := b.Watch(context.Background(), func(string) {}); !errors.Is(err, mesh.ErrClosed) {
 			t.Fatalf("Watch on a closed registry = %v, want ErrClosed", err)
 		}

@@ -257,7 +257,9 @@ func (r *Memory) AddConnectors(ctx context.Context, agentID string, epoch uint64
 const watchBuffer = 64
 
 // Watch implements Registry.
-func (r *Memory) Watch(ctx context.Context, fn func(agentID string)) error {
+func (r *Memory) Watch(ctx context.Context, fn func(agentID string)) (err error) {
+	defer r.m.watchEnded(ctx, &err)
+	fn = r.m.notified(fn)
 	if r.closed.Load() {
 		return ErrClosed
 	}

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -12,9 +13,12 @@ import (
 //	nowconnect_registry_up                 gauge      1 while healthy, else 0
 //	nowconnect_registry_op_seconds{op}     histogram  duration of each operation, failed ones included
 //	nowconnect_registry_errors_total{op}   counter    failed operations (ErrNotOwner is an answer, not a failure)
+//	nowconnect_registry_notifications_total counter   ownership changes Watch delivered
 //
-// op is one of the names in opNames; "ping" is the Redis health check. Handles are
-// created once at construction.
+// op is one of the names in opNames; "ping" is the Redis health check, "publish" the
+// notification AddConnectors sends (Redis), "watch" a subscription that ended in a
+// failure; those two have no duration histogram (a failed publish fails nothing, a
+// subscription lasts). Handles are created once at construction.
 
 // op indexes the per-operation metric handles.
 type op int
@@ -31,7 +35,10 @@ const (
 	opClearOwn
 	opSweep
 	opPing
-	numOps
+	numTimedOps // the ops below have errors only
+	opPublish   = numTimedOps
+	opWatch     = numTimedOps + 1
+	numOps      = numTimedOps + 2
 )
 
 var opNames = [numOps]string{
@@ -46,6 +53,8 @@ var opNames = [numOps]string{
 	opClearOwn:      "clear_own",
 	opSweep:         "sweep",
 	opPing:          "ping",
+	opPublish:       "publish",
+	opWatch:         "watch",
 }
 
 func (o op) String() string { return opNames[o] }
@@ -57,19 +66,42 @@ var opBuckets = []float64{
 
 type registryMetrics struct {
 	// set at construction
-	up      *metrics.Gauge
-	seconds [numOps]*metrics.PrometheusHistogram
-	errors  [numOps]*metrics.Counter
+	up            *metrics.Gauge
+	seconds       [numTimedOps]*metrics.PrometheusHistogram
+	errors        [numOps]*metrics.Counter
+	notifications *metrics.Counter
 }
 
 func newRegistryMetrics(set *metrics.Set) *registryMetrics {
-	m := &registryMetrics{up: set.GetOrCreateGauge(`nowconnect_registry_up`, nil)}
+	m := &registryMetrics{up: set.GetOrCreateGauge(`nowconnect_registry_up`, nil),
+		notifications: set.GetOrCreateCounter(`nowconnect_registry_notifications_total`)}
 	for o := range numOps {
 		l := `{op="` + opNames[o] + `"}`
-		m.seconds[o] = set.GetOrCreatePrometheusHistogramExt(`nowconnect_registry_op_seconds`+l, opBuckets)
+		if o < numTimedOps {
+			m.seconds[o] = set.GetOrCreatePrometheusHistogramExt(`nowconnect_registry_op_seconds`+l, opBuckets)
+		}
 		m.errors[o] = set.GetOrCreateCounter(`nowconnect_registry_errors_total` + l)
 	}
 	return m
+}
+
+// failed counts a failure of an op without a duration (publish, watch).
+func (m *registryMetrics) failed(o op) { m.errors[o].Inc() }
+
+// watchEnded counts a subscription that ended otherwise than by its context
+// or Close; it is deferred with the address of Watch's named error.
+func (m *registryMetrics) watchEnded(ctx context.Context, errp *error) {
+	if err := *errp; ctx.Err() == nil && !errors.Is(err, ErrClosed) {
+		m.failed(opWatch)
+	}
+}
+
+// notified wraps a Watch callback so that every delivery is counted.
+func (m *registryMetrics) notified(fn func(string)) func(string) {
+	return func(agentID string) {
+		m.notifications.Inc()
+		fn(agentID)
+	}
 }
 
 // done records one operation that started at start and ended with *errp; it is

@@ -158,7 +158,9 @@ func (r *Redis) AddConnectors(ctx context.Context, agentID string, epoch uint64,
 	}
 	// The agent is routable on its new owner: tell the watchers (best effort, so a
 	// failure here fails nothing; they learn it at their next read).
-	_ = c.Do(ctx, c.B().Publish().Channel(claimsChannel).Message(agentID).Build()).Error()
+	if err := c.Do(ctx, c.B().Publish().Channel(claimsChannel).Message(agentID).Build()).Error(); err != nil {
+		r.m.failed(opPublish)
+	}
 	return nil
 }
 
@@ -167,7 +169,9 @@ const claimsChannel = "nc:claims"
 
 // Watch implements Registry. The subscription has a connection of its own; Close ends
 // it too.
-func (r *Redis) Watch(ctx context.Context, fn func(agentID string)) error {
+func (r *Redis) Watch(ctx context.Context, fn func(agentID string)) (err error) {
+	defer r.m.watchEnded(ctx, &err)
+	fn = r.m.notified(fn)
 	if r.closed.Load() {
 		return fmt.Errorf("registry watch: %w", ErrClosed)
 	}
@@ -184,7 +188,7 @@ func (r *Redis) Watch(ctx context.Context, fn func(agentID string)) error {
 	dc, release := ref.c.Dedicate()
 	defer release()
 	defer context.AfterFunc(ctx, dc.Close)()
-	err := dc.Receive(ctx, dc.B().Subscribe().Channel(claimsChannel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
+	err = dc.Receive(ctx, dc.B().Subscribe().Channel(claimsChannel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
 	switch {
 	case r.closed.Load():
 		return fmt.Errorf("registry watch: %w", ErrClosed)

@@ -240,7 +240,8 @@ func TestRedisWatchAcrossRestart(t *testing.T) {
 	testenv.CheckGoroutines(t)
 	srv := testenv.StartRedis(t)
 	a := openRedis(t, srv.URL, cfg("hub-a", nil), 100*time.Millisecond)
-	b := openRedis(t, srv.URL, cfg("hub-b", nil), 100*time.Millisecond)
+	cb := cfg("hub-b", nil)
+	b := openRedis(t, srv.URL, cb, 100*time.Millisecond)
 	type sub struct {
 		got  chan string
 		done chan error // Watch's last result, once the subscription ended
@@ -300,6 +301,9 @@ func TestRedisWatchAcrossRestart(t *testing.T) {
 	notified(first, "agent-1")
 	srv.Stop(t)
 	ends("redis-server stopped", first, nil)
+	if v := metric(t, cb, `nowconnect_registry_errors_total{op="watch"}`); v != 1 {
+		t.Errorf(`nowconnect_registry_errors_total{op="watch"} = %v after the server stopped, want 1`, v)
+	}
 
 	srv.Start(t)
 	testenv.WaitFor(t, 5*time.Second, "healthy after the restart", b.Healthy)
