@@ -65,6 +65,7 @@ var catalog = map[string]string{
 	"nowconnect_mesh_send_queue_size":          "gauge",
 	"nowconnect_mesh_inflight_bytes":           "gauge",
 	"nowconnect_registry_up":                   "gauge",
+	"nowconnect_registry_errors_total":         "counter",
 }
 
 var metricNameRE = regexp.MustCompile(`nowconnect_[a-z_]+`)
@@ -186,6 +187,7 @@ var wantAlerts = []string{
 	"NowConnectMeshBackpressureDrops", // 002: backpressure drops > 0 in 5m
 	"NowConnectMeshLinkDown",          // 002: a peer's link not up for > 60s
 	"NowConnectRegistryDegraded",      // issue 8: registry unreachable for 1m
+	"NowConnectRegistryWatchFailing",  // issue 9: ownership moves not announced (watch/publish failing) while Redis answers
 }
 
 func readYAML(t *testing.T, path string, v any) {
