@@ -326,6 +326,39 @@ func TestRedis(t *testing.T) {
 	noSecrets(t, rs, "redis-secret-2", "hunter2-wrong")
 }
 
+// TestRedisRegistry: registry: true probes what the HA registry needs of the
+// user, on a real redis-server with ACL users: the README's rules pass, a user
+// without the channel nc:claims gets a warning, one that cannot write or run
+// scripts fails. The probe leaves no key behind.
+func TestRedisRegistry(t *testing.T) {
+	leakCheck(t)
+	srv := testenv.StartRedis(t)
+	for user, rules := range map[string]string{
+		"hub":       "resetkeys ~nc:* resetchannels &nc:claims -@all +@read +@write +@scripting +@pubsub +@connection +time",
+		"nochannel": "resetkeys ~nc:* resetchannels -@all +@read +@write +@scripting +@pubsub +@connection +time",
+		"readonly":  "resetkeys ~nc:* resetchannels &nc:claims -@all +@read +@pubsub +@connection",
+	} {
+		srv.Do(t, append([]string{"ACL", "SETUSER", user, "on", ">pw-" + user}, strings.Fields(rules)...)...)
+	}
+	_, port, _ := net.SplitHostPort(srv.Addr)
+	rs := runYAML(t, fmt.Sprintf(`
+- {type: redis, name: readme user, host: 127.0.0.1, port: %[1]s, username: hub, password: pw-hub, registry: true}
+- {type: redis, name: no channel, host: 127.0.0.1, port: %[1]s, username: nochannel, password: pw-nochannel, registry: true}
+- {type: redis, name: read only, host: 127.0.0.1, port: %[1]s, username: readonly, password: pw-readonly, registry: true}
+- {type: redis, name: default user, host: 127.0.0.1, port: %[1]s, registry: true}
+- {type: redis, name: no probe, host: 127.0.0.1, port: %[1]s, username: readonly, password: pw-readonly}
+`, port), 10*time.Second)
+	expect(t, rs[0], OK, "registry: keys nc:*, scripts with TIME and the channel nc:claims allowed")
+	expect(t, rs[1], Warning, "SUBSCRIBE nc:claims refused (NOPERM", "grant &nc:claims")
+	expect(t, rs[2], Critical, "the HA registry cannot work as this user", "EVAL refused (NOPERM", "SET refused (NOPERM", "DEL refused (NOPERM")
+	expect(t, rs[3], OK, "registry: keys nc:*")
+	expect(t, rs[4], OK, "PONG")
+	if got := srv.Do(t, "DBSIZE"); got != int64(0) {
+		t.Errorf("DBSIZE after the probes = %v: a probe key was left behind", got)
+	}
+	noSecrets(t, rs, "pw-hub", "pw-nochannel", "pw-readonly")
+}
+
 // TestRedisTLS: a real redis-server serving TLS only: verified with ca_file
 // (PING and AUTH inside TLS), refused without it, and plain text at a TLS
 // port is not Redis.

@@ -159,7 +159,7 @@ ha:
 	if a := cs[3].probe.(*tcpCheck).addr; a != "[::1]:2389" {
 		t.Errorf("[::] listener checked at %s", a)
 	}
-	if r := cs[4].probe.(*redisCheck); !r.useTLS || r.pw != "" || r.addr != "redis.internal:6380" {
+	if r := cs[4].probe.(*redisCheck); !r.useTLS || r.pw != "" || r.addr != "redis.internal:6380" || !r.registry {
 		t.Errorf("printed redis check %+v", r)
 	}
 	if p := cs[6].probe.(*tlsCheck); p.addr != "cloud-b.example.com:443" || p.conf.ServerName != "cloud-b.example.com" || len(p.conf.Certificates) != 1 || p.conf.RootCAs == nil {

@@ -146,6 +146,7 @@ func (g *generator) redis(raw string, withSecrets bool) error {
 	}
 	q := u.Query()
 	auth := func(c *genCheck) {
+		c.set("registry", "true")
 		if pw == "" {
 			return
 		}

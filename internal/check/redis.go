@@ -14,12 +14,14 @@ import (
 	"github.com/nowconnect/nowconnect/internal/resp"
 )
 
-// redisCheck speaks RESP: AUTH (when a password is set), PING, and ROLE, reported.
+// redisCheck speaks RESP: AUTH (when a password is set), PING, and ROLE, reported;
+// with registry, also what NowConnect's HA registry needs of the user (registryProbe).
 type redisCheck struct {
 	network, addr string // "tcp" host:port, or "unix" socket path
 	useTLS        bool
 	tls           *tls.Config
 	user, pw      string
+	registry      bool
 }
 
 func parseRedis(f *fields) prober {
@@ -40,6 +42,7 @@ func parseRedis(f *fields) prober {
 	c.tls = f.tlsConfig(host, true)
 	c.user = f.str("username")
 	c.pw = f.password("password")
+	c.registry = f.boolean("registry", false)
 	if c.user != "" && c.pw == "" {
 		f.errf("username", "username needs password or password_file")
 	}
@@ -86,14 +89,65 @@ func (c *redisCheck) run(ctx context.Context, r *report) {
 		return
 	}
 	v, err = rc.call("ROLE")
+	var role string
 	switch e, isErr := v.(resp.ErrorReply); {
 	case err != nil:
 		r.crit("ROLE: %s", r.failed(ctx, err))
+		return
 	case isErr:
-		r.ok("PONG; ROLE refused (%s)", string(e))
+		role = fmt.Sprintf("ROLE refused (%s)", string(e))
 	default:
-		r.ok("PONG; %s", describeRole(v))
+		role = describeRole(v)
 	}
+	if !c.registry {
+		r.ok("PONG; %s", role)
+		return
+	}
+	data, channel, err := registryProbe(rc)
+	switch {
+	case err != nil:
+		r.crit("PONG; %s; registry probe: %s", role, r.failed(ctx, err))
+	case data != "":
+		r.crit("PONG; %s; the HA registry cannot work as this user: %s (see the README's ACL line)", role, data)
+	case channel != "":
+		r.warn("PONG; %s; registry keys and scripts allowed, but %s: hubs learn of agents moving between them only at their registry reads (grant &nc:claims and +@pubsub)", role, channel)
+	default:
+		r.ok("PONG; %s; registry: keys nc:*, scripts with TIME and the channel nc:claims allowed", role)
+	}
+}
+
+// registryProbe tries, as the check's user, what the HA registry (mesh/registry.go)
+// does, leaving its data alone: a script that calls TIME, a write, read and delete of
+// a probe key under nc:, and SUBSCRIBE to nc:claims (the channel of ownership moves),
+// then UNSUBSCRIBE. It returns what was refused: data (scripts, keys: the registry
+// cannot work) and channel (moves are not announced), "" when allowed.
+func registryProbe(rc *respConn) (data, channel string, err error) {
+	const probeKey = "nc:{check}:probe"
+	var refused []string
+	for _, cmd := range [][]string{
+		{"EVAL", "return redis.call('TIME')[1]", "0"},
+		{"SET", probeKey, "1", "PX", "10000"},
+		{"GET", probeKey},
+		{"DEL", probeKey},
+	} {
+		v, err := rc.call(cmd...)
+		if err != nil {
+			return "", "", fmt.Errorf("%s: %w", cmd[0], err)
+		}
+		if e, isErr := v.(resp.ErrorReply); isErr {
+			refused = append(refused, fmt.Sprintf("%s refused (%s)", cmd[0], string(e)))
+		}
+	}
+	v, err := rc.call("SUBSCRIBE", "nc:claims")
+	if err != nil {
+		return "", "", fmt.Errorf("SUBSCRIBE: %w", err)
+	}
+	if e, isErr := v.(resp.ErrorReply); isErr {
+		channel = fmt.Sprintf("SUBSCRIBE nc:claims refused (%s)", string(e))
+	} else if _, err := rc.call("UNSUBSCRIBE", "nc:claims"); err != nil {
+		return "", "", fmt.Errorf("UNSUBSCRIBE: %w", err)
+	}
+	return strings.Join(refused, "; "), channel, nil
 }
 
 // answered reports whether a command got a non-error answer, recording why not.

@@ -28,7 +28,8 @@ import (
 //	ldap      url, start_tls, bind_dn, password | password_file, base, filter, scope,
 //	          expect_min_entries (1), server_name, ca_file, insecure
 //	redis     host, port (6379) | socket, username, password | password_file, tls,
-//	          server_name, ca_file, insecure
+//	          server_name, ca_file, insecure, registry (false: also probe what the HA
+//	          registry needs of the user)
 //	hub       url, connectors, ca_file, insecure
 //	pingpong  hub, connector, url, base, filter, bind_dn, password | password_file,
 //	          start_tls, server_name, ca_file, insecure
