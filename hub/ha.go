@@ -212,7 +212,8 @@ func (o *owners) watchLoop() {
 	backoff := watchBackoffMin
 	for {
 		wait := watchBackoffMin // for a registry that is down (logged as such, ha_registry_down)
-		if o.reg.Healthy() {
+		watched := o.reg.Healthy()
+		if watched {
 			start := time.Now()
 			err := o.reg.Watch(ctx, o.moved)
 			if ctx.Err() != nil {
@@ -231,8 +232,9 @@ func (o *owners) watchLoop() {
 			return
 		case <-time.After(wait + rand.N(wait/4+1)):
 		}
-		// What was published while not subscribed is lost: read instead.
-		o.moved("")
+		if watched {
+			o.moved("") // what was published while not subscribed is lost: read instead
+		}
 	}
 }
 
