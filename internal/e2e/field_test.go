@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/nowconnect/nowconnect/hub"
 	"github.com/nowconnect/nowconnect/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // Failures of the field, with real processes: an agent frozen with
@@ -323,5 +325,104 @@ func TestDescriptorExhaustion(t *testing.T) {
 				t.Errorf("agents connected %v after the flood, want 1", v)
 			}
 		})
+	}
+}
+
+// TestAgentDescriptorExhaustion: the premise side runs out of descriptors.
+// The agent's RLIMIT_NOFILE is lowered, while it runs, to 40 above what it
+// holds, and 300 clients come at once and stay. The streams it cannot dial a
+// target for are refused at once (their clients closed, none left hanging),
+// its tunnel stays up, and once the clients go it serves new ones, holding no
+// descriptor more than before.
+func TestAgentDescriptorExhaustion(t *testing.T) {
+	bin := testenv.Binary(t)
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	control := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	h := testenv.StartProcess(t, bin, []string{"cloud", "--config", cloudConfig(t, control, listen, "")}, nil)
+	h.WaitForOutput(t, `"msg":"listener_started"`, 10*time.Second)
+	a := startPremise(t, bin, control, "a1", map[string]string{"svc": echo.Addr()}, "--tunnels", "1")
+	h.WaitForOutput(t, `"msg":"agent_connected"`, 10*time.Second)
+	if err := echoOnce(listen, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var base int
+	testenv.WaitFor(t, 5*time.Second, "the agent's descriptors settle", func() bool {
+		n := fdCount(t, a.Pid())
+		settled := n == base
+		base = n
+		return settled
+	})
+	limit := uint64(base + 40)
+	if err := unix.Prlimit(a.Pid(), unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: limit, Max: limit}, nil); err != nil {
+		t.Fatalf("prlimit: %v", err)
+	}
+
+	const clients = 300
+	const deadline = 10 * time.Second
+	var mu sync.Mutex
+	var held []net.Conn
+	var served, refused, hung atomic.Int64
+	var slowest atomic.Int64 // ns: the longest a refused client waited
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			c, err := net.DialTimeout("tcp", listen, 5*time.Second)
+			if err != nil {
+				t.Errorf("dial the hub: %v", err) // the hub has descriptors to spare
+				return
+			}
+			start := time.Now()
+			_ = c.SetDeadline(start.Add(deadline))
+			buf := make([]byte, 16)
+			_, err = c.Write(buf)
+			if err == nil {
+				_, err = io.ReadFull(c, buf)
+			}
+			var ne net.Error
+			switch {
+			case err == nil:
+				served.Add(1)
+				mu.Lock()
+				held = append(held, c) // keeps the agent's target descriptor busy
+				mu.Unlock()
+				return
+			case errors.As(err, &ne) && ne.Timeout():
+				hung.Add(1)
+			default:
+				refused.Add(1)
+				for d := int64(time.Since(start)); ; {
+					s := slowest.Load()
+					if d <= s || slowest.CompareAndSwap(s, d) {
+						break
+					}
+				}
+			}
+			c.Close()
+		})
+	}
+	wg.Wait()
+	t.Logf("agent at %d descriptors: %d clients served and held, %d refused (the slowest after %v), %d hung",
+		limit, served.Load(), refused.Load(), time.Duration(slowest.Load()).Round(time.Millisecond), hung.Load())
+	if served.Load() == 0 || refused.Load() == 0 {
+		t.Fatalf("served %d, refused %d: the limit was not reached", served.Load(), refused.Load())
+	}
+	if hung.Load() > 0 {
+		t.Fatalf("%d clients got neither an answer nor a close within %v", hung.Load(), deadline)
+	}
+	if !strings.Contains(a.Output(), `"msg":"target_dial_failed"`) {
+		t.Errorf("the agent did not log target_dial_failed:\n%s", a.Output())
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	testenv.WaitFor(t, 10*time.Second, "the agent's descriptors back to the baseline", func() bool {
+		return fdCount(t, a.Pid()) <= base
+	})
+	if err := echoOnce(listen, 5*time.Second); err != nil {
+		t.Fatalf("a client after the flood: %v", err)
+	}
+	if strings.Contains(h.Output(), `"msg":"agent_disconnected"`) || a.Exited() {
+		t.Errorf("the agent's tunnel did not survive the flood:\n%s", a.Output())
 	}
 }
