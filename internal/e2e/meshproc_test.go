@@ -427,6 +427,46 @@ func TestMeshProcFrozenHub(t *testing.T) {
 	}
 }
 
+// TestMeshProcFrozenOwner: SIGSTOP of hub A, the hub that owns agent-1. Its
+// sockets stay open, so nothing fails fast: the agent's pings time out
+// (ping_timeout, 6 s), it moves to another hub and claims a new epoch, and
+// the other hubs, told of the move, route there. New clients through B and C
+// are served again within 15 s of the freeze. When A thaws it finds the
+// newer claim and does not serve the agent again.
+func TestMeshProcFrozenOwner(t *testing.T) {
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	mc := startMeshCluster(t, map[string]string{"svc": echo.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "")
+	a, b, c := mc.hubs[0], mc.hubs[1], mc.hubs[2]
+	before := mc.owner(t)
+	if err := a.p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	testenv.WaitFor(t, 15*time.Second, "new clients served through hub-b and hub-c", func() bool {
+		return echoOnce(b.addr["echo"], time.Second) == nil && echoOnce(c.addr["echo"], time.Second) == nil
+	})
+	after := mc.owner(t)
+	t.Logf("agent-1: %s epoch %d → %s epoch %d; clients through hub-b and hub-c served %v after SIGSTOP of hub-a",
+		before.ReplicaID, before.Epoch, after.ReplicaID, after.Epoch, time.Since(frozen).Round(10*time.Millisecond))
+	if after.ReplicaID == "hub-a" || after.Epoch <= before.Epoch {
+		t.Fatalf("agent-1 not re-homed: owner %+v, was %+v", after, before)
+	}
+	if err := a.p.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	a.p.WaitForOutput(t, `"msg":"ownership_lost","agent_id":"agent-1"`, 10*time.Second)
+	for range 5 {
+		for _, hp := range mc.hubs {
+			if err := echoOnce(hp.addr["echo"], 2*time.Second); err != nil {
+				t.Errorf("echo through %s after hub-a thawed: %v", hp.id, err)
+			}
+		}
+	}
+	if o := mc.owner(t); o != after {
+		t.Errorf("owner after hub-a thawed %+v, want %+v", o, after)
+	}
+}
+
 // injector is a mesh peer of our own ("hub-x") dialed into hub A with the
 // mesh secret, recording what A sends it.
 type injector struct {
