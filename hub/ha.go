@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,6 +108,11 @@ type HAConfig struct {
 	Grace             time.Duration // how long a fenced-out tunnel keeps its streams, default 30s
 }
 
+// ErrOwnerGone is what Registry.Heartbeat wraps when the registry has no
+// owner entry for the agent at all (it restarted empty, or the entry
+// expired while this hub could not reach it): nobody owns the agent.
+var ErrOwnerGone = errors.New("hub: the registry has no owner for the agent")
+
 // Errors of HA.
 var (
 	errNotOwner   = errors.New("tunnel: another hub owns the agent")
@@ -135,7 +141,11 @@ type claim struct {
 	losses     []time.Time // recent losses and supersessions (conflict detection)
 	pauseUntil time.Time   // agent_id_conflict: HELLOs refused until then
 	pause      time.Duration
+	reclaimed  []uint64 // this hub's earlier epochs it claimed again from (reclaim), newest last, at most maxReclaimed
 }
+
+// maxReclaimed bounds claim.reclaimed.
+const maxReclaimed = 4
 
 // owners tracks the hub's claims and runs ownerLoop.
 type owners struct {
@@ -159,8 +169,9 @@ type owners struct {
 	mu sync.Mutex
 	// guarded by mu
 	claims     map[string]*claim
-	remote     map[string][]Ownership // connector → agents of it, from the registry (routing's cache)
-	refreshNow bool                   // read remote again at the next pass (a stale epoch, a new link)
+	remote     map[string][]Ownership   // connector → agents of it, from the registry (routing's cache)
+	missing    map[missingKey]time.Time // first read that lacked an agent still kept (keepMissingLocked)
+	refreshNow bool                     // read remote again at the next pass (a stale epoch, a new link)
 }
 
 func newOwners(h *Hub, cfg HAConfig) *owners {
@@ -174,7 +185,7 @@ func newOwners(h *Hub, cfg HAConfig) *owners {
 		cfg.Grace = 30 * time.Second
 	}
 	o := &owners{h: h, cfg: cfg, reg: cfg.Registry, kick: make(chan struct{}, 1), stop: make(chan struct{}),
-		claims: make(map[string]*claim), remote: make(map[string][]Ownership),
+		claims: make(map[string]*claim), remote: make(map[string][]Ownership), missing: make(map[missingKey]time.Time),
 		conflict: lograte.New(1, time.Minute, h.met.logSuppressed("agent_id_conflict")),
 		missed:   lograte.New(1, time.Second, nil),
 		refutes:  lograte.New(1, time.Second, nil),
@@ -354,7 +365,9 @@ func (o *owners) ownerLoop() {
 	defer t.Stop()
 	lastBeat := time.Time{}
 	for {
-		o.updateHealth()
+		if o.updateHealth() {
+			lastBeat = time.Time{} // back: heartbeat now (a restarted Redis may have lost the claims)
+		}
 		beat := time.Since(lastBeat) >= o.cfg.HeartbeatInterval
 		if beat {
 			lastBeat = time.Now()
@@ -369,16 +382,18 @@ func (o *owners) ownerLoop() {
 	}
 }
 
-// updateHealth tracks the registry's health and logs its changes.
-func (o *owners) updateHealth() {
+// updateHealth tracks the registry's health and logs its changes; it
+// reports whether the registry just came back.
+func (o *owners) updateHealth() (back bool) {
 	up := o.reg.Healthy()
 	if o.healthy.Swap(up) != up {
 		if up {
 			o.h.log.Info("ha_registry_up", "mode", o.Mode().String())
-		} else {
-			o.h.log.Warn("ha_registry_down", "mode", o.Mode().String())
+			return true
 		}
+		o.h.log.Warn("ha_registry_down", "mode", o.Mode().String())
 	}
+	return false
 }
 
 func (o *owners) ctx() (context.Context, context.CancelFunc) {
@@ -455,6 +470,11 @@ func (o *owners) heartbeat(c *claim) {
 	ctx, cancel := o.ctx()
 	owned, err := o.reg.Heartbeat(ctx, c.agentID, c.epoch)
 	cancel()
+	if errors.Is(err, ErrOwnerGone) {
+		o.h.met.registryOp(nil) // an answer
+		o.reclaim(c)
+		return
+	}
 	o.h.met.registryOp(err)
 	if err != nil || owned {
 		return
@@ -479,6 +499,31 @@ func (o *owners) heartbeat(c *claim) {
 	}
 }
 
+// reclaim claims c's agent again after its heartbeat found no owner entry:
+// the registry lost it (Redis restarted empty) or let it expire while this
+// hub could not reach it, and no other hub has claimed the agent since. This
+// hub still carries the agent's tunnels, so it owns it again, at a new epoch,
+// and the tunnels are left alone. Fencing it out instead would close every
+// agent's tunnels at each Redis restart.
+func (o *owners) reclaim(c *claim) {
+	o.mu.Lock()
+	if c.lost || len(c.tunnels) == 0 {
+		o.mu.Unlock()
+		return
+	}
+	old := c.epoch
+	c.epoch, c.owned = 0, false
+	if old != 0 {
+		// Other hubs still route with it until they read again: their
+		// streams reach the same tunnels, so they stay welcome (epochOf).
+		c.reclaimed = append(c.reclaimed, old)
+		c.reclaimed = c.reclaimed[max(0, len(c.reclaimed)-maxReclaimed):]
+	}
+	o.mu.Unlock()
+	o.h.log.Warn("ownership_gone", "agent_id", c.agentID, "epoch", old, "action", "claim again")
+	o.claimOne(c)
+}
+
 // refreshRemote reads who owns the agents of the hub's connectors: the
 // cache routing reads instead of asking the registry per connection.
 func (o *owners) refreshRemote() {
@@ -494,18 +539,64 @@ func (o *owners) refreshRemote() {
 			continue
 		}
 		o.mu.Lock()
-		o.remote[conn] = list
+		o.remote[conn] = o.keepMissingLocked(conn, list, time.Now())
 		o.mu.Unlock()
 	}
 }
 
-// epochOf returns the epoch under which this hub owns agent, if it does.
-// Safe from any goroutine.
-func (o *owners) epochOf(agent string) (uint64, bool) {
+// keepMissingLocked returns read, a new read of connector's agents, plus the
+// agents of the previous read it lacks, for two heartbeat intervals after
+// their first absence. A registry that restarted empty lists nobody until
+// the owners notice and claim again (at their next heartbeat): without the
+// grace, every client of another hub's agent would be refused meanwhile.
+// An agent that is really gone costs one M_OPEN its old owner refuses
+// (not_owner), which invalidates the entry at once; an agent that moved is
+// replaced by its new owner's entry. Called with o.mu held.
+func (o *owners) keepMissingLocked(conn string, read []Ownership, now time.Time) []Ownership {
+	in := func(l []Ownership, agent string) bool {
+		return slices.ContainsFunc(l, func(a Ownership) bool { return a.AgentID == agent })
+	}
+	list := read
+	for _, old := range o.remote[conn] {
+		if in(read, old.AgentID) {
+			continue
+		}
+		k := missingKey{conn, old.AgentID}
+		since, ok := o.missing[k]
+		if !ok {
+			since = now
+			o.missing[k] = now
+		}
+		if now.Sub(since) < 2*o.cfg.HeartbeatInterval {
+			list = append(list, old)
+		}
+	}
+	for k := range o.missing { // only the agents kept above stay counted
+		if k.connector == conn && (in(read, k.agent) || !in(list, k.agent)) {
+			delete(o.missing, k)
+		}
+	}
+	return list
+}
+
+// missingKey is an agent of a connector that a registry read lacked.
+type missingKey struct{ connector, agent string }
+
+// epochOf returns the epoch under which this hub owns agent, if it does,
+// for a stream another hub opened with epoch e: the current one, or e if
+// it is one of this hub's own earlier epochs for the agent that it claimed
+// again from (reclaim), which the stream then keeps. Safe from any
+// goroutine.
+func (o *owners) epochOf(agent string, e uint64) (uint64, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	c := o.claims[agent]
-	if c == nil || !c.owned || c.lost {
+	switch {
+	case c == nil || c.lost:
+		return 0, false
+	case e != c.epoch && slices.Contains(c.reclaimed, e):
+		return e, true // also while the claim is being made again
+	case !c.owned:
 		return 0, false
 	}
 	return c.epoch, true

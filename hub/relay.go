@@ -67,7 +67,7 @@ func (pl *peerLink) openRelay(fh codec.MeshHeader, p []byte) {
 		pl.rst(fh, codec.ReasonNotOwner)
 		return
 	}
-	epoch, owned := o.epochOf(agent)
+	epoch, owned := o.epochOf(agent, fh.Epoch)
 	switch {
 	case !owned:
 		pl.rst(fh, codec.ReasonNotOwner)

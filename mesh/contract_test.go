@@ -61,7 +61,10 @@ var contract = []struct {
 		testenv.WaitFor(t, 5*time.Second, "owner entry expired", func() bool {
 			return owner(t, a, "agent-1") == mesh.Owner{}
 		})
-		if heartbeat(t, a, "agent-1", ep) {
+		if owned, err := a.Heartbeat(ctx(t), "agent-1", ep); owned || !errors.Is(err, mesh.ErrOwnerGone) {
+			t.Fatalf("heartbeat of an expired ownership = %v, %v; want ErrOwnerGone (nobody owns it)", owned, err)
+		}
+		if owner(t, a, "agent-1") != (mesh.Owner{}) {
 			t.Fatal("heartbeat revived an expired ownership")
 		}
 	}},
@@ -73,8 +76,8 @@ var contract = []struct {
 		if eb <= ea {
 			t.Fatalf("B's epoch %d <= A's %d", eb, ea)
 		}
-		if heartbeat(t, a, "agent-1", ea) {
-			t.Fatal("A's heartbeat still owns the agent after B claimed it")
+		if owned, err := a.Heartbeat(ctx(t), "agent-1", ea); owned || err != nil {
+			t.Fatalf("A's heartbeat after B claimed the agent = %v, %v; want fenced out (false, nil)", owned, err)
 		}
 		if !heartbeat(t, b, "agent-1", eb) {
 			t.Fatal("B's heartbeat does not own the agent it claimed")

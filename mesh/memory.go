@@ -174,6 +174,9 @@ func (r *Memory) Heartbeat(ctx context.Context, agentID string, epoch uint64) (o
 	}
 	defer r.end()
 	now := r.store.now()
+	if r.store.ownerLocked(agentID, now) == nil {
+		return false, fmt.Errorf("registry heartbeat %q: %w", agentID, ErrOwnerGone)
+	}
 	o := r.ownedLocked(agentID, epoch, now)
 	if o == nil {
 		return false, nil

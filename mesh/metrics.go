@@ -12,7 +12,7 @@ import (
 //
 //	nowconnect_registry_up                 gauge      1 while healthy, else 0
 //	nowconnect_registry_op_seconds{op}     histogram  duration of each operation, failed ones included
-//	nowconnect_registry_errors_total{op}   counter    failed operations (ErrNotOwner is an answer, not a failure)
+//	nowconnect_registry_errors_total{op}   counter    failed operations (ErrNotOwner and ErrOwnerGone are answers, not failures)
 //	nowconnect_registry_notifications_total counter   ownership changes Watch delivered
 //
 // op is one of the names in opNames; "ping" is the Redis health check, "publish" the
@@ -108,7 +108,7 @@ func (m *registryMetrics) notified(fn func(string)) func(string) {
 // deferred with the address of the named error result.
 func (m *registryMetrics) done(o op, start time.Time, errp *error) {
 	m.seconds[o].UpdateDuration(start)
-	if err := *errp; err != nil && !errors.Is(err, ErrNotOwner) {
+	if err := *errp; err != nil && !errors.Is(err, ErrNotOwner) && !errors.Is(err, ErrOwnerGone) {
 		m.errors[o].Inc()
 	}
 }

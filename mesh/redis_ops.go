@@ -63,6 +63,9 @@ func (r *Redis) Heartbeat(ctx context.Context, agentID string, epoch uint64) (ow
 	if err != nil {
 		return false, r.fail(opHeartbeat, strconv.Quote(agentID), err)
 	}
+	if n == 2 {
+		return false, fmt.Errorf("registry heartbeat %q: %w", agentID, ErrOwnerGone)
+	}
 	return n == 1, nil
 }
 

@@ -24,7 +24,8 @@
 // either way.) The owner entry "replica|epoch" lives for
 // OwnerTTL; Heartbeat extends it only if it still names this replica and epoch
 // (compare-and-extend), so a hub whose heartbeat returns owned=false has been fenced
-// out and must stop using that epoch. Release deletes it only on the same condition
+// out and must stop using that epoch; one that gets ErrOwnerGone finds no owner at all
+// (Redis restarted empty, or the entry expired while unreachable) and claims again. Release deletes it only on the same condition
 // (compare-and-delete). A Claim that fails with ErrUnavailable may still have taken
 // effect (the request reached Redis, the answer did not come back in time): such an
 // owner entry expires after OwnerTTL unless it is heartbeaten.
@@ -83,7 +84,8 @@
 //	               SET owner "replica|e" PX ttl; DEL connectors; returns e
 //	               (an error reply, ErrEpochOverflow, if e would pass 2^53-1).
 //	heartbeat      KEYS owner, connectors; ARGV "replica|epoch", ttl_ms.
-//	               if GET owner == ARGV[1]: PEXPIRE both, return 1; else 0.
+//	               if GET owner == ARGV[1]: PEXPIRE both, return 1; no owner: 2
+//	               (ErrOwnerGone); else 0.
 //	release        KEYS owner, connectors; ARGV "replica|epoch".
 //	               if GET owner == ARGV[1]: DEL both, return 1; else 0.
 //	addConnectors  KEYS owner, connectors; ARGV "replica|epoch", epoch, connector…
@@ -131,7 +133,10 @@ type Registry interface {
 	// package comment). hint is the highest epoch the caller has seen for it (0: none).
 	Claim(ctx context.Context, agentID string, hint uint64) (epoch uint64, err error)
 	// Heartbeat extends this replica's ownership at epoch by OwnerTTL; owned is false
-	// (and err nil) when another replica or epoch owns the agent or the entry expired.
+	// (and err nil) when another replica or epoch owns the agent: fenced out. It fails
+	// with ErrOwnerGone when there is no owner entry at all (it expired, it was
+	// released, or the server lost its data): nobody owns the agent, and the caller may
+	// Claim it again.
 	Heartbeat(ctx context.Context, agentID string, epoch uint64) (owned bool, err error)
 	// Release ends this replica's ownership at epoch; ErrNotOwner if it did not hold it.
 	Release(ctx context.Context, agentID string, epoch uint64) error
@@ -188,6 +193,9 @@ var (
 	// ErrNotOwner: the operation is fenced and this replica does not own the agent at
 	// that epoch (another replica or a newer epoch does, or the entry expired).
 	ErrNotOwner = errors.New("not the owner at this epoch")
+	// ErrOwnerGone: Heartbeat found no owner entry for the agent at all (expired,
+	// released, or lost with the server's data); no replica owns it.
+	ErrOwnerGone = errors.New("no owner entry")
 	// ErrClosed: the registry has been closed.
 	ErrClosed = errors.New("registry closed")
 	// ErrInvalidArgument: an empty agent id, connector or URL, epoch 0, or a hint

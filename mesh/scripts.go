@@ -47,9 +47,12 @@ redis.call('DEL', KEYS[3])
 return es
 `)
 
-// heartbeatScript: KEYS owner, connectors; ARGV "replica|epoch", ttl_ms → 1 owned, 0 not.
+// heartbeatScript: KEYS owner, connectors; ARGV "replica|epoch", ttl_ms → 1 owned, 0 another
+// owner, 2 no owner at all.
 var heartbeatScript = rueidis.NewLuaScriptRetryable(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local v = redis.call('GET', KEYS[1])
+if not v then return 2 end
+if v ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1

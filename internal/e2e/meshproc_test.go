@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -464,6 +465,58 @@ func TestMeshProcFrozenOwner(t *testing.T) {
 	}
 	if o := mc.owner(t); o != after {
 		t.Errorf("owner after hub-a thawed %+v, want %+v", o, after)
+	}
+}
+
+// TestMeshProcRedisRestart: redis-server restarts empty (no persistence),
+// as after a failover or a pod restart. The hubs keep their agents: hub A
+// finds its claim gone and claims agent-1 again at a higher epoch instead of
+// fencing itself out (which closed the agent's tunnels and moved it); B and
+// C keep routing to A while the registry lists nobody, and A still takes
+// their streams at its old epoch. New clients through every hub are served
+// throughout (at most one failure per hub is tolerated), and a cross-hub
+// stream open through the restart keeps working.
+func TestMeshProcRedisRestart(t *testing.T) {
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	mc := startMeshCluster(t, map[string]string{"svc": echo.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "")
+	a := mc.hubs[0]
+	held := echoConn(t, mc.hubs[1].addr["echo"])
+	before := mc.owner(t)
+	mc.redis.Stop(t)
+	restarted := time.Now()
+	mc.redis.Start(t)
+	var failed int
+	var lastFail time.Duration
+	fails := map[string]int{}
+	// Four heartbeat intervals (500 ms here) and the registry's reconnect:
+	// every hub has read the registry again by then.
+	for time.Since(restarted) < 5*time.Second {
+		for _, hp := range mc.hubs {
+			if err := echoOnce(hp.addr["echo"], time.Second); err != nil {
+				failed++
+				fails[hp.id]++
+				lastFail = time.Since(restarted)
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // the pace of new clients, not a synchronisation
+	}
+	after := mc.owner(t)
+	t.Logf("agent-1: epoch %d on %s → %d on %s; %d of the clients failed, the last %v after the restart",
+		before.Epoch, before.ReplicaID, after.Epoch, after.ReplicaID, failed, lastFail.Round(10*time.Millisecond))
+	if after.ReplicaID != "hub-a" || after.Epoch <= before.Epoch {
+		t.Errorf("owner after the restart %+v, want hub-a at a higher epoch than %d", after, before.Epoch)
+	}
+	for id, n := range fails {
+		if n > 1 {
+			t.Errorf("%d clients through %s failed (the last %v after the restart): it routed by an emptied registry",
+				n, id, lastFail.Round(10*time.Millisecond))
+		}
+	}
+	if strings.Contains(a.p.Output(), `"msg":"ownership_lost"`) {
+		t.Errorf("hub-a fenced itself out of its own agent:\n%s", a.p.Output())
+	}
+	if err := echoRound(held, []byte("after the restart")); err != nil {
+		t.Errorf("the cross-hub stream open through the restart: %v", err)
 	}
 }
 

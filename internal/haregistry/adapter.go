@@ -6,6 +6,8 @@ package haregistry
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync/atomic"
 
 	"github.com/nowconnect/nowconnect/codec"
@@ -17,6 +19,15 @@ import (
 func Adapt(r mesh.Registry) hub.Registry { return adapter{r} }
 
 type adapter struct{ mesh.Registry }
+
+// Heartbeat is mesh's, with mesh.ErrOwnerGone told as hub.ErrOwnerGone.
+func (a adapter) Heartbeat(ctx context.Context, agentID string, epoch uint64) (bool, error) {
+	owned, err := a.Registry.Heartbeat(ctx, agentID, epoch)
+	if errors.Is(err, mesh.ErrOwnerGone) {
+		err = fmt.Errorf("%w: %w", hub.ErrOwnerGone, err)
+	}
+	return owned, err
+}
 
 // Owners lists the agents of connector with their owners (mesh Agents).
 func (a adapter) Owners(ctx context.Context, connector string) ([]hub.Ownership, error) {
