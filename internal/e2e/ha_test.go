@@ -174,13 +174,27 @@ func redisRegistry(t *testing.T, url, replica string) *mesh.Redis {
 // TestHARedisPaused: active mode, redis-server frozen with SIGSTOP. /readyz
 // turns degraded within 5 s, a local LDAP search loop runs without one
 // error through the outage, and /readyz is ready again within 5 s of
-// SIGCONT.
+// SIGCONT. Frozen past the owner TTL (3 s here), the owner entry has expired
+// when Redis resumes: the hub claims its agent again (ownership_gone) and
+// keeps its tunnel, instead of fencing itself out.
 func TestHARedisPaused(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		outage time.Duration // after /readyz turned degraded
+	}{{"short", 2 * time.Second}, {"past the owner TTL", 4 * time.Second}} {
+		t.Run(tc.name, func(t *testing.T) {
+			testRedisPaused(t, tc.outage)
+		})
+	}
+}
+
+func testRedisPaused(t *testing.T, outage time.Duration) {
 	redis := testenv.StartRedis(t)
 	ldap := testenv.StartSlapd(t, 5)
 	h := startHub(t, []string{"ldap"}, withHA(hub.ModeActive, "hub-a", redisRegistry(t, redis.URL, "hub-a")))
 	startAgent(t, h, "a1", map[string]string{"ldap": ldap.Addr})
 	testenv.WaitFor(t, 10*time.Second, "ready", func() bool { code, _ := readyz(t, h.Control); return code == 200 })
+	connected := strings.Count(h.Logs.String(), `"msg":"agent_connected"`)
 
 	var searches, failures atomic.Int64
 	var firstErr atomic.Value
@@ -212,17 +226,28 @@ func TestHARedisPaused(t *testing.T) {
 	if !strings.Contains(body, `"status":"degraded"`) || !strings.Contains(body, `"reason"`) {
 		t.Errorf("degraded body %s", body)
 	}
-	time.Sleep(2 * time.Second) // the outage lasts a while: searches keep running
+	time.Sleep(outage) // the outage lasts a while: searches keep running
 	redis.Resume(t)
 	resumed := time.Now()
 	testenv.WaitFor(t, 5*time.Second, "readyz ready again", func() bool { code, _ := readyz(t, h.Control); return code == 200 })
-	t.Logf("ready %v after SIGCONT", time.Since(resumed).Round(10*time.Millisecond))
+	t.Logf("ready %v after SIGCONT (frozen %v)", time.Since(resumed).Round(10*time.Millisecond), resumed.Sub(paused).Round(100*time.Millisecond))
+	if resumed.Sub(paused) > 3*time.Second { // past the owner TTL: the entry expired
+		testenv.WaitFor(t, 5*time.Second, "hub-a claims a1 again", func() bool {
+			return strings.Contains(h.Logs.String(), `"msg":"ownership_gone","agent_id":"a1"`)
+		})
+	}
 	close(stop)
 	wg.Wait()
 	if failures.Load() > 0 {
 		t.Fatalf("%d of %d local searches failed during the Redis outage; first: %v", failures.Load(), searches.Load(), firstErr.Load())
 	}
 	t.Logf("%d searches, no error", searches.Load())
+	if strings.Contains(h.Logs.String(), `"msg":"ownership_lost"`) {
+		t.Errorf("the hub fenced itself out of its own agent after the outage")
+	}
+	if n := strings.Count(h.Logs.String(), `"msg":"agent_connected"`); n != connected {
+		t.Errorf("%d more tunnels after the outage: the agent's tunnels were closed", n-connected)
+	}
 }
 
 // TestHARedisDownAtStart: the hub starts while Redis is down, serves its
