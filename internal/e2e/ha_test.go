@@ -194,6 +194,11 @@ func testRedisPaused(t *testing.T, outage time.Duration) {
 	h := startHub(t, []string{"ldap"}, withHA(hub.ModeActive, "hub-a", redisRegistry(t, redis.URL, "hub-a")))
 	startAgent(t, h, "a1", map[string]string{"ldap": ldap.Addr})
 	testenv.WaitFor(t, 10*time.Second, "ready", func() bool { code, _ := readyz(t, h.Control); return code == 200 })
+	// Claimed before the freeze (ready does not wait for it), so that an
+	// outage past the owner TTL finds the entry expired.
+	testenv.WaitFor(t, 10*time.Second, "a1 claimed", func() bool {
+		return strings.Contains(h.Logs.String(), `"msg":"ownership_claimed","agent_id":"a1"`)
+	})
 	connected := strings.Count(h.Logs.String(), `"msg":"agent_connected"`)
 
 	var searches, failures atomic.Int64
@@ -231,7 +236,16 @@ func testRedisPaused(t *testing.T, outage time.Duration) {
 	resumed := time.Now()
 	testenv.WaitFor(t, 5*time.Second, "readyz ready again", func() bool { code, _ := readyz(t, h.Control); return code == 200 })
 	t.Logf("ready %v after SIGCONT (frozen %v)", time.Since(resumed).Round(10*time.Millisecond), resumed.Sub(paused).Round(100*time.Millisecond))
-	if resumed.Sub(paused) > 3*time.Second { // past the owner TTL: the entry expired
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range strings.Split(h.Logs.String(), "\n") {
+				if strings.Contains(l, "ownership") || strings.Contains(l, "registry") {
+					t.Logf("hub-a: %s", l)
+				}
+			}
+		}
+	})
+	if resumed.Sub(paused) > 3*time.Second { // past the owner TTL: the entry has expired
 		testenv.WaitFor(t, 5*time.Second, "hub-a claims a1 again", func() bool {
 			return strings.Contains(h.Logs.String(), `"msg":"ownership_gone","agent_id":"a1"`)
 		})
