@@ -244,15 +244,18 @@ func (o *owners) watchLoop() {
 		case <-time.After(wait + rand.N(wait/4+1)):
 		}
 		if watched {
-			o.moved("") // what was published while not subscribed is lost: read instead
+			o.refreshSoon() // what was published while not subscribed is lost: read instead
 		}
 	}
 }
 
-// moved has the registry read again at the next pass (now): agent's new
-// owner is routable. Notifications that come while a pass runs fold into
-// the next one.
-func (o *owners) moved(string) {
+// moved is Watch's callback: an agent's new owner is routable, so the
+// registry is read again.
+func (o *owners) moved(string) { o.refreshSoon() }
+
+// refreshSoon has ownerLoop read the registry again at its next pass, now.
+// Requests that come while a pass runs fold into the next one.
+func (o *owners) refreshSoon() {
 	o.mu.Lock()
 	o.refreshNow = true
 	o.mu.Unlock()
@@ -646,9 +649,8 @@ func (o *owners) invalidate(agent string) {
 		}
 		o.remote[c] = kept
 	}
-	o.refreshNow = true
 	o.mu.Unlock()
-	o.poke()
+	o.refreshSoon()
 }
 
 // refuted is invalidate for an owner that answered not_owner: after an agent
@@ -666,13 +668,9 @@ func (o *owners) refuted(agent string) {
 // anywhere: an agent that just joined another hub is usable before the
 // next heartbeat. At most once a second, whatever the rate of such clients.
 func (o *owners) missedAgent() {
-	if _, ok := o.missed.Allow(time.Now()); !ok {
-		return
+	if _, ok := o.missed.Allow(time.Now()); ok {
+		o.refreshSoon()
 	}
-	o.mu.Lock()
-	o.refreshNow = true
-	o.mu.Unlock()
-	o.poke()
 }
 
 // ownedElsewhere reports whether the registry (as last read) has an agent
