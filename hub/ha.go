@@ -556,12 +556,15 @@ func (o *owners) refreshRemote() {
 // (not_owner), which invalidates the entry at once; an agent that moved is
 // replaced by its new owner's entry. Called with o.mu held.
 func (o *owners) keepMissingLocked(conn string, read []Ownership, now time.Time) []Ownership {
-	in := func(l []Ownership, agent string) bool {
-		return slices.ContainsFunc(l, func(a Ownership) bool { return a.AgentID == agent })
+	// Under o.mu, which routing takes per new client: linear in the agents.
+	inRead := make(map[string]bool, len(read))
+	for _, a := range read {
+		inRead[a.AgentID] = true
 	}
 	list := read
+	kept := map[string]bool{}
 	for _, old := range o.remote[conn] {
-		if in(read, old.AgentID) {
+		if inRead[old.AgentID] {
 			continue
 		}
 		k := missingKey{conn, old.AgentID}
@@ -572,10 +575,11 @@ func (o *owners) keepMissingLocked(conn string, read []Ownership, now time.Time)
 		}
 		if now.Sub(since) < 2*o.cfg.HeartbeatInterval {
 			list = append(list, old)
+			kept[old.AgentID] = true
 		}
 	}
 	for k := range o.missing { // only the agents kept above stay counted
-		if k.connector == conn && (in(read, k.agent) || !in(list, k.agent)) {
+		if k.connector == conn && !kept[k.agent] {
 			delete(o.missing, k)
 		}
 	}
