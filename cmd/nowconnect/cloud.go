@@ -255,17 +255,23 @@ serve:
 		case <-hup:
 			reload()
 		case <-h.Done():
-			// Never alive and deaf: exit non-zero so that a supervisor restarts us.
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = h.Stop(sctx)
-			return fmt.Errorf("hub failed: %w", h.Err())
+			return stopFailedHub(h)
 		}
 	}
 	log.Info("shutting down", "grace", grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	return h.Shutdown(sctx)
+}
+
+// stopFailedHub stops h, whose engine failed (Done is closed), within 5 s
+// and returns why. Never alive and deaf: the caller exits non-zero, so that
+// a supervisor restarts the process.
+func stopFailedHub(h *hub.Hub) error {
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = h.Stop(sctx)
+	return fmt.Errorf("hub failed: %w", h.Err())
 }
 
 // faultHooks arms fault injection on a started hub and returns what disarms

@@ -158,13 +158,9 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 		select {
 		case <-ctx.Done():
 		case <-h.Done():
-			// Never alive and deaf: stop the agent too and exit non-zero.
-			hubErr = fmt.Errorf("hub failed: %w", h.Err())
 			hubFailed = true
-			stopUp()
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = h.Stop(sctx)
+			stopUp() // the agent goes too
+			hubErr = stopFailedHub(h)
 			return
 		}
 		sctx, cancel := context.WithTimeout(context.Background(), *grace)
