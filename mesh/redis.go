@@ -88,6 +88,9 @@ type Redis struct {
 	client  atomic.Pointer[clientRef] // stored by healthLoop once connected
 	healthy atomic.Bool               // written by healthLoop
 	closed  atomic.Bool
+	upMu    sync.Mutex
+	upCtx   context.Context    // guarded by upMu: lives while healthy; Watch ends with it
+	upEnd   context.CancelFunc // guarded by upMu
 
 	// owned by healthLoop
 	state     healthState
@@ -252,6 +255,9 @@ func (r *Redis) setHealth(ok bool, reason string) {
 			log.Info("registry_connected", "addr", r.addr)
 		}
 		r.state = stateUp
+		r.upMu.Lock()
+		r.upCtx, r.upEnd = context.WithCancel(r.life)
+		r.upMu.Unlock()
 		r.healthy.Store(true)
 		r.m.setUp(true)
 	case !ok && r.state != stateDown:
@@ -259,8 +265,26 @@ func (r *Redis) setHealth(ok bool, reason string) {
 		r.state = stateDown
 		r.downSince = time.Now()
 		r.healthy.Store(false)
+		r.upMu.Lock()
+		if r.upEnd != nil {
+			r.upEnd() // a subscription on a server that stopped answering hears nothing: end it
+		}
+		r.upMu.Unlock()
 		r.m.setUp(false)
 	}
+}
+
+// upContext returns a context that ends when the registry next turns unhealthy
+// (or closes); an ended one while it is unhealthy.
+func (r *Redis) upContext() context.Context {
+	r.upMu.Lock()
+	defer r.upMu.Unlock()
+	if r.upCtx == nil {
+		ctx, cancel := context.WithCancel(r.life)
+		cancel()
+		return ctx
+	}
+	return r.upCtx
 }
 
 // Healthy implements Registry.

@@ -171,32 +171,40 @@ func (r *Redis) AddConnectors(ctx context.Context, agentID string, epoch uint64,
 const claimsChannel = "nc:claims"
 
 // Watch implements Registry. The subscription has a connection of its own; Close ends
-// it too.
-func (r *Redis) Watch(ctx context.Context, fn func(agentID string)) (err error) {
-	defer r.m.watchEnded(ctx, &err)
+// it too, and so does the registry turning unhealthy.
+func (r *Redis) Watch(parent context.Context, fn func(agentID string)) (err error) {
+	defer r.m.watchEnded(parent, &err)
 	fn = r.m.notified(fn)
-	if r.closed.Load() {
+	switch ref := r.client.Load(); {
+	case r.closed.Load():
 		return fmt.Errorf("registry watch: %w", ErrClosed)
-	}
-	ref := r.client.Load()
-	if ref == nil || !r.healthy.Load() {
+	case parent.Err() != nil:
+		return parent.Err()
+	case ref == nil || !r.healthy.Load():
 		return fmt.Errorf("registry watch: %w (unhealthy)", ErrUnavailable)
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
-	defer context.AfterFunc(r.life, cancel)()
-	// A connection of its own, kept off the shared pipeline. Ending the watch closes
-	// it: rueidis would otherwise wait for the server to answer the UNSUBSCRIBE,
-	// seconds when the server is frozen.
-	dc, release := ref.c.Dedicate()
-	defer release()
+	// Close ends the watch, and so does the health check's verdict that the
+	// server stopped answering: a subscription is never left deaf (a frozen
+	// server, a connection a middlebox dropped without a reset).
+	up := r.upContext()
+	defer context.AfterFunc(up, cancel)()
+	// A connection of its own, kept off the shared pipeline, and closed when the
+	// watch ends, never handed back: rueidis would first unsubscribe it and wait
+	// for the answer, seconds when the server is frozen. Close also interrupts
+	// the Receive below when ctx ends.
+	dc, _ := r.client.Load().c.Dedicate()
+	defer dc.Close()
 	defer context.AfterFunc(ctx, dc.Close)()
 	err = dc.Receive(ctx, dc.B().Subscribe().Channel(claimsChannel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
 	switch {
 	case r.closed.Load():
 		return fmt.Errorf("registry watch: %w", ErrClosed)
-	case ctx.Err() != nil:
-		return ctx.Err()
+	case parent.Err() != nil:
+		return parent.Err()
+	case up.Err() != nil:
+		return fmt.Errorf("registry watch: %w (unhealthy)", ErrUnavailable)
 	case err == nil:
 		return fmt.Errorf("registry watch: %w (unsubscribed)", ErrUnavailable)
 	}

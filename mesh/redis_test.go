@@ -235,7 +235,8 @@ func TestNewRedisConfigErrors(t *testing.T) {
 // TestRedisWatchAcrossRestart: a Watch ends with an error, not a hang, when
 // redis-server goes away; after the restart a new one gets notifications
 // again (the hub's watchLoop re-subscribes like this); and with the server
-// frozen, a Watch still ends at once, by its context or by Close.
+// frozen, a Watch still ends at once by its context or by Close, and by
+// itself once the health check finds the server silent.
 func TestRedisWatchAcrossRestart(t *testing.T) {
 	testenv.CheckGoroutines(t)
 	srv := testenv.StartRedis(t)
@@ -243,17 +244,27 @@ func TestRedisWatchAcrossRestart(t *testing.T) {
 	cb := cfg("hub-b", nil)
 	b := openRedis(t, srv.URL, cb, 100*time.Millisecond)
 	type sub struct {
-		got  chan string
-		done chan error // Watch's last result, once the subscription ended
+		got   chan string
+		ended chan error // every Watch call's result (the latest 16)
+		done  chan error // Watch's last result, once the subscription ended
 	}
 	// subscribe watches b, once, or again after every failure as watchLoop does
 	// (right after a restart, a subscription may fail on a connection of the
-	// old server), until ctx ends.
+	// old server), until ctx ends or b closes.
 	subscribe := func(ctx context.Context, again bool) sub {
-		s := sub{got: make(chan string, 64), done: make(chan error, 1)}
+		s := sub{got: make(chan string, 64), ended: make(chan error, 16), done: make(chan error, 1)}
 		go func() { // watchLoop, joined through done
 			for {
-				err := b.Watch(ctx, func(id string) { s.got <- id })
+				err := b.Watch(ctx, func(id string) {
+					select {
+					case s.got <- id:
+					default: // a test that stopped listening must not block the subscription
+					}
+				})
+				select {
+				case s.ended <- err:
+				default:
+				}
 				if !again || ctx.Err() != nil || errors.Is(err, mesh.ErrClosed) {
 					s.done <- err
 					return
@@ -313,11 +324,27 @@ func TestRedisWatchAcrossRestart(t *testing.T) {
 	byClose := subscribe(context.Background(), true)
 	notified(byCtx, "agent-2")
 	notified(byClose, "agent-3")
+	for len(byClose.ended) > 0 { // the failures before it was subscribed
+		<-byClose.ended
+	}
 
 	srv.Pause(t)
 	defer srv.Resume(t)
 	cancel()
 	ends("cancel, redis-server frozen", byCtx, context.Canceled)
+	// Left alone, a subscription to a frozen server would hear nothing for as
+	// long as its connection stays up: it ends with the health check's verdict
+	// (and is taken again, failing, until Redis answers).
+	paused := time.Now()
+	select {
+	case err := <-byClose.ended:
+		if !errors.Is(err, mesh.ErrUnavailable) {
+			t.Fatalf("a live subscription to a frozen server ended with %v, want ErrUnavailable", err)
+		}
+		t.Logf("the health check ended the subscription %v after the freeze: %v", time.Since(paused).Round(time.Millisecond), err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a subscription to a frozen server still running 5s after the freeze")
+	}
 	go b.Close() // joined by openRedis's cleanup (Close is idempotent)
 	ends("Close, redis-server frozen", byClose, mesh.ErrClosed)
 }
