@@ -51,6 +51,15 @@ func TestBenchSmoke(t *testing.T) {
 			t.Errorf("%s: %d results, want %d", name, n[0], n[1])
 		}
 	}
+	for _, x := range rep.ReqResp {
+		// The pacer sends every request it schedules: the count of the
+		// measurement is the offered rate's, whatever the latencies.
+		if want := x.Offered * rep.Config.DurSec; x.Mode == "open" &&
+			(float64(x.Latency.N) < 0.95*want || x.Unfinished != 0 || x.Errors != 0) {
+			t.Errorf("open loop %s at %.0f/s over %d conns: %d answered, %d unfinished, %d errors, want about %.0f answered",
+				x.Path, x.Offered, x.Conns, x.Latency.N, x.Unfinished, x.Errors, want)
+		}
+	}
 	if w := rep.WAN; w == nil {
 		t.Error("no wan results")
 	} else {
@@ -81,8 +90,8 @@ func TestBenchSmoke(t *testing.T) {
 			}
 		}
 		for _, x := range m.ReqResp {
-			if (x.Latency.N == 0 && x.Errors == 0) || (x.Path == "cross-hub") != (x.MeshOpens >= m.RRConns) {
-				t.Errorf("mesh req/resp %s: %d latencies, %d streams opened over the mesh", x.Path, x.Latency.N, x.MeshOpens)
+			if (x.Latency.N == 0 && x.Errors == 0) || (x.Path == "cross-hub") != (x.MeshOpens >= m.RRConns) || x.CPU == nil {
+				t.Errorf("mesh req/resp %s: %d latencies, %d streams opened over the mesh, CPU %v", x.Path, x.Latency.N, x.MeshOpens, x.CPU)
 			}
 		}
 		for _, x := range m.Quiet {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/nowconnect/nowconnect/internal/pace"
 )
 
 // Load generators. They run in the runner process, a goroutine per
@@ -324,6 +326,13 @@ func rrClosed(p *progress, label, addr string, conns, reqSize, respSize int, w w
 // measured from the scheduled time, so queueing anywhere shows up in the
 // percentiles (no coordinated omission). Requests are pipelined per
 // connection; responses come back in order.
+//
+// One pacer goroutine sends every request, request j on connection j mod
+// conns at start + j/rate, sleeping in between with internal/pace: with
+// time.Sleep a request went up to a millisecond late (the runtime's timers
+// have millisecond resolution in an idle process), so every latency carried
+// the generator's own lateness and the requests left in bursts. The send lag
+// column reports what lateness remains.
 func rrOpen(p *progress, label, addr string, conns, reqSize, respSize int, rate float64, w window) (RRResult, error) {
 	r := RRResult{Mode: "open", Conns: conns, Offered: rate}
 	cs, err := dialAll(addr, conns, 64)
@@ -333,69 +342,91 @@ func rrOpen(p *progress, label, addr string, conns, reqSize, respSize int, rate 
 	grace := 3 * time.Second
 	start := time.Now().Add(20 * time.Millisecond)
 	mStart, end := start.Add(w.warm), start.Add(w.warm+w.dur)
-	interval := time.Duration(float64(conns) / rate * 1e9)
-	perConn := int((w.warm+w.dur)/interval) + 2
+	interval := 1e9 / rate // ns between two requests, over all connections
+	total := int(float64(w.warm+w.dur) / interval)
 	var done, errs, unfinished atomic.Int64
 	var completedIn atomic.Int64
 	lats := make([][]time.Duration, conns)
 	svc := make([][]time.Duration, conns)
-	lags := make([][]time.Duration, conns)
 	type sent struct{ at, sent time.Time }
+	scheds := make([]chan sent, conns)
+	for i := range scheds {
+		scheds[i] = make(chan sent, total/conns+1)
+	}
+	var lag []time.Duration
 	var wg sync.WaitGroup
-	for i, c := range cs {
-		sched := make(chan sent, perConn)
-		offset := time.Duration(float64(i) / rate * 1e9)
-		wg.Go(func() { // writer
-			defer close(sched)
-			req := make([]byte, reqSize)
-			var lag []time.Duration
-			for k := 0; ; k++ {
-				at := start.Add(offset + time.Duration(k)*interval)
-				if !at.Before(end) {
-					break
-				}
-				if d := time.Until(at); d > 0 {
-					time.Sleep(d)
-				}
-				now := time.Now()
-				if at.After(mStart) {
-					lag = append(lag, now.Sub(at))
-				}
-				if _, err := c.Write(req); err != nil {
-					errs.Add(1)
-					break
-				}
-				sched <- sent{at, now}
+	wg.Go(func() { // pacer
+		s := pace.NewSleeper()
+		defer s.Close()
+		req := make([]byte, reqSize)
+		failed := make([]bool, conns)
+		for j := range total {
+			i := j % conns
+			if failed[i] {
+				continue
 			}
-			lags[i] = lag
-		})
+			at := start.Add(time.Duration(float64(j) * interval))
+			s.Until(at)
+			now := time.Now()
+			if at.After(mStart) {
+				lag = append(lag, now.Sub(at))
+			}
+			// Queued before the write: the reader takes it once the
+			// response is in, and the response cannot come earlier.
+			scheds[i] <- sent{at, now}
+			if _, err := cs[i].Write(req); err != nil {
+				errs.Add(1)
+				failed[i] = true
+				close(scheds[i])
+			}
+		}
+		for i, f := range failed {
+			if !f {
+				close(scheds[i])
+			}
+		}
+	})
+	for i, c := range cs {
+		// Requests j ≡ i (mod conns) of the total.
+		count := total / conns
+		if i < total%conns {
+			count++
+		}
 		wg.Go(func() { // reader
 			resp := make([]byte, respSize)
 			_ = c.SetReadDeadline(end.Add(grace))
+			sched := scheds[i]
 			var own, ownSvc []time.Duration
-			for x := range sched {
-				at := x.at
-				if _, err := io.ReadFull(c, resp); err != nil {
-					var ne net.Error
-					if errors.As(err, &ne) && ne.Timeout() {
-						unfinished.Add(1)
-					} else {
-						errs.Add(1)
+			// The response is read first and its schedule entry taken
+			// after (it is queued before the request is written): a
+			// reader parked on the channel would cost a thread wake-up
+			// at every send, on the cores the gateway needs.
+			for range count {
+				_, err := io.ReadFull(c, resp)
+				if err == nil {
+					x, ok := <-sched
+					if !ok {
+						break // the pacer gave up on this connection
 					}
-					for range sched { // the rest is unanswered too
-						unfinished.Add(1)
+					now := time.Now()
+					done.Add(1)
+					if x.at.After(mStart) {
+						own = append(own, now.Sub(x.at))
+						ownSvc = append(ownSvc, now.Sub(x.sent))
 					}
-					break
+					if now.After(mStart) && now.Before(end) {
+						completedIn.Add(1)
+					}
+					continue
 				}
-				now := time.Now()
-				done.Add(1)
-				if at.After(mStart) {
-					own = append(own, now.Sub(at))
-					ownSvc = append(ownSvc, now.Sub(x.sent))
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					errs.Add(1)
 				}
-				if now.After(mStart) && now.Before(end) {
-					completedIn.Add(1)
+				for range sched { // sent and never answered
+					unfinished.Add(1)
 				}
+				break
 			}
 			lats[i], svc[i] = own, ownSvc
 		})
@@ -408,7 +439,7 @@ func rrOpen(p *progress, label, addr string, conns, reqSize, respSize int, rate 
 	r.Rate = float64(completedIn.Load()) / w.dur.Seconds()
 	r.Unfinished = int(unfinished.Load())
 	r.Errors = int(errs.Load())
-	r.LagP99 = summarize(slices.Concat(lags...)).P99
+	r.LagP99 = summarize(lag).P99
 	sv := summarize(slices.Concat(svc...))
 	r.Service = &sv
 	return r, nil

@@ -96,6 +96,7 @@ func (r *runner) mesh() error {
 	for _, p := range paths("rr", r.t.RR) {
 		label := fmt.Sprintf("mesh: req/resp closed loop, 1 conn, %s", p[0])
 		opens0 := b.meshOpens()
+		cpu0 := readCPUs(ours[:3])
 		res, err := rrClosed(r.p, label, p[1], 1, cfg.ReqSize, cfg.RespSize, w)
 		if err != nil {
 			return fmt.Errorf("%s: %w", label, err)
@@ -105,13 +106,14 @@ func (r *runner) mesh() error {
 			return fmt.Errorf("%s: %w", label, err)
 		}
 		res.Path = p[0]
-		rep.Quiet = append(rep.Quiet, MeshReqResp{RRResult: res, MeshOpens: opens})
+		rep.Quiet = append(rep.Quiet, MeshReqResp{RRResult: res, MeshOpens: opens, CPU: cpuPerReq(cpu0, readCPUs(ours[:3]), res, w)})
 		r.p.note("%s: %.0f req/s, p50 %.0fµs p99 %.0fµs", label, res.Rate, res.Latency.P50, res.Latency.P99)
 	}
 	for _, p := range paths("rr", r.t.RR) {
 		label := fmt.Sprintf("mesh: req/resp open loop, %d conns at %d/s, %s", meshRRConns, rate, p[0])
 		bg := r.quietPids(ours...)
 		opens0 := b.meshOpens()
+		cpu0 := readCPUs(ours[:3])
 		res, err := rrOpen(r.p, label, p[1], meshRRConns, cfg.ReqSize, cfg.RespSize, float64(rate), w)
 		if err != nil {
 			return fmt.Errorf("%s: %w", label, err)
@@ -121,7 +123,7 @@ func (r *runner) mesh() error {
 			return fmt.Errorf("%s: %w", label, err)
 		}
 		res.Path, res.BgCPU = p[0], bg.cores()
-		rep.ReqResp = append(rep.ReqResp, MeshReqResp{RRResult: res, MeshOpens: opens})
+		rep.ReqResp = append(rep.ReqResp, MeshReqResp{RRResult: res, MeshOpens: opens, CPU: cpuPerReq(cpu0, readCPUs(ours[:3]), res, w)})
 		r.p.note("%s: %.0f req/s, p50 %.0fµs p99 %.0fµs (unfinished %d)", label, res.Rate, res.Latency.P50, res.Latency.P99, res.Unfinished)
 	}
 	for _, h := range mc.hubs {
@@ -135,6 +137,29 @@ func (r *runner) mesh() error {
 		}
 	}
 	return nil
+}
+
+// readCPUs reads the CPU time of hub A, hub B and the agent (pids in that
+// order), then of this process.
+func readCPUs(pids []int) [4]time.Duration {
+	var c [4]time.Duration
+	for i, pid := range append(pids[:3:3], 0) {
+		st, _ := readProc(pid)
+		c[i] = st.CPU
+	}
+	return c
+}
+
+// cpuPerReq is the CPU each process used between before and after per
+// request: res counts the requests of w's measurement, and the rate held
+// through its warm-up too.
+func cpuPerReq(before, after [4]time.Duration, res RRResult, w window) *MeshCPU {
+	n := float64(res.Latency.N) * (w.warm + w.dur).Seconds() / w.dur.Seconds()
+	if n == 0 {
+		return nil
+	}
+	us := func(i int) float64 { return float64((after[i] - before[i]).Microseconds()) / n }
+	return &MeshCPU{HubA: us(0), HubB: us(1), Agent: us(2), Runner: us(3)}
 }
 
 // checkOpens returns how many streams hub B opened over the mesh since

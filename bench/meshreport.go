@@ -77,6 +77,17 @@ type MeshThroughput struct {
 type MeshReqResp struct {
 	RRResult
 	MeshOpens int `json:"mesh_opens"` // M_OPEN hub B sent during the measurement
+	// CPU is the CPU time each process used per request answered, in µs
+	// (whole run: warm-up, measurement and drain; /proc's 10 ms ticks).
+	CPU *MeshCPU `json:"cpu_us_per_req,omitempty"`
+}
+
+// MeshCPU is CPU time per request by process, in µs.
+type MeshCPU struct {
+	HubA   float64 `json:"hub_a"`
+	HubB   float64 `json:"hub_b"`
+	Agent  float64 `json:"agent"`
+	Runner float64 `json:"runner"` // the load generator and the targets
 }
 
 // Mesh targets (the issue's): cross-hub throughput at least 0.7× local,
@@ -100,12 +111,29 @@ func (m *MeshReport) rr(path string) *RRResult { return meshRR(m.ReqResp, path) 
 func (m *MeshReport) quiet(path string) *RRResult { return meshRR(m.Quiet, path) }
 
 func meshRR(rs []MeshReqResp, path string) *RRResult {
+	if x := meshRun(rs, path); x != nil {
+		return &x.RRResult
+	}
+	return nil
+}
+
+func meshRun(rs []MeshReqResp, path string) *MeshReqResp {
 	for i := range rs {
 		if x := &rs[i]; x.Path == path {
-			return &x.RRResult
+			return x
 		}
 	}
 	return nil
+}
+
+// cpuCells renders CPU per request of hub A, hub B, the agent and the
+// runner ("—" without a reading).
+func (x *MeshReqResp) cpuCells() string {
+	if x == nil || x.CPU == nil {
+		return "— | — | — | —"
+	}
+	c := x.CPU
+	return fmt.Sprintf("%.0f | %.0f | %.0f | %.0f", c.HubA, c.HubB, c.Agent, c.Runner)
 }
 
 func gbps(bps float64) float64 { return bps * 8 / 1e9 }
@@ -198,13 +226,16 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 		w("`rr` target (%d B request, %d B response) over %d connections, requests pipelined per connection and sent on schedule;\n",
 			rep.Config.ReqSize, rep.Config.RespSize, m.RRConns)
 		w("latency from the scheduled send time (no coordinated omission), \"service\" from the actual send. Achieved: responses\n")
-		w("completed within the measurement ÷ its duration.\n\n")
-		w("| path | achieved req/s | p50 µs | p90 µs | p99 µs | max µs | p50 ÷ direct | p99 ÷ direct | service p50 µs | unfinished | errors | background CPU |\n")
-		w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		w("completed within the measurement ÷ its duration. Send lag: how late the generator sent (its pacer sleeps with\n")
+		w("`clock_nanosleep`, internal/pace). CPU µs/req: each process's CPU time per request (hub A, hub B, the agent, and the\n")
+		w("runner, which is the generator and the targets): on these 2 cores, their sum × the rate is how busy the box is.\n\n")
+		w("| path | achieved req/s | p50 µs | p90 µs | p99 µs | max µs | p50 ÷ direct | p99 ÷ direct | service p50 µs | send lag p99 µs | unfinished | errors | CPU µs/req hub A | hub B | agent | runner | background CPU |\n")
+		w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		for _, r := range []*RRResult{d, l, x} {
 			if r == nil {
 				continue
 			}
+			run := meshRun(m.ReqResp, r.Path)
 			vs50, vs99 := "—", "—"
 			if r != d && d != nil {
 				vs50, vs99 = fmt.Sprintf("%.2f×", safeDiv(r.Latency.P50, d.Latency.P50)), fmt.Sprintf("%.2f×", safeDiv(r.Latency.P99, d.Latency.P99))
@@ -214,8 +245,8 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 				svc = fmt.Sprintf("%.0f", r.Service.P50)
 			}
 			lt := r.Latency
-			w("| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %s | %s | %s | %d | %d | %s |\n", r.Path, r.Rate, lt.P50, lt.P90, lt.P99, lt.Max,
-				vs50, vs99, svc, r.Unfinished, r.Errors, bgStr(r.BgCPU, false))
+			w("| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %s | %s | %s | %.0f | %d | %d | %s | %s |\n", r.Path, r.Rate, lt.P50, lt.P90, lt.P99, lt.Max,
+				vs50, vs99, svc, r.LagP99, r.Unfinished, r.Errors, run.cpuCells(), bgStr(r.BgCPU, false))
 		}
 		w("\n")
 	}
@@ -225,8 +256,8 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 		w("### Request/response, one connection, closed loop\n\n")
 		w("The same `rr` target, one request at a time on one connection: the latency of each path when nothing queues for\n")
 		w("the cores, that is what the hop itself costs (its copies, frames, system calls and thread wake-ups).\n\n")
-		w("| path | req/s | p50 µs | p90 µs | p99 µs | p50 added to the path before |\n")
-		w("| --- | ---: | ---: | ---: | ---: | ---: |\n")
+		w("| path | req/s | p50 µs | p90 µs | p99 µs | p50 added to the path before | CPU µs/req hub A | hub B | agent | runner |\n")
+		w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		var prev *RRResult
 		for _, r := range []*RRResult{qd, ql, qx} {
 			added := "—"
@@ -234,7 +265,8 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 				added = fmt.Sprintf("%.0f µs", r.Latency.P50-prev.Latency.P50)
 			}
 			prev = r
-			w("| %s | %.0f | %.0f | %.0f | %.0f | %s |\n", r.Path, r.Rate, r.Latency.P50, r.Latency.P90, r.Latency.P99, added)
+			w("| %s | %.0f | %.0f | %.0f | %.0f | %s | %s |\n", r.Path, r.Rate, r.Latency.P50, r.Latency.P90, r.Latency.P99, added,
+				meshRun(m.Quiet, r.Path).cpuCells())
 		}
 		w("\n")
 	}
