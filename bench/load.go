@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -356,8 +357,6 @@ func rrOpen(p *progress, label, addr string, conns, reqSize, respSize int, rate 
 	var lag []time.Duration
 	var wg sync.WaitGroup
 	wg.Go(func() { // pacer
-		s := pace.NewSleeper()
-		defer s.Close()
 		req := make([]byte, reqSize)
 		failed := make([]bool, conns)
 		for j := range total {
@@ -366,7 +365,7 @@ func rrOpen(p *progress, label, addr string, conns, reqSize, respSize int, rate 
 				continue
 			}
 			at := start.Add(time.Duration(float64(j) * interval))
-			s.Until(at)
+			_ = pace.Until(context.Background(), at)
 			now := time.Now()
 			if at.After(mStart) {
 				lag = append(lag, now.Sub(at))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+	"github.com/nowconnect/nowconnect/internal/pace"
 )
 
 // kindStats are the counters of one op kind (and of all ops together).
@@ -400,22 +401,17 @@ func (r *runner) dueTime(k int64) time.Time {
 // is measured from that intended start, so a slow server shows up as latency (queueing
 // included) instead of silently lowering the offered rate.
 func (r *runner) openLoop(ctx context.Context, w *worker) {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
 	for ctx.Err() == nil {
 		k := r.tickets.Add(1) - 1
 		due := r.dueTime(k)
 		if !due.Before(r.end) {
 			return
 		}
-		if d := time.Until(due); d > 0 {
-			timer.Reset(d)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				return
-			}
+		// internal/pace, not a timer: a timer fires up to a millisecond
+		// late in a quiet process, and that lateness would be reported as
+		// the server's latency.
+		if pace.Until(ctx, due) != nil {
+			return
 		}
 		if !due.Before(r.measureStart) {
 			r.noteStart(time.Now())

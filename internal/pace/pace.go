@@ -7,40 +7,39 @@
 // to do, a 200 µs sleep ends about 0.9 ms late (measured on the 2-core bench
 // box: p50 902 µs). An open loop at 5000 req/s then sends its requests in bursts
 // at each millisecond and every latency it reports carries up to a millisecond
-// of the generator's own lateness. A Sleeper instead sleeps in clock_nanosleep
-// on a thread of its own with a timer slack of 1 µs (p50 37 µs late, p99 78 µs
+// of the generator's own lateness. Until instead sleeps the last stretch in
+// clock_nanosleep with a timer slack of 1 µs (p50 37–48 µs late, p99 78–106 µs
 // on the same box; the rest is the VM waking a halted vCPU).
 package pace
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
-// A Sleeper sleeps until absolute times. It belongs to the goroutine that
-// created it, which stays on its OS thread until Close: create it, use it and
-// close it on that goroutine.
-type Sleeper struct {
-	precise bool // the platform's precise sleep is in use
-}
+// coarse is how much of a wait is left to the precise sleep: the part before
+// it is an ordinary timer, so that a cancelled context ends a long wait at
+// once. Precise sleeps hold an OS thread; this bounds them to 2 ms each.
+const coarse = 2 * time.Millisecond
 
-// NewSleeper locks the calling goroutine to its thread and sets that thread up
-// for precise sleeps.
-func NewSleeper() *Sleeper { return &Sleeper{precise: lockThread()} }
-
-// Until sleeps until t; it returns at once when t has passed.
-func (s *Sleeper) Until(t time.Time) {
-	d := time.Until(t)
-	if d <= 0 {
-		return
+// Until sleeps until t, or until ctx is done (then it returns ctx's error).
+// It returns at once when t has passed, and never before t otherwise. Safe
+// from any goroutine; each concurrent precise sleep holds a thread.
+func Until(ctx context.Context, t time.Time) error {
+	if d := time.Until(t) - coarse; d > 0 {
+		tm := time.NewTimer(d)
+		select {
+		case <-tm.C:
+		case <-ctx.Done():
+			tm.Stop()
+			return ctx.Err()
+		}
 	}
-	if !s.precise {
-		time.Sleep(d)
-		return
+	if err := ctx.Err(); err != nil {
+		return err
 	}
-	preciseSleep(d)
+	if d := time.Until(t); d > 0 {
+		preciseSleep(d)
+	}
+	return nil
 }
-
-// Precise reports whether sleeps use the precise clock (Linux) or fall back
-// to time.Sleep.
-func (s *Sleeper) Precise() bool { return s.precise }
-
-// Close restores the thread and unlocks the goroutine from it.
-func (s *Sleeper) Close() { unlockThread(s.precise) }

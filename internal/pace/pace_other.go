@@ -2,18 +2,11 @@
 
 package pace
 
-import (
-	"runtime"
-	"time"
-)
+import "time"
 
-// Elsewhere a Sleeper falls back to time.Sleep (bench/ and its figures are
+// Elsewhere the last stretch is time.Sleep too (bench/ and its figures are
 // Linux's).
-func lockThread() bool {
-	runtime.LockOSThread()
-	return false
-}
-
-func unlockThread(bool) { runtime.UnlockOSThread() }
-
 func preciseSleep(d time.Duration) { time.Sleep(d) }
+
+// Precise reports whether Until's last stretch is a precise sleep here.
+func Precise() bool { return false }
