@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -148,5 +149,20 @@ func TestEngineStopIsNoFailure(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "engine_failed") {
 		t.Errorf("engine_failed logged by Stop:\n%s", logs)
+	}
+}
+
+// A started engine leaves a P beyond its event loops, so that idle loops
+// blocked in epoll_wait do not hold every P from the netpoller's goroutines
+// (reserveProcs).
+func TestEngineReservesAProc(t *testing.T) {
+	old := runtime.GOMAXPROCS(1) // one P, one loop: the loop would hold it
+	t.Cleanup(func() { runtime.GOMAXPROCS(old) })
+	startServer(t)
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Fatalf("GOMAXPROCS %d after starting one event loop on one P, want 2", got)
+	}
+	if Procs() != 2 {
+		t.Fatalf("Procs() = %d, want 2", Procs())
 	}
 }

@@ -329,7 +329,7 @@ func (h *Hub) Start() error {
 	}
 	h.log.Info("control_started", "listen", h.cfg.Control, "max_connections", h.maxConns,
 		"protocol", h.cfg.MaxProtocol, "stream_window", h.cfg.Window, "max_stream_window", h.cfg.MaxWindow,
-		"tunnel_window", h.cfg.TunnelWindow)
+		"tunnel_window", h.cfg.TunnelWindow, "gomaxprocs", engine.Procs())
 	if err := h.bindAll(); err != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
