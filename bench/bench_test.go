@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -78,9 +79,9 @@ func TestBenchSmoke(t *testing.T) {
 	if m := rep.Mesh; m == nil {
 		t.Error("no mesh results")
 	} else {
-		if len(m.Throughput) != 6 || len(m.ReqResp) != 3 || len(m.Quiet) != 3 {
-			t.Errorf("mesh: %d throughput, %d open-loop and %d closed-loop req/resp results, want 6, 3 and 3",
-				len(m.Throughput), len(m.ReqResp), len(m.Quiet))
+		if len(m.Throughput) != 6 || len(m.ReqResp) != 3 || len(m.Quiet) != 3 || len(m.Low) != 3 {
+			t.Errorf("mesh: %d throughput, %d open-loop, %d closed-loop and %d low-rate req/resp results, want 6, 3, 3 and 3",
+				len(m.Throughput), len(m.ReqResp), len(m.Quiet), len(m.Low))
 		}
 		for _, x := range m.Throughput {
 			// A stream the mesh resets may have moved nothing (the run
@@ -89,7 +90,7 @@ func TestBenchSmoke(t *testing.T) {
 				t.Errorf("mesh throughput %s %s: %d bytes, %d streams opened over the mesh", x.Path, x.Direction, x.Bytes, x.MeshOpens)
 			}
 		}
-		for _, x := range m.ReqResp {
+		for _, x := range slices.Concat(m.ReqResp, m.Low) {
 			if (x.Latency.N == 0 && x.Errors == 0) || (x.Path == "cross-hub") != (x.MeshOpens >= m.RRConns) || x.CPU == nil {
 				t.Errorf("mesh req/resp %s: %d latencies, %d streams opened over the mesh, CPU %v", x.Path, x.Latency.N, x.MeshOpens, x.CPU)
 			}

@@ -34,6 +34,10 @@ import (
 // scenario's first count).
 const meshRRConns = 50
 
+// meshLowRate is the second open loop's rate: a quiet hour, where every
+// process sleeps between requests.
+const meshLowRate = 200
+
 // meshConnectors are the connectors (and targets) of the mesh scenario.
 var meshConnectors = []string{"sink", "source", "rr", "echo"}
 
@@ -109,22 +113,32 @@ func (r *runner) mesh() error {
 		rep.Quiet = append(rep.Quiet, MeshReqResp{RRResult: res, MeshOpens: opens, CPU: cpuPerReq(cpu0, readCPUs(ours[:3]), res, w)})
 		r.p.note("%s: %.0f req/s, p50 %.0fµs p99 %.0fµs", label, res.Rate, res.Latency.P50, res.Latency.P99)
 	}
-	for _, p := range paths("rr", r.t.RR) {
-		label := fmt.Sprintf("mesh: req/resp open loop, %d conns at %d/s, %s", meshRRConns, rate, p[0])
-		bg := r.quietPids(ours...)
-		opens0 := b.meshOpens()
-		cpu0 := readCPUs(ours[:3])
-		res, err := rrOpen(r.p, label, p[1], meshRRConns, cfg.ReqSize, cfg.RespSize, float64(rate), w)
-		if err != nil {
-			return fmt.Errorf("%s: %w", label, err)
+	openLoop := func(rate int, into *[]MeshReqResp) error {
+		for _, p := range paths("rr", r.t.RR) {
+			label := fmt.Sprintf("mesh: req/resp open loop, %d conns at %d/s, %s", meshRRConns, rate, p[0])
+			bg := r.quietPids(ours...)
+			opens0 := b.meshOpens()
+			cpu0 := readCPUs(ours[:3])
+			res, err := rrOpen(r.p, label, p[1], meshRRConns, cfg.ReqSize, cfg.RespSize, float64(rate), w)
+			if err != nil {
+				return fmt.Errorf("%s: %w", label, err)
+			}
+			opens, err := checkOpens(p[0], b, opens0, meshRRConns)
+			if err != nil {
+				return fmt.Errorf("%s: %w", label, err)
+			}
+			res.Path, res.BgCPU = p[0], bg.cores()
+			*into = append(*into, MeshReqResp{RRResult: res, MeshOpens: opens, CPU: cpuPerReq(cpu0, readCPUs(ours[:3]), res, w)})
+			r.p.note("%s: %.0f req/s, p50 %.0fµs p99 %.0fµs (unfinished %d)", label, res.Rate, res.Latency.P50, res.Latency.P99, res.Unfinished)
 		}
-		opens, err := checkOpens(p[0], b, opens0, meshRRConns)
-		if err != nil {
-			return fmt.Errorf("%s: %w", label, err)
-		}
-		res.Path, res.BgCPU = p[0], bg.cores()
-		rep.ReqResp = append(rep.ReqResp, MeshReqResp{RRResult: res, MeshOpens: opens, CPU: cpuPerReq(cpu0, readCPUs(ours[:3]), res, w)})
-		r.p.note("%s: %.0f req/s, p50 %.0fµs p99 %.0fµs (unfinished %d)", label, res.Rate, res.Latency.P50, res.Latency.P99, res.Unfinished)
+		return nil
+	}
+	if err := openLoop(rate, &rep.ReqResp); err != nil {
+		return err
+	}
+	rep.LowRate = meshLowRate
+	if err := openLoop(meshLowRate, &rep.Low); err != nil {
+		return err
 	}
 	for _, h := range mc.hubs {
 		hh, err := h.health()

@@ -18,7 +18,9 @@ type MeshReport struct {
 	Throughput []MeshThroughput `json:"throughput"`
 	ReqResp    []MeshReqResp    `json:"req_resp"`
 	Quiet      []MeshReqResp    `json:"quiet_rr"` // closed loop, one connection: the hop without queueing for the cores
-	Health     []MeshHubHealth  `json:"health"`   // each hub's, at the end
+	LowRate    int              `json:"low_rate,omitempty"`
+	Low        []MeshReqResp    `json:"low_rr,omitempty"` // open loop at LowRate: a quiet hour's traffic
+	Health     []MeshHubHealth  `json:"health"`           // each hub's, at the end
 }
 
 // MeshHubHealth is what went wrong on a hub's mesh link over the whole
@@ -267,6 +269,26 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 			prev = r
 			w("| %s | %.0f | %.0f | %.0f | %.0f | %s | %s |\n", r.Path, r.Rate, r.Latency.P50, r.Latency.P90, r.Latency.P99, added,
 				meshRun(m.Quiet, r.Path).cpuCells())
+		}
+		w("\n")
+	}
+
+	if len(m.Low) > 0 {
+		w("### Request/response, open loop at %d req/s\n\n", m.LowRate)
+		w("The open loop of the first table at a quiet hour's rate (%d connections, each idle most of the time between its\n", m.RRConns)
+		w("requests): what processes that sleep between requests cost in wake-ups.\n\n")
+		w("| path | p50 µs | p90 µs | p99 µs | max µs | p50 added to the path before | CPU µs/req hub A | hub B | agent | runner |\n")
+		w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		var prev *MeshReqResp
+		for i := range m.Low {
+			r := &m.Low[i]
+			added := "—"
+			if prev != nil {
+				added = fmt.Sprintf("%.0f µs", r.Latency.P50-prev.Latency.P50)
+			}
+			prev = r
+			lt := r.Latency
+			w("| %s | %.0f | %.0f | %.0f | %.0f | %s | %s |\n", r.Path, lt.P50, lt.P90, lt.P99, lt.Max, added, r.cpuCells())
 		}
 		w("\n")
 	}
