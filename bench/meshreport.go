@@ -276,7 +276,8 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 	if len(m.Low) > 0 {
 		w("### Request/response, open loop at %d req/s\n\n", m.LowRate)
 		w("The open loop of the first table at a quiet hour's rate (%d connections, each idle most of the time between its\n", m.RRConns)
-		w("requests): what processes that sleep between requests cost in wake-ups.\n\n")
+		w("requests): what processes that sleep between requests cost in wake-ups. At this rate the CPU columns are mostly\n")
+		w("what each process spends while idle (timers, pings, heartbeats), spread over few requests.\n\n")
 		w("| path | p50 µs | p90 µs | p99 µs | max µs | p50 added to the path before | CPU µs/req hub A | hub B | agent | runner |\n")
 		w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		var prev *MeshReqResp
