@@ -59,7 +59,7 @@ type Opener interface {
 // Options configure a Server.
 type Options struct {
 	Control          string        // control-port address (HTTP + WebSocket)
-	EventLoops       int           // 0 = one per CPU
+	EventLoops       int           // 0 = GOMAXPROCS at start (baseProcs)
 	ReadBufferBytes  int           // gnet read buffer per loop, default 64 KiB
 	SocketRecvBuffer int           // 0 = kernel default
 	SocketSendBuffer int           // 0 = kernel default
@@ -142,8 +142,15 @@ func (s *Server) numLoops() int {
 	if s.opts.EventLoops > 0 {
 		return s.opts.EventLoops
 	}
-	return runtime.NumCPU()
+	return baseProcs
 }
+
+// baseProcs is GOMAXPROCS as the process started, before any engine raised it
+// (reserveProcs): the
+// CPUs the runtime found available, which follows a container's CPU limit
+// since Go 1.25, or what the GOMAXPROCS variable set. Event loops default to
+// it rather than to runtime.NumCPU, which counts every CPU of the host.
+var baseProcs = runtime.GOMAXPROCS(0)
 
 // reserveProcs keeps one P more than the event loops: GOMAXPROCS becomes at
 // least loops + 1.
@@ -158,7 +165,8 @@ func (s *Server) numLoops() int {
 // against 1.0 ms with a P to spare, and a cross-hub request p99 8.3 ms against
 // 2.3 ms. One spare P is enough for the netpoller, and it keeps the extra
 // parallelism small: a P per loop more (GOMAXPROCS 4 on 2 cores) measured no
-// better and cost one-stream throughput.
+// better and cost one-stream throughput. Setting GOMAXPROCS stops the runtime
+// from following later changes of a container's CPU limit.
 func reserveProcs(loops int) {
 	if want := loops + 1; runtime.GOMAXPROCS(0) < want {
 		runtime.GOMAXPROCS(want)

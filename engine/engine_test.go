@@ -3,8 +3,11 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -164,5 +167,28 @@ func TestEngineReservesAProc(t *testing.T) {
 	}
 	if Procs() != 2 {
 		t.Fatalf("Procs() = %d, want 2", Procs())
+	}
+}
+
+// Event loops default to the Ps the process started with, not to the host's
+// CPUs: a process (or container) given fewer CPUs than the host has gets that
+// many loops. The test binary runs again with GOMAXPROCS=1 to see it.
+func TestEngineDefaultLoops(t *testing.T) {
+	if os.Getenv("NC_ENGINE_TEST_CHILD") == "loops" {
+		s, err := NewServer(Options{Control: "127.0.0.1:0"}, notFound{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("loops=%d\n", s.numLoops())
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestEngineDefaultLoops$", "-test.v")
+	cmd.Env = append(os.Environ(), "NC_ENGINE_TEST_CHILD=loops", "GOMAXPROCS=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "loops=1\n") {
+		t.Fatalf("with GOMAXPROCS=1 on %d CPUs the default is not one loop:\n%s", runtime.NumCPU(), out)
 	}
 }

@@ -77,7 +77,7 @@ type Config struct {
 	PingTimeout      time.Duration // default 6s: a frozen agent is closed within about that
 	HandshakeTimeout time.Duration // default 10s
 	OpenTimeout      time.Duration // an OPEN without OPEN_ACK/OPEN_ERR closes its client, default 5s
-	EventLoops       int           // default one per CPU
+	EventLoops       int           // default one per CPU available (GOMAXPROCS at start)
 	ReadBufferBytes  int           // default 64 KiB
 	SocketRecvBuffer int
 	SocketSendBuffer int

@@ -41,7 +41,7 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&fwds, "forward", "LISTEN_ADDR=TARGET_ADDR: accept on LISTEN_ADDR, tunnel to TARGET_ADDR; repeat. TARGET \"demo\" starts a seeded demo LDAP directory (slapd) on a free loopback port")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	window := fs.Int("window", 256<<10, "per-stream credit window in bytes")
-	loops := fs.Int("event-loops", 0, "hub event loops (0: one per CPU)")
+	loops := fs.Int("event-loops", 0, "hub event loops (0: one per CPU available)")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "on SIGTERM, how long streams in flight may take to finish")
 	banner := fs.Bool("banner", isTerminal(stderr), "print a short human banner on stderr once serving: how to connect, the metrics URL, how to stop (default: when stderr is a terminal)")
 	if err := parseFlags(fs, args); err != nil {
@@ -60,7 +60,7 @@ func runUp(ctx context.Context, args []string, stderr io.Writer) error {
 		return usagef("--window %d: must be greater than 0", *window)
 	}
 	if *loops < 0 {
-		return usagef("--event-loops %d: must be 0 (one per CPU) or more", *loops)
+		return usagef("--event-loops %d: must be 0 (one per CPU available) or more", *loops)
 	}
 	if *grace < 0 {
 		return usagef("--shutdown-grace %v: must not be negative", *grace)

@@ -163,7 +163,8 @@ type Log struct {
 
 // Engine tunes the gnet reactor.
 type Engine struct {
-	// EventLoops is the number of event loops. Default 0: runtime.NumCPU().
+	// EventLoops is the number of event loops. Default 0: one per CPU
+	// available (GOMAXPROCS at start, which follows a container's CPU limit).
 	EventLoops int `toml:"event_loops"`
 	// ReadBufferBytes is the per-read buffer size. Default 65536, range
 	// 4096..4194304.
