@@ -433,7 +433,8 @@ func TestMeshProcFrozenHub(t *testing.T) {
 // (ping_timeout, 6 s), it moves to another hub and claims a new epoch, and
 // the other hubs, told of the move, route there. New clients through B and C
 // are served again within 15 s of the freeze. When A thaws it finds the
-// newer claim and does not serve the agent again.
+// newer claim and does not serve the agent again; once its links are back
+// (within 5 s) its clients reach the agent across the mesh.
 func TestMeshProcFrozenOwner(t *testing.T) {
 	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	mc := startMeshCluster(t, map[string]string{"svc": echo.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "")
@@ -455,7 +456,16 @@ func TestMeshProcFrozenOwner(t *testing.T) {
 	if err := a.p.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
+	thawed := time.Now()
 	a.p.WaitForOutput(t, `"msg":"ownership_lost","agent_id":"agent-1"`, 10*time.Second)
+	// A thawed hub A finds its mesh links timed out (the peers gave up on it
+	// while it was frozen) and dials them again: until its link to the new
+	// owner is up it refuses its clients at once (mesh_down), as a client
+	// on a hub whose mesh is down is. Then it serves them, without flapping.
+	testenv.WaitFor(t, 5*time.Second, "clients through the thawed hub-a served", func() bool {
+		return echoOnce(a.addr["echo"], time.Second) == nil
+	})
+	t.Logf("hub-a serves its clients again %v after SIGCONT", time.Since(thawed).Round(time.Millisecond))
 	for range 5 {
 		for _, hp := range mc.hubs {
 			if err := echoOnce(hp.addr["echo"], 2*time.Second); err != nil {
