@@ -20,6 +20,7 @@ import (
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/internal/flow"
+	"github.com/nowconnect/nowconnect/internal/inq"
 )
 
 // closeCause says why a tunnel closed.
@@ -435,7 +436,10 @@ func (s *session) pingLoop() {
 			if !s.ackedFlag.Load() {
 				continue // the handshake deadline applies
 			}
-			if idle := now.Sub(s.start) - time.Duration(s.lastRecv.Load()); idle > cfg.PingTimeout {
+			// Bytes waiting in the socket mean the hub spoke while this
+			// agent did not run (SIGSTOP, a paused VM): not silence
+			// (internal/inq).
+			if idle := now.Sub(s.start) - time.Duration(s.lastRecv.Load()); idle > cfg.PingTimeout && !inq.Pending(s.conn) {
 				s.close(closeCause{msg: fmt.Sprintf("ping timeout: nothing received for %s", idle.Round(time.Millisecond)),
 					code: ws.StatusGoingAway})
 				return

@@ -9,6 +9,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/inq"
 )
 
 // WSHandler receives the messages of a server-side WebSocket connection.
@@ -70,6 +71,12 @@ func (w *WSConn) Closed() bool { return w.closed }
 
 // OutboundBuffered returns the bytes gnet holds for this connection.
 func (w *WSConn) OutboundBuffered() int { return w.c.OutboundBuffered() }
+
+// Pending reports whether received bytes wait in the socket, not yet read
+// by gnet (internal/inq). A liveness check asks it before calling the peer
+// silent. gnet's own buffer does not count: an incomplete frame may sit
+// there for good when the peer died in the middle of it. Call on the loop.
+func (w *WSConn) Pending() bool { return inq.PendingFD(w.c.Fd()) > 0 }
 
 // OnTraffic parses every complete frame in gnet's buffer.
 func (w *WSConn) OnTraffic(c gnet.Conn) gnet.Action {

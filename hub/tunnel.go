@@ -99,7 +99,9 @@ func (t *tunnel) Tick(now time.Time) bool {
 	case !t.helloDone && now.Sub(t.opened) > t.h.cfg.HandshakeTimeout:
 		t.ws.Close(ErrHandshakeTimeout)
 		return false
-	case now.Sub(t.lastRecv) > t.h.cfg.PingTimeout:
+	case now.Sub(t.lastRecv) > t.h.cfg.PingTimeout && !t.ws.Pending():
+		// Pending: the agent's frames wait in the socket because this hub
+		// did not run (SIGSTOP, a paused VM); the next read takes them.
 		t.ws.Close(ErrPingTimeout)
 		return false
 	case !t.helloDone:

@@ -16,6 +16,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/inq"
 )
 
 // A Link is one hub-to-hub WebSocket carrying mesh frames (codec/mesh.go). Its
@@ -580,6 +581,12 @@ func (rd *wsReader) next() (ws.OpCode, []byte, error) {
 			_ = rd.conn.SetReadDeadline(time.Now().Add(rd.timeout))
 		}
 		n, err := rd.conn.Read(rd.buf[rd.w:])
+		if n == 0 && rd.timeout > 0 && errors.Is(err, os.ErrDeadlineExceeded) && inq.Pending(rd.conn) {
+			// The deadline passed while this hub did not run (SIGSTOP,
+			// a paused VM) and the peer's frames wait in the socket:
+			// not silence. Read them under a fresh deadline.
+			continue
+		}
 		rd.w += n
 		rd.err = err
 	}

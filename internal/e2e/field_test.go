@@ -426,3 +426,68 @@ func TestAgentDescriptorExhaustion(t *testing.T) {
 		t.Errorf("the agent's tunnel did not survive the flood:\n%s", a.Output())
 	}
 }
+
+// TestAgentResumesAfterShortFreeze: an agent process stopped with SIGSTOP
+// for longer than its own ping_timeout but shorter than the hub's, then
+// resumed. The hub kept pinging, and those pings wait in the agent's socket
+// when it resumes: the agent must read them rather than call the hub silent.
+// Its ping ticker and its reader wake together; the reader usually runs
+// first, and the ticker's check of internal/inq makes that order not matter
+// (the mesh reader, whose deadline fires first every time, is tested in
+// mesh/link_read_test.go). Its tunnels stay up, with no reconnect, and its
+// streams work at once.
+func TestAgentResumesAfterShortFreeze(t *testing.T) {
+	bin := testenv.Binary(t)
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	th := startHub(t, []string{"svc"}, func(c *hub.Config) {
+		c.PingInterval, c.PingTimeout = 200*time.Millisecond, time.Minute
+	})
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(token(t, "napper", []string{"svc"})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("cloud_url = %q\nagent_id = \"napper\"\ntoken_file = %q\nping_interval = \"200ms\"\nping_timeout = \"1s\"\n"+
+		"[[connectors]]\nname = \"svc\"\ntarget = %q\n", "ws://"+th.Control+"/tunnel", tokFile, echo.Addr())
+	cfgFile := filepath.Join(dir, "premise.toml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ag := testenv.StartProcess(t, bin, []string{"premise", "--config", cfgFile}, nil)
+	testenv.WaitFor(t, 15*time.Second, "the agent's 2 tunnels", func() bool { return th.Tunnels() == 2 })
+	if err := echoOnce(th.Addr["svc"], 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// Frozen for 2 s, twice the agent's ping_timeout: the hub's pings (every
+	// 200 ms) pile up in the agent's socket meanwhile.
+	frozen := time.Now()
+	for time.Since(frozen) < 2*time.Second {
+		time.Sleep(50 * time.Millisecond) // the length of the freeze, not synchronisation
+	}
+	if err := ag.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if err := echoOnce(th.Addr["svc"], 5*time.Second); err != nil {
+			t.Fatalf("echo after the agent resumed: %v", err)
+		}
+	}
+	// Past another ping_timeout of normal running: a false timeout on
+	// resume would have closed the tunnels by now.
+	resumed := time.Now()
+	for time.Since(resumed) < 1500*time.Millisecond {
+		time.Sleep(50 * time.Millisecond) // a span to watch, not synchronisation
+	}
+	if out := ag.Output(); strings.Contains(out, `"msg":"tunnel closed"`) {
+		t.Fatalf("the agent closed a tunnel after resuming:\n%s", out)
+	}
+	if strings.Contains(th.Logs.String(), `"msg":"agent_disconnected"`) {
+		t.Fatalf("the hub saw the agent disconnect:\n%s", th.Logs.String())
+	}
+	if n := th.Tunnels(); n != 2 {
+		t.Fatalf("%d tunnels after the agent resumed, want its 2", n)
+	}
+}
