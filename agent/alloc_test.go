@@ -9,27 +9,8 @@ import (
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/internal/flow"
+	"github.com/nowconnect/nowconnect/internal/testenv"
 )
-
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c1, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c2, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c1.Close(); c2.Close() })
-	return c1.(*net.TCPConn), c2.(*net.TCPConn)
-}
 
 // drain reads c until it fails, tracked by wg.
 func drain(wg *sync.WaitGroup, c net.Conn) {
@@ -71,10 +52,10 @@ func TestHubDataNoAllocs(t *testing.T) {
 	skipAllocsUnderRace(t)
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait) // runs after the connections' cleanups
-	tun, hubEnd := tcpPair(t)
+	tun, hubEnd := testenv.TCPPair(t)
 	drain(&wg, hubEnd)
 	s := newBareSession(t, tun)
-	target, peerEnd := tcpPair(t)
+	target, peerEnd := testenv.TCPPair(t)
 	drain(&wg, peerEnd)
 	st := newStream(s, 4, s.a.conns.Load().byName["c"])
 	st.open, st.writing, st.target = true, true, target
@@ -116,7 +97,7 @@ func TestHubDataNoAllocs(t *testing.T) {
 func BenchmarkTargetToHubFrame(b *testing.B) {
 	var wg sync.WaitGroup
 	b.Cleanup(wg.Wait)
-	tun, hubEnd := tcpPair(b)
+	tun, hubEnd := testenv.TCPPair(b)
 	drain(&wg, hubEnd)
 	s := newBareSession(b, tun)
 	b.ReportAllocs()

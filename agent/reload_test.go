@@ -101,7 +101,7 @@ func TestSlotTransitions(t *testing.T) {
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait)
 	sess := func(succeeds *session) *session {
-		c, peer := tcpPair(t)
+		c, peer := testenv.TCPPair(t)
 		drain(&wg, peer)
 		s := newBareSession(t, c)
 		s.set, s.succeeds = s.a.conns.Load(), succeeds

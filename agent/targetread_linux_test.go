@@ -10,6 +10,7 @@ import (
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/internal/flow"
+	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
 // newTestPoller returns a poller whose goroutine is not started: the test
@@ -47,7 +48,7 @@ func pollerSession(t *testing.T) (*session, *poller, *net.TCPConn) {
 	t.Helper()
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait) // runs after the connections' cleanups
-	tun, hubEnd := tcpPair(t)
+	tun, hubEnd := testenv.TCPPair(t)
 	drain(&wg, hubEnd)
 	return newBareSession(t, tun), newTestPoller(t), tun
 }
@@ -58,7 +59,7 @@ func pollerSession(t *testing.T) (*session, *poller, *net.TCPConn) {
 func TestDataPathNoAllocs(t *testing.T) {
 	skipAllocsUnderRace(t)
 	s, p, tun := pollerSession(t)
-	target, peerEnd := tcpPair(t)
+	target, peerEnd := testenv.TCPPair(t)
 	st := newStream(s, 9, s.a.conns.Load().byName["c"])
 	st.target = target
 	st.raw, _ = target.SyscallConn()
@@ -128,8 +129,8 @@ func creditUsed(st *stream, from int) int {
 // goes out in the same pass.
 func TestPollerFairness(t *testing.T) {
 	s, p, tun := pollerSession(t)
-	bigT, bigPeer := tcpPair(t)
-	smallT, smallPeer := tcpPair(t)
+	bigT, bigPeer := testenv.TCPPair(t)
+	smallT, smallPeer := testenv.TCPPair(t)
 	big := registered(t, s, p, 1, bigT)
 	small := registered(t, s, p, 2, smallT)
 	const win = 4 << 20
@@ -171,8 +172,8 @@ func TestPollerFairness(t *testing.T) {
 // event registered under the old generation finds nothing.
 func TestPollerStaleEvent(t *testing.T) {
 	s, p, tun := pollerSession(t)
-	t1, _ := tcpPair(t)
-	t2, _ := tcpPair(t)
+	t1, _ := testenv.TCPPair(t)
+	t2, _ := testenv.TCPPair(t)
 	a := registered(t, s, p, 1, t1)
 	slot, gen := a.rd.slot, a.rd.gen
 	a.mu.Lock()

@@ -34,30 +34,12 @@ func (c *lateConn) Read(p []byte) (int, error) {
 // not a ping timeout: the reader reads the message (internal/inq). With
 // nothing waiting, the deadline still ends the link.
 func TestReaderDeadlinePassedWhileFramesWait(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	peer := <-accepted
-	defer peer.Close()
+	tc, peer := testenv.TCPPair(t)
 
 	msg := ws.NewBinaryFrame([]byte{byte(0x7f), 1, 2, 3})
 	if err := ws.WriteFrame(peer, msg); err != nil {
 		t.Fatal(err)
 	}
-	tc := c.(*net.TCPConn)
 	testenv.WaitFor(t, 5*time.Second, "the message in the socket", func() bool { return inq.Pending(tc) })
 	rd := wsReader{conn: &lateConn{TCPConn: tc}, buf: make([]byte, 2*maxMsgLen), timeout: 200 * time.Millisecond}
 	op, p, err := rd.next()

@@ -17,25 +17,7 @@ func TestPending(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("SIOCINQ is Linux's")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s := <-accepted
-	defer s.Close()
+	c, s := testenv.TCPPair(t)
 	if Pending(c) {
 		t.Fatal("Pending on a socket nobody wrote to")
 	}
@@ -43,7 +25,7 @@ func TestPending(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 5*time.Second, "the bytes to arrive", func() bool { return Pending(c) })
-	if Pending(tls.Client(c, &tls.Config{InsecureSkipVerify: true})) != true {
+	if !Pending(tls.Client(c, &tls.Config{InsecureSkipVerify: true})) {
 		t.Fatal("Pending does not look through tls.Conn")
 	}
 	if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
