@@ -19,3 +19,17 @@ func (s *Server) InjectEngineStop() error {
 	defer cancel()
 	return s.stopEngine(ctx)
 }
+
+// InjectLoopStall blocks every event loop for d, as a process starved of CPU
+// (or a loop stuck in a long callback) would: whatever the loops' tickers and
+// sockets queue meanwhile is handled when it ends, tasks first. It returns
+// once every loop has been asked to stall. Only test builds (tag
+// nowconnect_faults) have it. Safe from any goroutine.
+func (s *Server) InjectLoopStall(d time.Duration) error {
+	for _, l := range s.Loops() {
+		if err := l.Execute(func() { time.Sleep(d) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/nowconnect/nowconnect/hub"
 )
@@ -17,6 +18,11 @@ import (
 //
 //	SIGUSR2  stop the hub's gnet engine behind its back (hub.Hub.InjectEngineStop):
 //	         the process must exit non-zero at once ("hub failed").
+//	SIGUSR1  block every event loop for stallFor (hub.Hub.InjectLoopStall), as a
+//	         process starved of CPU: its tunnels must survive if their agents spoke.
+
+// stallFor is how long SIGUSR1 blocks the event loops.
+const stallFor = 2 * time.Second
 
 // Log events of fault injection.
 const (
@@ -32,8 +38,8 @@ func init() { faultHooks = armFaults }
 // signal that comes before that line kills the process, as SIGUSR2 does.
 func armFaults(h *hub.Hub, log *slog.Logger) (stop func()) {
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGUSR2)
-	log.Warn(evFaultArmed, "signals", "SIGUSR2", "build", "nowconnect_faults")
+	signal.Notify(sig, syscall.SIGUSR2, syscall.SIGUSR1)
+	log.Warn(evFaultArmed, "signals", "SIGUSR2 SIGUSR1", "build", "nowconnect_faults")
 	quit, done := make(chan struct{}), make(chan struct{})
 	go faultLoop(h, log, sig, quit, done) // joined by stop
 	return func() {
@@ -51,7 +57,14 @@ func faultLoop(h *hub.Hub, log *slog.Logger, sig <-chan os.Signal, quit <-chan s
 		select {
 		case <-quit:
 			return
-		case <-sig:
+		case s := <-sig:
+			if s == syscall.SIGUSR1 {
+				log.Warn(evFaultInjected, "fault", "loop_stall", "signal", "SIGUSR1", "for", stallFor.String())
+				if err := h.InjectLoopStall(stallFor); err != nil {
+					log.Error(evFaultFailed, "fault", "loop_stall", "err", err.Error())
+				}
+				continue
+			}
 			log.Warn(evFaultInjected, "fault", "engine_stop", "signal", "SIGUSR2")
 			if err := h.InjectEngineStop(); err != nil {
 				log.Error(evFaultFailed, "fault", "engine_stop", "err", err.Error())

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -70,5 +72,53 @@ func injectEngineStop(t *testing.T, h *testenv.Process, listen string) {
 	}
 	if n := strings.Count(out, "event loops stopped unexpectedly"); n != 2 { // the engine_failed line and the exit message
 		t.Errorf("the cause is given %d times, want 2 (once per line):\n%s", n, out)
+	}
+}
+
+// TestLoopStallKeepsTunnels: every event loop of a real hub process blocks
+// for 2 s (SIGUSR1 in the fault build: a hub starved of CPU), twice its
+// tunnel ping_timeout, while its agent keeps pinging every 200 ms. When the
+// loops resume, the tick queued meanwhile runs before the loop reads the
+// socket; the agent's pings are waiting there, so the tunnel is not silent
+// (internal/inq) and stays up. Without that check the hub closed both
+// tunnels as ping_timeout.
+func TestLoopStallKeepsTunnels(t *testing.T) {
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	control := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	h := testenv.StartProcess(t, testenv.FaultBinary(t), []string{"cloud", "--config",
+		cloudConfig(t, control, listen, "\n[tunnel]\nping_interval = \"200ms\"\nping_timeout = \"1s\"\n")}, nil)
+	h.WaitForOutput(t, `"msg":"fault_injection_armed"`, 10*time.Second) // until then SIGUSR1 kills
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(token(t, "steady", []string{"svc"})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("cloud_url = %q\nagent_id = \"steady\"\ntoken_file = %q\nping_interval = \"200ms\"\nping_timeout = \"1m\"\n"+
+		"[[connectors]]\nname = \"svc\"\ntarget = %q\n", "ws://"+control+"/tunnel", tokFile, echo.Addr())
+	cfgFile := filepath.Join(dir, "premise.toml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.StartProcess(t, testenv.Binary(t), []string{"premise", "--config", cfgFile}, nil)
+	testenv.WaitFor(t, 10*time.Second, "the agent's 2 tunnels", func() bool {
+		return strings.Count(h.Output(), `"msg":"agent_connected"`) == 2
+	})
+	if err := echoOnce(listen, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitForOutput(t, `"fault":"loop_stall"`, 5*time.Second)
+	// The stall is over once a client is served again.
+	testenv.WaitFor(t, 10*time.Second, "a client served after the stall", func() bool { return echoOnce(listen, time.Second) == nil })
+	for range 5 {
+		if err := echoOnce(listen, 5*time.Second); err != nil {
+			t.Fatalf("echo after the stall: %v", err)
+		}
+	}
+	if out := h.Output(); strings.Contains(out, `"msg":"agent_disconnected"`) {
+		t.Fatalf("the hub closed a tunnel of an agent that kept pinging through the stall:\n%s", out)
 	}
 }
