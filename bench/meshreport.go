@@ -174,6 +174,23 @@ func meshFigures(rep *Report) []Figure {
 
 // renderMesh writes the Mesh section; chart registers an SVG and returns
 // its Markdown.
+// hopTable renders runs of the three paths (direct, local, cross-hub, in that
+// order): their rate and latencies, what each path adds to the p50 of the one
+// before, and the CPU per request of each process.
+func hopTable(w func(string, ...any), rs []MeshReqResp) {
+	w("| path | req/s | p50 µs | p90 µs | p99 µs | p50 added to the path before | CPU µs/req hub A | hub B | agent | runner |\n")
+	w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for i := range rs {
+		r := &rs[i]
+		added := "—"
+		if i > 0 {
+			added = fmt.Sprintf("%.0f µs", r.Latency.P50-rs[i-1].Latency.P50)
+		}
+		w("| %s | %.0f | %.0f | %.0f | %.0f | %s | %s |\n", r.Path, r.Rate, r.Latency.P50, r.Latency.P90, r.Latency.P99, added, r.cpuCells())
+	}
+	w("\n")
+}
+
 func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string) string) {
 	m := rep.Mesh
 	if m == nil {
@@ -258,19 +275,7 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 		w("### Request/response, one connection, closed loop\n\n")
 		w("The same `rr` target, one request at a time on one connection: the latency of each path when nothing queues for\n")
 		w("the cores, that is what the hop itself costs (its copies, frames, system calls and thread wake-ups).\n\n")
-		w("| path | req/s | p50 µs | p90 µs | p99 µs | p50 added to the path before | CPU µs/req hub A | hub B | agent | runner |\n")
-		w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-		var prev *RRResult
-		for _, r := range []*RRResult{qd, ql, qx} {
-			added := "—"
-			if prev != nil {
-				added = fmt.Sprintf("%.0f µs", r.Latency.P50-prev.Latency.P50)
-			}
-			prev = r
-			w("| %s | %.0f | %.0f | %.0f | %.0f | %s | %s |\n", r.Path, r.Rate, r.Latency.P50, r.Latency.P90, r.Latency.P99, added,
-				meshRun(m.Quiet, r.Path).cpuCells())
-		}
-		w("\n")
+		hopTable(w, m.Quiet)
 	}
 
 	if len(m.Low) > 0 {
@@ -278,20 +283,7 @@ func renderMesh(rep *Report, w func(string, ...any), chart func(name, svg string
 		w("The open loop of the first table at a quiet hour's rate (%d connections, each idle most of the time between its\n", m.RRConns)
 		w("requests): what processes that sleep between requests cost in wake-ups. At this rate the CPU columns are mostly\n")
 		w("what each process spends while idle (timers, pings, heartbeats), spread over few requests.\n\n")
-		w("| path | p50 µs | p90 µs | p99 µs | max µs | p50 added to the path before | CPU µs/req hub A | hub B | agent | runner |\n")
-		w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-		var prev *MeshReqResp
-		for i := range m.Low {
-			r := &m.Low[i]
-			added := "—"
-			if prev != nil {
-				added = fmt.Sprintf("%.0f µs", r.Latency.P50-prev.Latency.P50)
-			}
-			prev = r
-			lt := r.Latency
-			w("| %s | %.0f | %.0f | %.0f | %.0f | %s | %s |\n", r.Path, lt.P50, lt.P90, lt.P99, lt.Max, added, r.cpuCells())
-		}
-		w("\n")
+		hopTable(w, m.Low)
 	}
 
 	if len(m.Health) > 0 {
