@@ -146,10 +146,10 @@ func (s *Server) numLoops() int {
 }
 
 // baseProcs is GOMAXPROCS as the process started, before any engine raised it
-// (reserveProcs): the
-// CPUs the runtime found available, which follows a container's CPU limit
-// since Go 1.25, or what the GOMAXPROCS variable set. Event loops default to
-// it rather than to runtime.NumCPU, which counts every CPU of the host.
+// (reserveProcs): the CPUs the runtime found available, which follows a
+// container's CPU limit since Go 1.25, or what the GOMAXPROCS variable set.
+// Event loops default to it rather than to runtime.NumCPU, which counts every
+// CPU of the host.
 var baseProcs = runtime.GOMAXPROCS(0)
 
 // reserveProcs keeps one P more than the event loops: GOMAXPROCS becomes at
@@ -161,9 +161,9 @@ var baseProcs = runtime.GOMAXPROCS(0)
 // looks (and retakes on the look after). With one P per CPU and one loop per
 // CPU, idle loops held every P, and each goroutine the netpoller woke (the
 // agent's half of `up`, mesh links, accepts, the Redis client) waited up to
-// 20 ms for one: an LDAP search through `up` at 200 req/s took p95 16–20 ms
-// against 1.0 ms with a P to spare, and a cross-hub request p99 8.3 ms against
-// 2.3 ms. One spare P is enough for the netpoller, and it keeps the extra
+// 20 ms for one: an LDAP search through `up` at 200 req/s took p95 16–28 ms,
+// and 1–3 ms with a P to spare (bench/analysis.md); a cross-hub request at
+// 200 req/s p99 8.3–9.3 ms, and 2.3–3.8 ms. One spare P is enough for the netpoller, and it keeps the extra
 // parallelism small: a P per loop more (GOMAXPROCS 4 on 2 cores) measured no
 // better and cost one-stream throughput. Setting GOMAXPROCS stops the runtime
 // from following later changes of a container's CPU limit.
