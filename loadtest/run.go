@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
 	"github.com/nowconnect/nowconnect/internal/pace"
 )
 
