@@ -547,26 +547,28 @@ func (o *owners) refreshRemote() {
 	}
 }
 
-// keepMissingLocked returns read, a new read of connector's agents, plus the
-// agents of the previous read it lacks, for two heartbeat intervals after
-// their first absence. A registry that restarted empty lists nobody until
-// the owners notice and claim again (at their next heartbeat): without the
-// grace, every client of another hub's agent would be refused meanwhile.
-// An agent that is really gone costs one M_OPEN its old owner refuses
-// (not_owner), which invalidates the entry at once; an agent that moved is
-// replaced by its new owner's entry. Called with o.mu held.
+// keepMissingLocked returns read, a new read of connector's agents, or, when
+// that read lists none, the agents of the previous one, for two heartbeat
+// intervals after their first absence. A registry that restarted empty lists
+// nobody until the owners notice and claim again (at their next heartbeat):
+// without the grace, every client of another hub's agent would be refused
+// meanwhile. Only a read with no agent at all is suspect: once it lists one,
+// the kept entries go, so that clients never go to an agent that left (its
+// old owner would refuse them, not_owner) while a listed one serves the
+// connector. Called with o.mu held.
 func (o *owners) keepMissingLocked(conn string, read []Ownership, now time.Time) []Ownership {
-	// Under o.mu, which routing takes per new client: linear in the agents.
-	inRead := make(map[string]bool, len(read))
-	for _, a := range read {
-		inRead[a.AgentID] = true
+	if len(read) > 0 {
+		for k := range o.missing {
+			if k.connector == conn {
+				delete(o.missing, k)
+			}
+		}
+		return read
 	}
-	list := read
+	// Under o.mu, which routing takes per new client: linear in the agents.
+	var list []Ownership
 	kept := map[string]bool{}
 	for _, old := range o.remote[conn] {
-		if inRead[old.AgentID] {
-			continue
-		}
 		k := missingKey{conn, old.AgentID}
 		since, ok := o.missing[k]
 		if !ok {

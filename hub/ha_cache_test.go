@@ -6,10 +6,13 @@ import (
 	"time"
 )
 
-// TestKeepMissing: an agent one registry read lacks stays in the routing
-// cache for two heartbeat intervals from its first absence, then goes; one
-// that comes back (or moved: a new entry) is taken as read; one that was
-// invalidated meanwhile is not brought back.
+// TestKeepMissing: when a registry read lists no agent for a connector (as
+// after a restart that lost every entry), the previous read's agents stay in
+// the routing cache for two heartbeat intervals from their first absence,
+// then go. A read that lists any agent is taken as it is: entries it lacks
+// go at once (clients must not be sent to an agent that left while a listed
+// one serves). One that moved is taken from the read; one invalidated
+// meanwhile is not brought back.
 func TestKeepMissing(t *testing.T) {
 	o := &owners{cfg: HAConfig{HeartbeatInterval: time.Second},
 		remote: map[string][]Ownership{}, missing: map[missingKey]time.Time{}}
@@ -36,29 +39,32 @@ func TestKeepMissing(t *testing.T) {
 	// The registry restarted empty: both kept.
 	step(500*time.Millisecond, nil, "a@hub-a", "b@hub-b")
 	step(1500*time.Millisecond, nil, "a@hub-a", "b@hub-b")
-	// a is claimed again (a new epoch), b still missing.
+	// a is claimed again (a new epoch): the read lists an agent, so b, still
+	// missing, goes at once, and its grace record with it.
 	a2 := Ownership{AgentID: "a", ReplicaID: "hub-a", Epoch: 3}
-	step(1900*time.Millisecond, []Ownership{a2}, "a@hub-a", "b@hub-b")
+	step(1900*time.Millisecond, []Ownership{a2}, "a@hub-a")
 	if got := o.remote["ldap"]; got[0] != a2 {
 		t.Fatalf("a's entry %+v, want the new read %+v", got[0], a2)
 	}
-	// Two intervals after b's first absence it goes, and stays gone.
-	step(2500*time.Millisecond, []Ownership{a2}, "a@hub-a")
-	step(3000*time.Millisecond, []Ownership{a2}, "a@hub-a")
 	if len(o.missing) != 0 {
 		t.Fatalf("grace records left: %v", o.missing)
 	}
-	// b moved to hub-c: the new entry replaces the old at once.
-	o.remote["ldap"] = []Ownership{a2, b}
-	bc := Ownership{AgentID: "b", ReplicaID: "hub-c", Epoch: 4}
-	step(4000*time.Millisecond, []Ownership{a2, bc}, "a@hub-a", "b@hub-c")
-	// Invalidated (removed from the cache) while missing: not brought back.
-	step(5000*time.Millisecond, []Ownership{a2}, "a@hub-a", "b@hub-c")
-	o.remote["ldap"] = []Ownership{a2} // invalidate("b")
-	step(5200*time.Millisecond, []Ownership{a2}, "a@hub-a")
+	// Empty again: a is kept two intervals from its first absence, then goes.
+	step(2000*time.Millisecond, nil, "a@hub-a")
+	step(3900*time.Millisecond, nil, "a@hub-a")
+	step(4100*time.Millisecond, nil)
 	if len(o.missing) != 0 {
-		t.Fatalf("grace records left after the invalidation: %v", o.missing)
+		t.Fatalf("grace records left after the grace: %v", o.missing)
 	}
+	// A normal departure: b left while a stays listed; b goes at once.
+	step(5000*time.Millisecond, []Ownership{a2, b}, "a@hub-a", "b@hub-b")
+	step(5100*time.Millisecond, []Ownership{a2}, "a@hub-a")
+	// b moved to hub-c: the new entry replaces the old at once.
+	bc := Ownership{AgentID: "b", ReplicaID: "hub-c", Epoch: 4}
+	step(6000*time.Millisecond, []Ownership{a2, bc}, "a@hub-a", "b@hub-c")
+	// Invalidated (removed from the cache), then an empty read: not brought back.
+	o.remote["ldap"] = []Ownership{a2} // invalidate("b")
+	step(6200*time.Millisecond, nil, "a@hub-a")
 }
 
 // TestEpochOfReclaimed: streams opened with an epoch this hub claimed again
