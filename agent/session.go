@@ -436,10 +436,7 @@ func (s *session) pingLoop() {
 			if !s.ackedFlag.Load() {
 				continue // the handshake deadline applies
 			}
-			// Bytes waiting in the socket mean the hub spoke while this
-			// agent did not run (SIGSTOP, a paused VM): not silence
-			// (internal/inq).
-			if idle := now.Sub(s.start) - time.Duration(s.lastRecv.Load()); idle > cfg.PingTimeout && !inq.Pending(s.conn) {
+			if idle, silent := s.silentFor(now); silent {
 				s.close(closeCause{msg: fmt.Sprintf("ping timeout: nothing received for %s", idle.Round(time.Millisecond)),
 					code: ws.StatusGoingAway})
 				return
@@ -450,6 +447,15 @@ func (s *session) pingLoop() {
 			}
 		}
 	}
+}
+
+// silentFor returns how long nothing was read from the hub, and whether
+// that is past PingTimeout with nothing waiting in the socket either: bytes
+// waiting mean the hub spoke while this agent did not run (SIGSTOP, a paused
+// VM) and its reader has not caught up, which is not silence (internal/inq).
+func (s *session) silentFor(now time.Time) (time.Duration, bool) {
+	idle := now.Sub(s.start) - time.Duration(s.lastRecv.Load())
+	return idle, idle > s.a.cfg.PingTimeout && !inq.Pending(s.conn)
 }
 
 // tunnelReadLoop reads WebSocket messages from the hub and dispatches the

@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/inq"
+	"github.com/nowconnect/nowconnect/internal/testenv"
 )
 
 // Tests of the stream data path: OPEN, DATA, credit, FIN, RST.
@@ -594,4 +596,25 @@ func TestDialTimeout(t *testing.T) {
 	p := hub.nextPeer(t)
 	p.open(3, "slow")
 	p.expectReason(t, codec.FrameOpenErr, 3, codec.ReasonDialTimeout)
+}
+
+// A tunnel idle past PingTimeout is silent only when nothing waits in its
+// socket: after a pause the hub's pings are there, unread, and the tunnel
+// stays (session.silentFor).
+func TestSilentForCountsWaitingBytes(t *testing.T) {
+	tun, hubEnd := testenv.TCPPair(t)
+	s := newBareSession(t, tun)
+	s.a.cfg.PingTimeout = time.Second
+	s.start = time.Now().Add(-time.Minute) // nothing read for a minute
+	now := time.Now()
+	if idle, silent := s.silentFor(now); !silent || idle < 59*time.Second {
+		t.Fatalf("idle %v with nothing waiting: silent %v, want true", idle, silent)
+	}
+	if _, err := hubEnd.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the hub's bytes in the socket", func() bool { return inq.Pending(tun) })
+	if _, silent := s.silentFor(now); silent {
+		t.Fatal("silent with the hub's bytes waiting in the socket")
+	}
 }
