@@ -40,6 +40,27 @@ func startPremise(t *testing.T, bin, control, id string, targets map[string]stri
 	return testenv.StartProcess(t, bin, args, nil)
 }
 
+// startPremiseConfig runs a `premise` agent process from a config file
+// with one connector svc → target and the given ping settings (keys only a
+// config file sets); a cleanup resumes it if a test left it stopped.
+func startPremiseConfig(t *testing.T, control, id, target string, pingInterval, pingTimeout time.Duration) *testenv.Process {
+	t.Helper()
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(token(t, id, []string{"svc"})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("cloud_url = %q\nagent_id = %q\ntoken_file = %q\nping_interval = %q\nping_timeout = %q\n"+
+		"[[connectors]]\nname = \"svc\"\ntarget = %q\n", "ws://"+control+"/tunnel", id, tokFile, pingInterval, pingTimeout, target)
+	cfgFile := filepath.Join(dir, "premise.toml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := testenv.StartProcess(t, testenv.Binary(t), []string{"premise", "--config", cfgFile}, nil)
+	t.Cleanup(func() { _ = p.Signal(syscall.SIGCONT) })
+	return p
+}
+
 // echoOnce dials addr, sends 64 bytes and reads them back within timeout.
 func echoOnce(addr string, timeout time.Duration) error {
 	c, err := net.DialTimeout("tcp", addr, timeout)
@@ -431,29 +452,16 @@ func TestAgentDescriptorExhaustion(t *testing.T) {
 // for longer than its own ping_timeout but shorter than the hub's, then
 // resumed. The hub kept pinging, and those pings wait in the agent's socket
 // when it resumes: the agent must read them rather than call the hub silent.
-// Its ping ticker and its reader wake together; the reader usually runs
-// first, and the ticker's check of internal/inq makes that order not matter
-// (the mesh reader, whose deadline fires first every time, is tested in
-// mesh/link_read_test.go). Its tunnels stay up, with no reconnect, and its
-// streams work at once.
+// Its ping ticker and its reader wake together and the reader usually runs
+// first, so this test rarely sees the race; the rule that makes the order
+// not matter is tested in agent (TestSilentForCountsWaitingBytes). Its
+// tunnels stay up, with no reconnect, and its streams work at once.
 func TestAgentResumesAfterShortFreeze(t *testing.T) {
-	bin := testenv.Binary(t)
 	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	th := startHub(t, []string{"svc"}, func(c *hub.Config) {
 		c.PingInterval, c.PingTimeout = 200*time.Millisecond, time.Minute
 	})
-	dir := t.TempDir()
-	tokFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokFile, []byte(token(t, "napper", []string{"svc"})), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := fmt.Sprintf("cloud_url = %q\nagent_id = \"napper\"\ntoken_file = %q\nping_interval = \"200ms\"\nping_timeout = \"1s\"\n"+
-		"[[connectors]]\nname = \"svc\"\ntarget = %q\n", "ws://"+th.Control+"/tunnel", tokFile, echo.Addr())
-	cfgFile := filepath.Join(dir, "premise.toml")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ag := testenv.StartProcess(t, bin, []string{"premise", "--config", cfgFile}, nil)
+	ag := startPremiseConfig(t, th.Control, "napper", echo.Addr(), 200*time.Millisecond, time.Second)
 	testenv.WaitFor(t, 15*time.Second, "the agent's 2 tunnels", func() bool { return th.Tunnels() == 2 })
 	if err := echoOnce(th.Addr["svc"], 5*time.Second); err != nil {
 		t.Fatal(err)
