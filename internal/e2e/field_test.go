@@ -358,9 +358,12 @@ func TestDescriptorExhaustion(t *testing.T) {
 func TestAgentDescriptorExhaustion(t *testing.T) {
 	bin := testenv.Binary(t)
 	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
-	control := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	h := testenv.StartProcess(t, bin, []string{"cloud", "--config", cloudConfig(t, control, listen, "")}, nil)
+	ports := testenv.FreePorts(t, 2)
+	control, listen := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	// The hub's open timeout far beyond the clients' deadline: a stream the
+	// agent leaves unanswered must show as hung, not be closed by the hub
+	// at 5 s and counted as refused.
+	h := testenv.StartProcess(t, bin, []string{"cloud", "--config", cloudConfig(t, control, listen, "\n[timeouts]\nopen = \"1m\"\n")}, nil)
 	h.WaitForOutput(t, `"msg":"listener_started"`, 10*time.Second)
 	a := startPremise(t, bin, control, "a1", map[string]string{"svc": echo.Addr()}, "--tunnels", "1")
 	h.WaitForOutput(t, `"msg":"agent_connected"`, 10*time.Second)
