@@ -175,13 +175,12 @@ const claimsChannel = "nc:claims"
 func (r *Redis) Watch(parent context.Context, fn func(agentID string)) (err error) {
 	defer r.m.watchEnded(parent, &err)
 	fn = r.m.notified(fn)
-	switch ref := r.client.Load(); {
-	case r.closed.Load():
-		return fmt.Errorf("registry watch: %w", ErrClosed)
-	case parent.Err() != nil:
-		return parent.Err()
-	case ref == nil || !r.healthy.Load():
-		return fmt.Errorf("registry watch: %w (unhealthy)", ErrUnavailable)
+	if err := parent.Err(); err != nil {
+		return err
+	}
+	c, err := r.begin(opWatch)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
@@ -194,7 +193,7 @@ func (r *Redis) Watch(parent context.Context, fn func(agentID string)) (err erro
 	// watch ends, never handed back: rueidis would first unsubscribe it and wait
 	// for the answer, seconds when the server is frozen. Close also interrupts
 	// the Receive below when ctx ends.
-	dc, _ := r.client.Load().c.Dedicate()
+	dc, _ := c.Dedicate()
 	defer dc.Close()
 	defer context.AfterFunc(ctx, dc.Close)()
 	err = dc.Receive(ctx, dc.B().Subscribe().Channel(claimsChannel).Build(), func(m rueidis.PubSubMessage) { fn(m.Message) })
