@@ -476,7 +476,10 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 	testenv.WaitFor(t, 5*time.Second, "targets dialled", func() bool { return srv.accepted() == 3 })
 	w := writeInBackground(clients[0], 1<<30) // mid-transfer
-	_ = clients[1].CloseWrite()               // half-closed
+	// Mid-transfer for real: the link holds bytes when Close comes (a Close
+	// before the writer's first bytes tested nothing of the counters).
+	testenv.WaitFor(t, 5*time.Second, "bytes in flight", func() bool { return l.Stats().Up.Inflight > 0 })
+	_ = clients[1].CloseWrite() // half-closed
 	clients = append(clients, dial(t, l.Addr()))
 	testenv.WaitFor(t, 5*time.Second, "4 accepted", func() bool { return l.Stats().Accepted == 4 }) // the 4th: dial pending
 	if err := l.Close(); err != nil {
