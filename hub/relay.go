@@ -23,7 +23,10 @@ import (
 // end to end: a leg's stream credit is returned once the next leg's
 // receiver returned credit for the bytes (its WINDOW), not when they were
 // sent on, so a stalled client or target holds about one window per hub and
-// its windows never grow in the burst before the stall showed. (The lane
+// its windows never grow in the burst before the stall showed; a quarter of
+// the next leg's window is lent ahead, so a receiver that announces credit
+// a quarter window at a time never leaves the sender waiting for good
+// (flow.Chain). (The lane
 // levels, the tunnel's and the link's, are returned as bytes leave this
 // hub: they bound its buffers, not the stream's.) A FIN is passed on once
 // the bytes before it went. Frames from the peer arrive on the link's
@@ -41,19 +44,19 @@ type relay struct {
 	epoch     uint64
 
 	// owned by the tunnel's loop
-	mfc          flow.Stream // the mesh leg
-	peerUnacked  int         // bytes sent to the peer whose M_WINDOW has not come: their tunnel-leg credit waits
-	agentUnacked int         // bytes sent to the agent whose WINDOW has not come: their mesh-leg credit waits
-	seq          uint64      // the last seq sent to the peer
-	toAgent      ring.Queue
-	toPeer       ring.Queue
-	peerFin      bool // the peer sent M_FIN; FIN goes to the agent once toAgent is empty
-	agentFin     bool // the agent sent FIN; M_FIN goes to the peer once toPeer is empty
-	finAgent     bool // FIN sent to the agent
-	finPeer      bool // M_FIN sent to the peer
-	registered   bool
-	counted      bool
-	hdr          [codec.MeshHeaderMax + 8]byte
+	mfc        flow.Stream // the mesh leg
+	toPeerCr   flow.Chain  // bytes sent to the peer: their tunnel-leg credit waits for its M_WINDOW (or is lent)
+	toAgentCr  flow.Chain  // bytes sent to the agent: their mesh-leg credit waits for its WINDOW (or is lent)
+	seq        uint64      // the last seq sent to the peer
+	toAgent    ring.Queue
+	toPeer     ring.Queue
+	peerFin    bool // the peer sent M_FIN; FIN goes to the agent once toAgent is empty
+	agentFin   bool // the agent sent FIN; M_FIN goes to the peer once toPeer is empty
+	finAgent   bool // FIN sent to the agent
+	finPeer    bool // M_FIN sent to the peer
+	registered bool
+	counted    bool
+	hdr        [codec.MeshHeaderMax + 8]byte
 }
 
 // openRelay serves an M_OPEN from the peer: in active mode, for an agent
@@ -158,6 +161,7 @@ func (r *relay) onFrame(ft codec.FrameType, p []byte, now time.Time) {
 			return
 		}
 		r.peerSend(r.peerHeader(codec.MeshFrameOpenAck))
+		r.creditPeer(0, 0, now)
 	case codec.FrameOpenErr:
 		reason, msg, _ := codec.ParseReason(p)
 		r.seq++
@@ -198,12 +202,8 @@ func (r *relay) onFrame(ft codec.FrameType, p []byte, now time.Time) {
 		}
 		// The agent took bytes: the peer gets their credit (the WINDOWs of
 		// an opened stream follow its OPEN_ACK, and so do ours).
-		k := min(int(inc), r.agentUnacked)
-		r.agentUnacked -= k
-		if inc := r.h.release(&r.mfc.Recv, &r.toAgent, k, now, r.pathRTT()); inc > 0 {
-			h, err := codec.AppendMeshWindow(r.hdr[:0], r.mcid, r.nextSeq(), r.epoch, r.agentID, r.connector, uint32(inc))
-			r.peerSend(h, err)
-		}
+		ret, loan := r.toAgentCr.Acked(int(inc), r.fc.Send.Avail())
+		r.creditPeer(ret, loan, now)
 		r.flushAgent(now)
 	default:
 		r.kill(codec.ReasonProtocol, true, true)
@@ -232,8 +232,10 @@ func (r *relay) sendPeer(p []byte, now time.Time) int {
 			r.kill(codec.ReasonOverload, true, true)
 			return sent
 		}
-		r.peerUnacked += n
 		r.t.released(n, now)
+		if loan := r.toPeerCr.Sent(n, r.mfc.Send.Avail()); loan > 0 {
+			r.creditAgent(0, loan, now)
+		}
 		sent += n
 		p = p[n:]
 	}
@@ -316,11 +318,8 @@ func (r *relay) onPeer(t codec.MeshFrameType, p []byte, now time.Time) {
 			return
 		}
 		// The peer's client took bytes: the agent gets their credit.
-		k := min(int(inc), r.peerUnacked)
-		r.peerUnacked -= k
-		if inc := r.h.release(&r.fc.Recv, &r.toPeer, k, now, r.pathRTT()); inc > 0 {
-			r.t.out.sendWindow(r.cid, inc)
-		}
+		ret, loan := r.toPeerCr.Acked(int(inc), r.mfc.Send.Avail())
+		r.creditAgent(ret, loan, now)
 		r.flushPeer(now)
 	default:
 		r.kill(codec.ReasonProtocol, true, true)
@@ -339,8 +338,32 @@ func (r *relay) sendAgent(p []byte, now time.Time) int {
 	}
 	r.t.out.sendData(r.cid, p[:n])
 	r.pl.released(n, now)
-	r.agentUnacked += n
+	if loan := r.toAgentCr.Sent(n, r.fc.Send.Avail()); loan > 0 {
+		r.creditPeer(0, loan, now)
+	}
 	return n
+}
+
+// creditPeer returns mesh-leg credit to the peer: ret bytes the agent
+// consumed, loan bytes lent ahead of it (flow.Chain).
+func (r *relay) creditPeer(ret, loan int, now time.Time) {
+	r.mfc.Recv.Lend(loan)
+	if !r.fc.Acked() {
+		return // lent for bytes pipelined behind the OPEN: announced after our M_OPEN_ACK
+	}
+	if inc := r.h.release(&r.mfc.Recv, &r.toAgent, ret, now, r.pathRTT()); inc > 0 && !r.dead {
+		h, err := codec.AppendMeshWindow(r.hdr[:0], r.mcid, r.nextSeq(), r.epoch, r.agentID, r.connector, uint32(inc))
+		r.peerSend(h, err)
+	}
+}
+
+// creditAgent returns tunnel-leg credit to the agent: ret bytes the peer's
+// client consumed, loan bytes lent ahead of it (flow.Chain).
+func (r *relay) creditAgent(ret, loan int, now time.Time) {
+	r.fc.Recv.Lend(loan)
+	if inc := r.h.release(&r.fc.Recv, &r.toPeer, ret, now, r.pathRTT()); inc > 0 && !r.dead {
+		r.t.out.sendWindow(r.cid, inc)
+	}
 }
 
 // pathRTT is the round trip a relayed stream's credit takes: the tunnel's
@@ -413,14 +436,14 @@ func (r *relay) end() {
 	if r.registered {
 		// The lane levels were returned for what left: what did not is
 		// the stream's unreleased bytes less those sent and unacked.
-		if b := r.fc.Recv.Buffered() - r.peerUnacked; b > 0 && !r.t.closed {
+		if b := r.fc.Recv.Buffered() - r.toPeerCr.Held(); b > 0 && !r.t.closed {
 			r.t.released(b, now)
 		}
 		delete(r.t.streams, r.cid)
 		r.t.fc.Recent.Add(r.cid)
 		r.lis.met.active.Dec()
 	}
-	if b := r.mfc.Recv.Buffered() - r.agentUnacked; b > 0 {
+	if b := r.mfc.Recv.Buffered() - r.toAgentCr.Held(); b > 0 {
 		r.pl.released(b, now)
 	}
 	r.toAgent.Reset()

@@ -52,6 +52,18 @@ var meshConnectors = []string{"svc", "echo", "big"}
 // the agent.
 func startMeshCluster(t *testing.T, targets map[string]string, extra string) *meshCluster {
 	t.Helper()
+	return startMeshClusterWith(t, targets, extra, clusterOpts{})
+}
+
+// clusterOpts are what some mesh tests change in startMeshCluster's setup.
+type clusterOpts struct {
+	hubConfig   map[string]string // hub id → config appended to that hub's alone
+	agentConfig string            // the agent's config file (its flags add the rest)
+}
+
+// startMeshClusterWith is startMeshCluster with opts.
+func startMeshClusterWith(t *testing.T, targets map[string]string, extra string, opts clusterOpts) *meshCluster {
+	t.Helper()
 	bin := testenv.Binary(t)
 	mc := &meshCluster{redis: testenv.StartRedis(t), secret: meshSecret}
 	dir := t.TempDir()
@@ -83,7 +95,7 @@ owner_ttl = "2s"
 [ha.mesh]
 secret_file = %q
 advertise_url = "ws://%s/mesh"
-`, id, mc.redis.URL, secretFile, hp.control)
+`, id, mc.redis.URL, secretFile, hp.control) + opts.hubConfig[id]
 		cfg := cloudConfig(t, hp.control, hp.addr["svc"], extra)
 		hp.p = testenv.StartProcess(t, bin, []string{"cloud", "--config", cfg}, env)
 		t.Cleanup(func() { _ = hp.p.Signal(syscall.SIGCONT) }) // a frozen hub must be able to stop
@@ -111,6 +123,13 @@ advertise_url = "ws://%s/mesh"
 		t.Fatal(err)
 	}
 	args := []string{"premise", "--agent-id", "agent-1", "--token-file", tok}
+	if opts.agentConfig != "" {
+		f := filepath.Join(dir, "premise.toml")
+		if err := os.WriteFile(f, []byte(opts.agentConfig), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--config", f)
+	}
 	for _, c := range meshConnectors {
 		args = append(args, "--connector", c+"="+targets[c])
 	}
@@ -739,5 +758,28 @@ func TestMeshProcOriginCrash(t *testing.T) {
 	}
 	if err := echoOnce(a.addr["echo"], 2*time.Second); err != nil {
 		t.Errorf("hub-a's own clients after hub-b died: %v", err)
+	}
+}
+
+// TestMeshProcRelayWindows: hub A relays streams from hub B between two
+// legs whose windows differ fourfold, both ways: the agent announces 4 MiB
+// windows for what A sends it, hub B 4 MiB for what A sends B, while A
+// announces its default 256 KiB on both legs. A receiver returns credit a
+// quarter of its window at a time, so without A lending credit ahead
+// (flow.Chain) the sender's last bytes wait for an announcement that never
+// comes: the upload's FIN never reaches the target, or the download stops.
+// Every exchange must complete, byte-exact, both ways.
+func TestMeshProcRelayWindows(t *testing.T) {
+	ex := startServer(t, exchangeTarget)
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	mc := startMeshClusterWith(t, map[string]string{"svc": ex.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "", clusterOpts{
+		hubConfig:   map[string]string{"hub-b": "\n[tunnel]\nstream_window = 4194304\n"},
+		agentConfig: "stream_window = 4194304\n",
+	})
+	b := mc.hubs[1]
+	for i := range 3 {
+		if err := exchange(b.addr["svc"], uint64(i), 4<<20, 4<<20); err != nil {
+			t.Fatalf("exchange %d through hub-b: %v", i, err)
+		}
 	}
 }

@@ -41,6 +41,11 @@
 // ErrDuplicateFin). The side that sent OPEN accepts no stream frame before
 // OPEN_ACK (ErrBeforeAck). The stream is complete when FIN went both ways.
 //
+// Relays. A hub that passes a stream from one leg to another (the mesh's
+// owner hub, between a peer hub and the agent) returns upstream credit
+// when the downstream receiver returned it, and lends a quarter of the
+// downstream window ahead, since that much may never be announced (Chain).
+//
 // Late frames. Frames the peer sent before it learnt that a stream ended
 // (WINDOW returning credit for our last DATA, DATA pipelined behind an OPEN
 // that failed) keep arriving for a moment. Recent remembers the CIDs of the
@@ -192,15 +197,16 @@ func (w *Window) Receive(n int) error {
 }
 
 // Release counts n bytes that left our buffers and returns the WINDOW
-// increment to announce now, 0 while less than a quarter window is due. rtt
+// increment to announce now, 0 while less than a quarter window is due
+// (n may be 0: what Lend counted is announced the same way). rtt
 // is the tunnel's smoothed round trip (0: unknown, no growth); now the
 // current time, read once by the caller.
 func (w *Window) Release(n int, now time.Time, rtt time.Duration) int {
-	if !w.Enabled() || n <= 0 {
+	if !w.Enabled() || n < 0 {
 		return 0
 	}
 	w.released += int64(n)
-	if w.epochStart.IsZero() {
+	if n > 0 && w.epochStart.IsZero() {
 		w.epochStart = now
 	}
 	if w.released+int64(w.size)-w.limit < int64(w.size/4) {
@@ -210,6 +216,18 @@ func (w *Window) Release(n int, now time.Time, rtt time.Duration) int {
 	inc := w.released + int64(w.size) - w.limit
 	w.limit += inc
 	return int(inc)
+}
+
+// Lend counts n bytes as released before they left: a relay's loan
+// (Chain). They return credit like released bytes, with the next Release,
+// but they are no evidence of throughput, so window growth does not count
+// them.
+func (w *Window) Lend(n int) {
+	if !w.Enabled() || n <= 0 {
+		return
+	}
+	w.released += int64(n)
+	w.epochOff += int64(n)
 }
 
 // ReleaseGrow is Release for a receiver whose buffer is bounded by the
