@@ -374,3 +374,127 @@ func BenchmarkLinkData(b *testing.B) {
 		<-got
 	}
 }
+
+// TestConcurrentSendersKeepOrder: senders on several goroutines, each its own
+// stream, write the link themselves when nobody else does, or leave their frames
+// to the writer, which also finishes what a full socket did not take. The peer
+// reads in bursts, so the socket fills and drains over and over: every frame
+// arrives whole, once, and in its stream's order, a stream's WINDOW behind its
+// DATA.
+func TestConcurrentSendersKeepOrder(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) {
+		c.PingInterval, c.PingTimeout = 20*time.Second, time.Minute
+	})
+	p := dialRaw(t, a.url(), "hub-raw")
+	p.handshake(t, "hub-raw")
+	l := a.waitLink(t, "hub-raw")
+
+	const senders, frames = 6, 600
+	var wg sync.WaitGroup
+	for s := range senders {
+		cid := uint32(2 * (s + 1))
+		wg.Go(func() { // sender s; waited for below
+			payload := make([]byte, codec.MaxPayload)
+			for seq := uint64(1); seq <= frames; seq++ {
+				var err error
+				for {
+					if seq%7 == 0 {
+						f, _ := codec.AppendMeshWindow(nil, cid, seq, 7, "agent-1", "ldap", uint32(seq))
+						err = l.SendControl(f)
+					} else {
+						n := 1 + int(seq*uint64(cid)*7919)%codec.MaxPayload
+						for i := range payload[:n] {
+							payload[i] = byte(seq)
+						}
+						err = l.SendData(header(t, codec.MeshFrameData, cid, seq), payload[:n])
+					}
+					if !errors.Is(err, mesh.ErrBackpressure) {
+						break
+					}
+					time.Sleep(time.Millisecond) // the peer is not reading: back off
+				}
+				if err != nil {
+					t.Errorf("stream %d seq %d: %v", cid, seq, err)
+					return
+				}
+			}
+		})
+	}
+	last := map[uint32]uint64{}
+	for got := 0; got < senders*frames; got++ {
+		if got%200 == 0 {
+			// A pause: the socket and the queue fill meanwhile.
+			testenv.WaitFor(t, 5*time.Second, "the link's queue holds frames", func() bool {
+				return a.metric(t, `nowconnect_mesh_send_queue_size{peer="hub-raw"}`) > 0 || got >= (senders-1)*frames
+			})
+		}
+		h, pl, err := codec.ParseMeshFrame(p.read(t))
+		if err != nil {
+			t.Fatalf("frame %d: %v", got, err)
+		}
+		if h.Seq != last[h.CID]+1 {
+			t.Fatalf("stream %d: seq %d after %d", h.CID, h.Seq, last[h.CID])
+		}
+		last[h.CID] = h.Seq
+		if h.Type == codec.MeshFrameData && !bytes.Equal(pl, bytes.Repeat([]byte{byte(h.Seq)}, len(pl))) {
+			t.Fatalf("stream %d seq %d: payload corrupted", h.CID, h.Seq)
+		}
+	}
+	wg.Wait()
+	for s := range senders {
+		if cid := uint32(2 * (s + 1)); last[cid] != frames {
+			t.Errorf("stream %d: %d frames, want %d", cid, last[cid], frames)
+		}
+	}
+}
+
+// TestDirectWriteAfterWriteDeadline: a batch the writer finished with blocking
+// writes leaves the socket's write deadline behind; a sender that writes the link
+// itself later, once that deadline has passed, must not fail on it (the link would
+// go down with a write timeout while the peer reads everything).
+func TestDirectWriteAfterWriteDeadline(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	const writeTimeout = 200 * time.Millisecond
+	a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) {
+		c.PingInterval, c.PingTimeout, c.WriteTimeout = 20*time.Second, time.Minute, writeTimeout
+	})
+	p := dialRaw(t, a.url(), "hub-raw")
+	p.handshake(t, "hub-raw")
+	l := a.waitLink(t, "hub-raw")
+	payload := make([]byte, codec.MaxPayload)
+	seq := uint64(0)
+	// The peer does not read: the socket fills and the writer blocks on the rest.
+	testenv.WaitFor(t, 10*time.Second, "the link's queue holds frames", func() bool {
+		seq++
+		if err := l.SendData(header(t, codec.MeshFrameData, 2, seq), payload); err != nil {
+			t.Fatalf("SendData: %v", err)
+		}
+		return a.metric(t, `nowconnect_mesh_send_queue_size{peer="hub-raw"}`) > 0
+	})
+	blocked := time.Now()
+	read := func(want uint64) {
+		t.Helper()
+		for got := uint64(0); got < want; {
+			h, _, err := codec.ParseMeshFrame(p.read(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = h.Seq
+		}
+	}
+	read(seq)
+	testenv.WaitFor(t, 5*time.Second, "the blocked batch's deadline passes", func() bool {
+		return time.Since(blocked) > 2*writeTimeout
+	})
+	for range 20 {
+		seq++
+		if err := l.SendData(header(t, codec.MeshFrameData, 2, seq), payload[:100]); err != nil {
+			t.Fatalf("SendData after the deadline: %v", err)
+		}
+		read(seq)
+	}
+	if got := a.metric(t, `nowconnect_mesh_links{peer="hub-raw",state="up"}`); got != 1 {
+		t.Errorf("links up: %v, want 1", got)
+	}
+}
