@@ -1,0 +1,45 @@
+package iov
+
+import (
+	"bytes"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestWritev(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	var vec [2]unix.Iovec
+	// Empty buffers are skipped; no more than vec holds is written.
+	n, err := Writev(fds[0], vec[:], [][]byte{nil, []byte("ab"), {}, []byte("cd"), []byte("ef")})
+	if err != nil || n != 4 {
+		t.Fatalf("Writev = %d, %v; want 4, nil", n, err)
+	}
+	if vec != [2]unix.Iovec{} {
+		t.Error("vec still points at the buffers")
+	}
+	got := make([]byte, 16)
+	if m, _ := unix.Read(fds[1], got); !bytes.Equal(got[:m], []byte("abcd")) {
+		t.Fatalf("read %q, want abcd", got[:m])
+	}
+	// A full socket takes nothing and Writev says so without blocking.
+	big := make([]byte, 1<<20)
+	for {
+		n, err := Writev(fds[0], vec[:], [][]byte{big})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	unix.Close(fds[1])
+	if _, err := Writev(fds[0], vec[:], [][]byte{big}); err == nil {
+		t.Error("writing to a closed peer succeeded")
+	}
+}
