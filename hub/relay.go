@@ -435,7 +435,8 @@ func (r *relay) end() {
 	now := time.Now()
 	if r.registered {
 		// The lane levels were returned for what left: what did not is
-		// the stream's unreleased bytes less those sent and unacked.
+		// the stream's unreleased bytes less those sent on whose credit
+		// is still held (flow.Chain.Held).
 		if b := r.fc.Recv.Buffered() - r.toPeerCr.Held(); b > 0 && !r.t.closed {
 			r.t.released(b, now)
 		}
