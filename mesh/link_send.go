@@ -27,9 +27,10 @@ import (
 //   - linkWriteLoop writes, in each batch, every queued control frame first and then
 //     DATA (at most maxBatchData bytes, so a control frame waits behind at most that
 //     much), with one writev on a TCP socket or through a coalescing buffer on TLS.
-//   - On a TCP socket (no TLS), a sender that finds nobody writing writes the batch
-//     itself, with one non-blocking writev, instead of waking linkWriteLoop: a
-//     request crossing the mesh then costs no goroutine wake-up on the sending hub.
+//   - On a TCP socket (no TLS), a sender that finds nobody writing and at most
+//     directMax of DATA queued writes the batch itself, with one non-blocking
+//     writev, instead of waking linkWriteLoop: a request crossing the mesh then
+//     costs no goroutine wake-up on the sending hub.
 //     What the socket does not take at once is handed to linkWriteLoop, which
 //     finishes the batch with blocking writes; the sender never waits. One writer
 //     at a time owns the socket and the batch (busy).
@@ -90,6 +91,10 @@ const (
 	stageLen = 64 << 10
 	// directWrite is the message size written as it is rather than staged.
 	directWrite = 16 << 10
+	// directMax is the most DATA a sender writes itself (writeDirect): requests and
+	// responses go at once, while a bulk stream's batches go to linkWriteLoop, so that
+	// reading its source and writing the link run on two cores.
+	directMax = 16 << 10
 )
 
 func (s *sender) init(l *Link) {
@@ -225,7 +230,7 @@ func (s *sender) enqueueCtrlMsg(op ws.OpCode, p []byte, t codec.MeshFrameType, c
 // this goroutine when nobody else is writing and the socket allows it (writeDirect),
 // else by linkWriteLoop.
 func (s *sender) flushLocked() {
-	direct := s.direct != nil && s.started && !s.busy
+	direct := s.direct != nil && s.started && !s.busy && s.dataLen <= directMax
 	if direct {
 		s.busy = true
 	}

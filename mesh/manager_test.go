@@ -394,6 +394,12 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 	var wg sync.WaitGroup
 	for s := range senders {
 		cid := uint32(2 * (s + 1))
+		// Half the streams send small frames, which their senders write
+		// themselves; the others bulk, which go to the writer.
+		maxLen := codec.MaxPayload
+		if s%2 == 0 {
+			maxLen = 1024
+		}
 		wg.Go(func() { // sender s; waited for below
 			payload := make([]byte, codec.MaxPayload)
 			for seq := uint64(1); seq <= frames; seq++ {
@@ -403,7 +409,7 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 						f, _ := codec.AppendMeshWindow(nil, cid, seq, 7, "agent-1", "ldap", uint32(seq))
 						err = l.SendControl(f)
 					} else {
-						n := 1 + int(seq*uint64(cid)*7919)%codec.MaxPayload
+						n := 1 + int(seq*uint64(cid)*7919)%maxLen
 						for i := range payload[:n] {
 							payload[i] = byte(seq)
 						}
@@ -449,8 +455,10 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 	}
 }
 
-// TestDirectWriteAfterWriteDeadline: a batch the writer finished with blocking
-// writes leaves the socket's write deadline behind; a sender that writes the link
+// TestDirectWriteAfterWriteDeadline: a small frame that finds the socket full is
+// handed to the writer part written, and the writer finishes it: every frame
+// arrives whole and in order. That blocking write leaves the socket's write
+// deadline behind; a sender that writes the link
 // itself later, once that deadline has passed, must not fail on it (the link would
 // go down with a write timeout while the peer reads everything).
 func TestDirectWriteAfterWriteDeadline(t *testing.T) {
@@ -462,25 +470,36 @@ func TestDirectWriteAfterWriteDeadline(t *testing.T) {
 	p := dialRaw(t, a.url(), "hub-raw")
 	p.handshake(t, "hub-raw")
 	l := a.waitLink(t, "hub-raw")
-	payload := make([]byte, codec.MaxPayload)
+	payload := make([]byte, 1000)
 	seq := uint64(0)
-	// The peer does not read: the socket fills and the writer blocks on the rest.
+	// The peer does not read. Small frames are written by this goroutine
+	// until the socket is full; the frame that finds it full is handed to
+	// the writer part written, and the writer blocks on its rest.
 	testenv.WaitFor(t, 10*time.Second, "the link's queue holds frames", func() bool {
-		seq++
-		if err := l.SendData(header(t, codec.MeshFrameData, 2, seq), payload); err != nil {
-			t.Fatalf("SendData: %v", err)
+		for range 256 {
+			seq++
+			for i := range payload {
+				payload[i] = byte(seq)
+			}
+			if err := l.SendData(header(t, codec.MeshFrameData, 2, seq), payload); err != nil {
+				t.Fatalf("SendData: %v", err)
+			}
 		}
 		return a.metric(t, `nowconnect_mesh_send_queue_size{peer="hub-raw"}`) > 0
 	})
 	blocked := time.Now()
+	last := uint64(0)
 	read := func(want uint64) {
 		t.Helper()
-		for got := uint64(0); got < want; {
-			h, _, err := codec.ParseMeshFrame(p.read(t))
+		for last < want {
+			h, pl, err := codec.ParseMeshFrame(p.read(t))
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("after seq %d: %v", last, err)
 			}
-			got = h.Seq
+			if h.Seq != last+1 || !bytes.Equal(pl, bytes.Repeat([]byte{byte(h.Seq)}, len(pl))) {
+				t.Fatalf("seq %d (%d bytes) after %d, or corrupted", h.Seq, len(pl), last)
+			}
+			last = h.Seq
 		}
 	}
 	read(seq)
@@ -489,6 +508,9 @@ func TestDirectWriteAfterWriteDeadline(t *testing.T) {
 	})
 	for range 20 {
 		seq++
+		for i := range payload {
+			payload[i] = byte(seq)
+		}
 		if err := l.SendData(header(t, codec.MeshFrameData, 2, seq), payload[:100]); err != nil {
 			t.Fatalf("SendData after the deadline: %v", err)
 		}
