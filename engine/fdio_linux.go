@@ -5,11 +5,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"unsafe"
 
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
-
-	"github.com/nowconnect/nowconnect/internal/iov"
 )
 
 // Errors of the fd helpers.
@@ -45,7 +44,37 @@ func ReadFD(fd int, p []byte) (int, error) {
 // what the socket did not take stays with the caller. Call on the loop (it
 // uses the loop's iovec array).
 func (l *Loop) WriteFD(fd int, bufs [][]byte) (int, error) {
-	return iov.Writev(fd, l.iovecs[:], bufs)
+	n := 0
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		if n == maxIov {
+			break
+		}
+		l.iovecs[n].Base = &b[0]
+		l.iovecs[n].SetLen(len(b))
+		n++
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	for {
+		r, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&l.iovecs[0])), uintptr(n))
+		switch e {
+		case 0:
+			clear(l.iovecs[:n])
+			return int(r), nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			clear(l.iovecs[:n])
+			return 0, nil
+		default:
+			clear(l.iovecs[:n])
+			return 0, fmt.Errorf("writev: %w", e)
+		}
+	}
 }
 
 // ShutdownWrite half-closes the socket: the peer reads EOF after the bytes
