@@ -376,10 +376,9 @@ func BenchmarkLinkData(b *testing.B) {
 }
 
 // TestConcurrentSendersKeepOrder: senders on several goroutines, each its own
-// stream, share the link's queue and writer. The peer
-// reads in bursts, so the socket fills and drains over and over: every frame
-// arrives whole, once, and in its stream's order, a stream's WINDOW behind its
-// DATA.
+// stream, share the link's queue and writer. The peer reads in bursts, so the
+// socket fills and drains over and over: every frame arrives whole, once, and
+// in its stream's order, a stream's WINDOW behind its DATA.
 func TestConcurrentSendersKeepOrder(t *testing.T) {
 	testenv.CheckGoroutines(t)
 	a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) {
@@ -411,7 +410,8 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 						for i := range payload[:n] {
 							payload[i] = byte(seq)
 						}
-						err = l.SendData(header(t, codec.MeshFrameData, cid, seq), payload[:n])
+						h, _ := codec.AppendMeshHeader(nil, codec.MeshFrameData, cid, seq, 7, "agent-1", "ldap")
+						err = l.SendData(h, payload[:n]) // not header(): it may t.Fatal, off the test goroutine
 					}
 					if !errors.Is(err, mesh.ErrBackpressure) {
 						break
@@ -428,7 +428,9 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 	last := map[uint32]uint64{}
 	for got := 0; got < senders*frames; got++ {
 		if got%200 == 0 {
-			// A pause: the socket and the queue fill meanwhile.
+			// Every 200 frames, let the senders get ahead again until the
+			// link's queue holds frames: the reader then finds a full
+			// socket and a backlog, not one frame at a time.
 			testenv.WaitFor(t, 5*time.Second, "the link's queue holds frames", func() bool {
 				return a.metric(t, `nowconnect_mesh_send_queue_size{peer="hub-raw"}`) > 0 || got >= (senders-1)*frames
 			})

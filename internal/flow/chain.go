@@ -65,6 +65,3 @@ func (c *Chain) relend(avail int) int {
 // Held returns the bytes whose upstream credit is still held: sent
 // downstream, neither acknowledged nor lent.
 func (c *Chain) Held() int { return c.unacked - c.lent }
-
-// Unacked returns the bytes sent downstream and not yet acknowledged.
-func (c *Chain) Unacked() int { return c.unacked }
