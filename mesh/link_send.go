@@ -10,6 +10,7 @@ import (
 
 	"github.com/nowconnect/nowconnect/codec"
 	"github.com/nowconnect/nowconnect/internal/bufpool"
+	"github.com/nowconnect/nowconnect/internal/iov"
 )
 
 // The send side of a link: two lanes and one writer goroutine.
@@ -27,6 +28,13 @@ import (
 //   - linkWriteLoop writes, in each batch, every queued control frame first and then
 //     DATA (at most maxBatchData bytes, so a control frame waits behind at most that
 //     much), with one writev on a TCP socket or through a coalescing buffer on TLS.
+//   - On a TCP socket (no TLS), a sender that finds nobody writing and at most
+//     directMax of DATA queued writes the batch itself, with one non-blocking
+//     writev, instead of waking linkWriteLoop: a request crossing the mesh then
+//     costs no goroutine wake-up on the sending hub.
+//     What the socket does not take at once is handed to linkWriteLoop, which
+//     finishes the batch with blocking writes; the sender never waits. One writer
+//     at a time owns the socket and the batch (busy).
 //
 // Order within a stream: a receiver drops a frame whose seq is not above the last of
 // its CID (dedup), so the frames of one CID must leave in the order they were sent. A
@@ -36,10 +44,11 @@ import (
 type sender struct {
 	// set at construction
 	l      *Link
-	mask   bool // this hub dialed: client frames are masked
-	depth  int  // SendQueueDepth
-	budget int  // dataBudget of the link windows (set once M_HELLO is read)
-	tcp    bool // conn is a *net.TCPConn: writev
+	mask   bool      // this hub dialed: client frames are masked
+	depth  int       // SendQueueDepth
+	budget int       // dataBudget of the link windows (set once M_HELLO is read)
+	tcp    bool      // conn is a *net.TCPConn: writev
+	direct *iov.Conn // non-blocking writes from the sender's goroutine (TCP, Linux); nil: none
 	wake   chan struct{}
 	exited chan struct{} // closed by linkWriteLoop
 
@@ -47,6 +56,8 @@ type sender struct {
 	// guarded by mu
 	started  bool // linkWriteLoop runs
 	closed   bool
+	busy     bool // a writer (linkWriteLoop or a direct sender) owns the socket and the batch
+	handoff  bool // a direct sender left the batch partly written: linkWriteLoop finishes it
 	cause    *linkError
 	ctrl     []outItem
 	data     []outItem
@@ -56,7 +67,7 @@ type sender struct {
 	dataLen  int      // message bytes of DATA queued or being written
 	pending  cidTable // cid → M_DATA frames queued and not yet taken
 
-	// owned by linkWriteLoop
+	// owned by the busy writer
 	batch []outItem
 	iov   [][]byte
 	nb    net.Buffers // kept here so that WriteTo does not allocate
@@ -76,11 +87,15 @@ const (
 	// queued meanwhile may wait.
 	maxBatchData = 256 << 10
 	// maxBatchItems bounds the messages of one batch (and one writev).
-	maxBatchItems = 512
+	maxBatchItems = iov.MaxVec
 	// stageLen is the coalescing buffer: small messages share TLS records.
 	stageLen = 64 << 10
 	// directWrite is the message size written as it is rather than staged.
 	directWrite = 16 << 10
+	// directMax is the most DATA a sender writes itself (writeDirect): requests and
+	// responses go at once, while a bulk stream's batches go to linkWriteLoop, so that
+	// reading its source and writing the link run on two cores.
+	directMax = 16 << 10
 )
 
 func (s *sender) init(l *Link) {
@@ -89,7 +104,11 @@ func (s *sender) init(l *Link) {
 	s.mask = l.dialed
 	s.depth = cfg.SendQueueDepth
 	s.budget = dataBudget(cfg.LinkWindow, 0)
-	_, s.tcp = l.conn.(*net.TCPConn)
+	var tc *net.TCPConn
+	tc, s.tcp = l.conn.(*net.TCPConn)
+	if s.tcp {
+		s.direct = iov.NewConn(tc)
+	}
 	s.wake = make(chan struct{}, 1)
 	s.exited = make(chan struct{})
 }
@@ -158,8 +177,7 @@ func (l *Link) SendData(header, payload []byte) error {
 	s.charge += len(b.B)
 	s.dataLen += n
 	s.gaugesLocked()
-	s.mu.Unlock()
-	s.signal()
+	s.flushLocked()
 	l.m.met.frame(dirOut, codec.MeshFrameData)
 	return nil
 }
@@ -205,9 +223,105 @@ func (s *sender) enqueueCtrlMsg(op ws.OpCode, p []byte, t codec.MeshFrameType, c
 	}
 	s.ctrlN++
 	s.gaugesLocked()
-	s.mu.Unlock()
-	s.signal()
+	s.flushLocked()
 	return nil
+}
+
+// flushLocked gets what was just queued written, and unlocks mu: written now by
+// this goroutine when nobody else is writing and the socket allows it (writeDirect),
+// else by linkWriteLoop.
+func (s *sender) flushLocked() {
+	direct := s.direct != nil && s.started && !s.busy && s.dataLen <= directMax
+	if direct {
+		s.busy = true
+	}
+	s.mu.Unlock()
+	if direct {
+		s.writeDirect()
+		return
+	}
+	s.signal()
+}
+
+// writeDirect writes the next batch with one non-blocking writev, as the busy
+// writer. What the socket does not take is handed to linkWriteLoop.
+func (s *sender) writeDirect() {
+	closed := s.take(false)
+	if closed || len(s.batch) == 0 {
+		s.written()
+		s.release()
+		return
+	}
+	s.fillIov()
+	n, err := s.direct.Writev(s.iov)
+	if err != nil {
+		s.written()
+		s.release()
+		s.l.close(&linkError{reason: reasonIOError, err: ErrLinkIO, detail: "write: " + err.Error()})
+		return
+	}
+	if s.consume(n) {
+		s.mu.Lock()
+		s.handoff = true
+		s.deadlineLocked()
+		s.mu.Unlock()
+		s.signal()
+		return
+	}
+	s.written()
+	s.release()
+}
+
+// release gives up the socket; linkWriteLoop is woken if anything is queued
+// (senders that found it busy left their frames to it) or the sender closed.
+func (s *sender) release() {
+	s.mu.Lock()
+	s.busy = false
+	more := s.closed || len(s.ctrl) > 0 || s.dataHead < len(s.data)
+	s.mu.Unlock()
+	if more {
+		s.signal()
+	}
+}
+
+// acquire makes linkWriteLoop the busy writer, taking over a batch a direct sender
+// handed to it; it reports false while a direct sender writes (it signals when done).
+func (s *sender) acquire() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.busy && s.handoff:
+		s.handoff = false
+		return true
+	case s.busy:
+		return false
+	}
+	s.busy = true
+	return true
+}
+
+// fillIov points s.iov at the messages of s.batch.
+func (s *sender) fillIov() {
+	s.iov = s.iov[:0]
+	for _, it := range s.batch {
+		s.iov = append(s.iov, it.buf.B[:it.n])
+	}
+}
+
+// consume drops the first n written bytes from s.iov and reports whether any are
+// left.
+func (s *sender) consume(n int) bool {
+	i := 0
+	for ; i < len(s.iov) && n >= len(s.iov[i]); i++ {
+		n -= len(s.iov[i])
+	}
+	if i < len(s.iov) {
+		s.iov[i] = s.iov[i][n:]
+	}
+	rest := s.iov[i:]
+	clear(s.iov[:i])
+	s.iov = append(s.iov[:0], rest...)
+	return len(s.iov) > 0
 }
 
 func (s *sender) gaugesLocked() {
@@ -276,8 +390,9 @@ func (s *sender) wait() {
 }
 
 // take moves the next batch into s.batch: every control frame, then DATA-lane
-// messages up to maxBatchData bytes. It reports whether the sender is closed.
-func (s *sender) take() (closed bool) {
+// messages up to maxBatchData bytes. It reports whether the sender is closed. With
+// block, the batch is to be written with blocking writes: their deadline is set.
+func (s *sender) take(block bool) (closed bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.batch = append(s.batch, s.ctrl...)
@@ -310,11 +425,18 @@ func (s *sender) take() (closed bool) {
 		s.data, s.dataHead = s.data[:n], 0
 	}
 	s.gaugesLocked()
-	if !s.closed && len(s.batch) > 0 {
-		// Under mu, so that shut's shorter deadline is never overwritten.
-		_ = s.l.conn.SetWriteDeadline(time.Now().Add(s.l.m.cfg.WriteTimeout))
+	if block && len(s.batch) > 0 {
+		s.deadlineLocked()
 	}
 	return s.closed
+}
+
+// deadlineLocked bounds the blocking writes of a batch by WriteTimeout. Under mu,
+// so that shut's shorter deadline is never overwritten.
+func (s *sender) deadlineLocked() {
+	if !s.closed {
+		_ = s.l.conn.SetWriteDeadline(time.Now().Add(s.l.m.cfg.WriteTimeout))
+	}
 }
 
 // written releases a written (or failed) batch: buffers back to the pools, the DATA
@@ -356,9 +478,24 @@ func (s *sender) linkWriteLoop() {
 		case <-tick.C:
 			s.ping()
 		}
+		if !s.acquire() {
+			continue // a direct sender writes; it signals when it is done
+		}
+		if len(s.batch) > 0 { // handed over partly written: s.iov holds the rest
+			s.nb = s.iov
+			_, err := s.nb.WriteTo(l.conn)
+			s.nb = nil
+			s.written()
+			if err != nil {
+				l.close(&linkError{reason: reasonIOError, err: ErrLinkIO, detail: "write: " + err.Error()})
+			}
+		}
 		for {
-			closed := s.take()
+			closed := s.take(true)
 			if len(s.batch) == 0 {
+				s.mu.Lock()
+				s.busy = false
+				s.mu.Unlock()
 				if closed {
 					s.finish()
 					return
@@ -422,10 +559,7 @@ func (s *sender) running() bool {
 // write writes s.batch: one writev on TCP, coalesced writes otherwise.
 func (s *sender) write() error {
 	if s.tcp {
-		s.iov = s.iov[:0]
-		for _, it := range s.batch {
-			s.iov = append(s.iov, it.buf.B[:it.n])
-		}
+		s.fillIov()
 		s.nb = s.iov
 		_, err := s.nb.WriteTo(s.l.conn)
 		s.nb = nil

@@ -37,7 +37,7 @@ func bareLink(t *testing.T) *Link {
 // taken returns "TYPE/cid" of every message of the writer's batch.
 func taken(t *testing.T, l *Link) []string {
 	t.Helper()
-	l.snd.take()
+	l.snd.take(true)
 	var out []string
 	for _, it := range l.snd.batch {
 		h, n, err := codec.ParseWSHeader(it.buf.B[:it.n])
@@ -117,7 +117,7 @@ func TestBatchBound(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	l.snd.take()
+	l.snd.take(true)
 	if n := len(l.snd.batch); n != maxBatchData/codec.MaxPayload {
 		t.Errorf("first batch holds %d frames of 64 KiB, want %d", n, maxBatchData/codec.MaxPayload)
 	}
@@ -187,7 +187,7 @@ func TestControlDepth(t *testing.T) {
 	if got := metricValue(t, l.m, `nowconnect_mesh_send_queue_size{peer="hub-b"}`); got != 5 {
 		t.Errorf("queue size gauge %v, want 5 (1 DATA, 4 control)", got)
 	}
-	l.snd.take()
+	l.snd.take(true)
 	l.snd.written()
 	if err := l.SendControl(win); err != nil {
 		t.Errorf("after the writer took the batch: %v", err)

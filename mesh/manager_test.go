@@ -376,9 +376,11 @@ func BenchmarkLinkData(b *testing.B) {
 }
 
 // TestConcurrentSendersKeepOrder: senders on several goroutines, each its own
-// stream, share the link's queue and writer. The peer reads in bursts, so the
-// socket fills and drains over and over: every frame arrives whole, once, and
-// in its stream's order, a stream's WINDOW behind its DATA.
+// stream, write the link themselves when nobody else does, or leave their frames
+// to the writer, which also finishes what a full socket did not take. The peer
+// reads in bursts, so the socket fills and drains over and over: every frame
+// arrives whole, once, and in its stream's order, a stream's WINDOW behind its
+// DATA.
 func TestConcurrentSendersKeepOrder(t *testing.T) {
 	testenv.CheckGoroutines(t)
 	a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) {
@@ -392,7 +394,8 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 	var wg sync.WaitGroup
 	for s := range senders {
 		cid := uint32(2 * (s + 1))
-		// Half the streams send small frames, the others bulk.
+		// Half the streams send small frames, which their senders write
+		// themselves; the others bulk, which go to the writer.
 		maxLen := codec.MaxPayload
 		if s%2 == 0 {
 			maxLen = 1024
@@ -452,5 +455,71 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 		if cid := uint32(2 * (s + 1)); last[cid] != frames {
 			t.Errorf("stream %d: %d frames, want %d", cid, last[cid], frames)
 		}
+	}
+}
+
+// TestDirectWriteAfterWriteDeadline: a small frame that finds the socket full is
+// handed to the writer part written, and the writer finishes it: every frame
+// arrives whole and in order. That blocking write leaves the socket's write
+// deadline behind; a sender that writes the link
+// itself later, once that deadline has passed, must not fail on it (the link would
+// go down with a write timeout while the peer reads everything).
+func TestDirectWriteAfterWriteDeadline(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	const writeTimeout = 200 * time.Millisecond
+	a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) {
+		c.PingInterval, c.PingTimeout, c.WriteTimeout = 20*time.Second, time.Minute, writeTimeout
+	})
+	p := dialRaw(t, a.url(), "hub-raw")
+	p.handshake(t, "hub-raw")
+	l := a.waitLink(t, "hub-raw")
+	payload := make([]byte, 1000)
+	seq := uint64(0)
+	// The peer does not read. Small frames are written by this goroutine
+	// until the socket is full; the frame that finds it full is handed to
+	// the writer part written, and the writer blocks on its rest.
+	testenv.WaitFor(t, 10*time.Second, "the link's queue holds frames", func() bool {
+		for range 256 {
+			seq++
+			for i := range payload {
+				payload[i] = byte(seq)
+			}
+			if err := l.SendData(header(t, codec.MeshFrameData, 2, seq), payload); err != nil {
+				t.Fatalf("SendData: %v", err)
+			}
+		}
+		return a.metric(t, `nowconnect_mesh_send_queue_size{peer="hub-raw"}`) > 0
+	})
+	blocked := time.Now()
+	last := uint64(0)
+	read := func(want uint64) {
+		t.Helper()
+		for last < want {
+			h, pl, err := codec.ParseMeshFrame(p.read(t))
+			if err != nil {
+				t.Fatalf("after seq %d: %v", last, err)
+			}
+			if h.Seq != last+1 || !bytes.Equal(pl, bytes.Repeat([]byte{byte(h.Seq)}, len(pl))) {
+				t.Fatalf("seq %d (%d bytes) after %d, or corrupted", h.Seq, len(pl), last)
+			}
+			last = h.Seq
+		}
+	}
+	read(seq)
+	testenv.WaitFor(t, 5*time.Second, "the blocked batch's deadline passes", func() bool {
+		return time.Since(blocked) > 2*writeTimeout
+	})
+	for range 20 {
+		seq++
+		for i := range payload {
+			payload[i] = byte(seq)
+		}
+		if err := l.SendData(header(t, codec.MeshFrameData, 2, seq), payload[:100]); err != nil {
+			t.Fatalf("SendData after the deadline: %v", err)
+		}
+		read(seq)
+	}
+	if got := a.metric(t, `nowconnect_mesh_links{peer="hub-raw",state="up"}`); got != 1 {
+		t.Errorf("links up: %v, want 1", got)
 	}
 }
