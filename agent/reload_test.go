@@ -104,6 +104,7 @@ func TestSlotTransitions(t *testing.T) {
 		c, peer := testenv.TCPPair(t)
 		drain(&wg, peer)
 		s := newBareSession(t, c)
+		s.snd.direct = nil // frames stay queued, for queuedFrames
 		s.set, s.succeeds = s.a.conns.Load(), succeeds
 		if succeeds != nil {
 			s.a, s.settled = succeeds.a, make(chan struct{})

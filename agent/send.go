@@ -10,6 +10,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/iov"
 )
 
 // Sizes of the data path.
@@ -42,6 +43,11 @@ const (
 	// maxTLSRecord is the largest TLS record payload: a slice this long is
 	// written as it is rather than copied into the stage.
 	maxTLSRecord = 16 << 10
+	// directMax is the most queued bytes the goroutine that queued them
+	// writes itself (sender.flushLocked): a response or a WINDOW goes out
+	// at once, while bulk DATA goes to tunnelWriteLoop, so that reading the
+	// target and writing the tunnel run on two cores.
+	directMax = 16 << 10
 )
 
 // frameBuf is a pooled buffer holding one outgoing DATA frame: header room
@@ -93,21 +99,35 @@ type outItem struct {
 // tunnelWriteLoop swaps the pending batch out and writes it with one writev
 // (net.Buffers). Control frames are masked into a byte arena; DATA frames
 // stay in their pooled buffers, which go back to the pool once written.
+//
+// On a TCP tunnel (no TLS), the goroutine that queues a message and finds
+// nobody writing and at most directMax bytes queued writes the batch itself,
+// with one writev that does not wait (iov.Conn), instead of waking
+// tunnelWriteLoop: a response then costs the agent no goroutine wake-up.
+// What the socket does not take at once is handed to tunnelWriteLoop, which
+// finishes it with blocking writes; the queuing goroutine never waits. One
+// writer at a time (busy) owns the socket and the batch, so messages leave
+// in the order they were queued.
 type sender struct {
 	// set at construction
 	conn     net.Conn
 	wake     chan struct{} // cap 1: work is pending
 	coalesce bool          // conn is not a *net.TCPConn (TLS): no writev
+	direct   *iov.Conn     // non-blocking writes by the queuing goroutine; nil: none (TLS, not Linux)
 
 	mu sync.Mutex
 	// guarded by mu
-	closed bool
-	items  []outItem
-	ctrl   []byte
+	closed  bool
+	busy    bool // a writer (tunnelWriteLoop or a queuing goroutine) owns the socket and the batch
+	handoff bool // a direct write left the batch partly written: tunnelWriteLoop finishes it
+	items   []outItem
+	ctrl    []byte
+	pend    int // bytes of items
 
-	// owned by tunnelWriteLoop: the batch being written
+	// owned by the busy writer: the batch being written
 	wItems []outItem
 	wCtrl  []byte
+	rest   [][]byte // handed over: what a direct write left of the batch
 	iov    [][]byte
 	nb     net.Buffers // kept here so WriteTo does not allocate
 	stage  []byte      // coalescing buffer when coalesce, stageLen, allocated on first use
@@ -116,8 +136,11 @@ type sender struct {
 func (w *sender) init(conn net.Conn) {
 	w.conn = conn
 	w.wake = make(chan struct{}, 1)
-	_, tcp := conn.(*net.TCPConn)
+	tc, tcp := conn.(*net.TCPConn)
 	w.coalesce = !tcp
+	if tcp {
+		w.direct = iov.NewConn(tc)
+	}
 }
 
 func (w *sender) signal() {
@@ -138,8 +161,8 @@ func (w *sender) enqueueData(fb *frameBuf, off, end int) bool {
 		return false
 	}
 	w.items = append(w.items, outItem{fb: fb, off: int32(off), end: int32(end)})
-	w.mu.Unlock()
-	w.signal()
+	w.pend += end - off
+	w.flushLocked()
 	return true
 }
 
@@ -163,8 +186,7 @@ func (w *sender) enqueueWS(op ws.OpCode, p []byte) error {
 		return errCtrlFull
 	}
 	w.appendLocked(op, p)
-	w.mu.Unlock()
-	w.signal()
+	w.flushLocked()
 	return nil
 }
 
@@ -177,16 +199,132 @@ func (w *sender) appendLocked(op ws.OpCode, p []byte) {
 	w.ctrl = append(w.ctrl, p...)
 	ws.Cipher(w.ctrl[start:], h.Mask, 0)
 	w.items = append(w.items, outItem{off: int32(off), end: int32(len(w.ctrl))})
+	w.pend += len(w.ctrl) - off
 }
 
-// takeBatch swaps the pending messages into the writer's batch. Called by
-// tunnelWriteLoop only.
-func (w *sender) takeBatch() bool {
-	w.mu.Lock()
+// flushLocked gets what was just queued written, and unlocks mu: now, by
+// this goroutine, when nobody is writing and little is queued (writeDirect),
+// else by tunnelWriteLoop.
+func (w *sender) flushLocked() {
+	if w.direct == nil || w.busy || w.pend > directMax || len(w.items) > maxBatch {
+		w.mu.Unlock()
+		w.signal()
+		return
+	}
+	w.busy = true
+	w.swapLocked()
+	w.mu.Unlock()
+	w.writeDirect()
+}
+
+// swapLocked moves the pending messages into the busy writer's batch.
+func (w *sender) swapLocked() {
 	w.items, w.wItems = w.wItems[:0], w.items
 	w.ctrl, w.wCtrl = w.wCtrl[:0], w.ctrl
+	w.pend = 0
+}
+
+// writeDirect writes the batch with one writev that does not wait, as the
+// busy writer. What the socket does not take (all of it after an error,
+// which tunnelWriteLoop's blocking write then meets and reports) is handed
+// to tunnelWriteLoop.
+func (w *sender) writeDirect() {
+	vec := w.batchIov(w.wItems)
+	n, err := w.direct.Writev(vec)
+	if err == nil {
+		vec = consume(vec, n)
+	}
+	if len(vec) == 0 {
+		w.recycle(w.wItems)
+		w.mu.Lock()
+		w.busy = false
+		more := len(w.items) > 0 || w.closed
+		w.mu.Unlock()
+		if more {
+			w.signal() // queued while this goroutine wrote, or shut meanwhile
+		}
+		return
+	}
+	w.rest = vec
+	w.mu.Lock()
+	w.handoff = true
 	w.mu.Unlock()
-	return len(w.wItems) > 0
+	w.signal()
+}
+
+// consume drops the first n written bytes from vec and returns the rest.
+func consume(vec [][]byte, n int) [][]byte {
+	for len(vec) > 0 && n >= len(vec[0]) {
+		n -= len(vec[0])
+		vec = vec[1:]
+	}
+	if len(vec) > 0 {
+		vec[0] = vec[0][n:]
+	}
+	return vec
+}
+
+// acquire makes tunnelWriteLoop the busy writer, taking over a batch a
+// direct write handed to it; it reports false while a direct write runs
+// (that writer signals when it is done).
+func (w *sender) acquire() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.busy && w.handoff:
+		w.handoff = false
+		return true
+	case w.busy:
+		return false
+	}
+	w.busy = true
+	return true
+}
+
+// takeBatch swaps the pending messages into the writer's batch and reports
+// whether there were any. With none, the writer gives up the socket, unless
+// the sender is shut: then it keeps it (nobody else may write any more) and
+// done is true. Called by tunnelWriteLoop, as the busy writer, only.
+func (w *sender) takeBatch() (more, done bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.swapLocked()
+	if len(w.wItems) > 0 {
+		return true, false
+	}
+	if !w.closed {
+		w.busy = false
+	}
+	return false, w.closed
+}
+
+// batchIov points w.iov at the messages of items (adjacent control frames
+// merged into one slice) and returns it.
+func (w *sender) batchIov(items []outItem) [][]byte {
+	vec := w.iov[:0]
+	for _, it := range items {
+		if it.fb != nil {
+			vec = append(vec, it.fb.b[it.off:it.end])
+			continue
+		}
+		vec = append(vec, w.wCtrl[it.off:it.end])
+	}
+	w.iov = mergeAdjacent(vec)
+	return w.iov
+}
+
+// recycle returns the DATA buffers of items to the pool and empties the
+// batch.
+func (w *sender) recycle(items []outItem) {
+	for _, it := range items {
+		if it.fb != nil {
+			putFrameBuf(it.fb)
+		}
+	}
+	clear(w.iov[:cap(w.iov)])
+	clear(w.wItems)
+	w.wItems = w.wItems[:0]
+	w.wCtrl = w.wCtrl[:0]
 }
 
 // writeBatch writes the batch taken by takeBatch (at most maxBatch messages
@@ -197,38 +335,16 @@ func (w *sender) writeBatch() error {
 	items := w.wItems
 	for len(items) > 0 && err == nil {
 		k := min(len(items), maxBatch)
-		iov := w.iov[:0]
-		for _, it := range items[:k] {
-			if it.fb != nil {
-				iov = append(iov, it.fb.b[it.off:it.end])
-				continue
-			}
-			iov = append(iov, w.wCtrl[it.off:it.end])
-		}
-		iov = mergeAdjacent(iov)
-		w.iov = iov
+		iov := w.batchIov(items[:k])
 		if w.coalesce {
 			err = w.writeStaged(iov)
 		} else {
 			w.nb = iov
 			_, err = w.nb.WriteTo(w.conn)
 		}
-		for _, it := range items[:k] {
-			if it.fb != nil {
-				putFrameBuf(it.fb)
-			}
-		}
-		clear(w.iov[:cap(w.iov)])
 		items = items[k:]
 	}
-	for _, it := range items {
-		if it.fb != nil {
-			putFrameBuf(it.fb)
-		}
-	}
-	clear(w.wItems)
-	w.wItems = w.wItems[:0]
-	w.wCtrl = w.wCtrl[:0]
+	w.recycle(w.wItems)
 	return err
 }
 
@@ -332,12 +448,7 @@ func (w *sender) discardLocked() {
 	clear(w.items)
 	w.items = w.items[:0]
 	w.ctrl = w.ctrl[:0]
-}
-
-func (w *sender) isClosed() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.closed
+	w.pend = 0
 }
 
 // tunnelWriteLoop writes queued messages to the hub until the sender is
@@ -345,17 +456,47 @@ func (w *sender) isClosed() bool {
 func (s *session) tunnelWriteLoop() {
 	w := &s.snd
 	defer s.conn.Close()
+	fail := func(err error) {
+		s.close(closeCause{msg: "write: " + err.Error()})
+		w.discard()
+	}
 	for {
 		<-w.wake
-		for w.takeBatch() {
-			if err := w.writeBatch(); err != nil {
-				s.close(closeCause{msg: "write: " + err.Error()})
-				w.discard()
-				return
-			}
+		if !w.acquire() {
+			continue // a direct write runs; its writer signals when it is done
 		}
-		if w.isClosed() {
+		done, err := w.writePending()
+		if err != nil {
+			fail(err)
 			return
+		}
+		if done {
+			return
+		}
+	}
+}
+
+// writePending writes, as the busy writer, the rest a direct write handed
+// over and then every queued batch, with blocking writes, and gives up the
+// socket once nothing is queued. done reports a shut sender drained: the
+// writer keeps the socket and closes it.
+func (w *sender) writePending() (done bool, err error) {
+	if w.rest != nil { // handed over part written
+		w.nb, w.rest = w.rest, nil
+		_, err = w.nb.WriteTo(w.conn)
+		w.nb = nil
+		w.recycle(w.wItems)
+		if err != nil {
+			return false, err
+		}
+	}
+	for {
+		more, done := w.takeBatch()
+		if !more {
+			return done, nil
+		}
+		if err := w.writeBatch(); err != nil {
+			return false, err
 		}
 	}
 }

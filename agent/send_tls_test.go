@@ -80,11 +80,7 @@ func TestTLSBatchCoalesced(t *testing.T) {
 		off, end := prepareData(fb, uint32(100000+i), readChunk)
 		s.snd.enqueueData(fb, off, end)
 	}
-	for s.snd.takeBatch() {
-		if err := s.snd.writeBatch(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeQueued(t, &s.snd)
 	base := cc.writes.Load()
 	for i := range frames {
 		fb := getFrameBuf()
@@ -97,11 +93,7 @@ func TestTLSBatchCoalesced(t *testing.T) {
 			s.sendWindow(uint32(i+1), 65536) // control frames interleaved
 		}
 	}
-	for s.snd.takeBatch() {
-		if err := s.snd.writeBatch(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeQueued(t, &s.snd)
 	// ~33 KiB is three 16 KiB TLS records; one record per frame would be
 	// 300 writes.
 	if w := cc.writes.Load() - base; w > 4 {
@@ -171,10 +163,6 @@ func BenchmarkTLSSmallFrames(b *testing.B) {
 			off, end := prepareData(fb, uint32(i+1), 100)
 			s.snd.enqueueData(fb, off, end)
 		}
-		for s.snd.takeBatch() {
-			if err := s.snd.writeBatch(); err != nil {
-				b.Fatal(err)
-			}
-		}
+		writeQueued(b, &s.snd)
 	}
 }

@@ -88,11 +88,7 @@ func TestDataPathNoAllocs(t *testing.T) {
 		s.sendWindow(9, 65536)
 		s.sendEmpty(codec.FrameFin, 9)
 		s.sendReason(codec.FrameRst, 9, codec.ReasonTargetReset, "connection reset by peer")
-		for s.snd.takeBatch() {
-			if err := s.snd.writeBatch(); err != nil {
-				t.Fatal(err)
-			}
-		}
+		writeQueued(t, &s.snd)
 	}
 	for range 10 {
 		step() // warm pools and caches
@@ -160,11 +156,7 @@ func TestPollerFairness(t *testing.T) {
 	}
 	// The busy stream is not forgotten: it drains completely.
 	pollUntil(t, p, "busy stream drained", func() bool { return creditUsed(big, win) == queued })
-	for s.snd.takeBatch() {
-		if err := s.snd.writeBatch(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeQueued(t, &s.snd)
 	_ = tun.Close()
 }
 
