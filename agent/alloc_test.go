@@ -113,7 +113,7 @@ func BenchmarkTargetToHubFrame(b *testing.B) {
 	for b.Loop() {
 		fb := getFrameBuf()
 		off, end := prepareData(fb, 1, readChunk)
-		s.snd.enqueueData(fb, off, end)
+		s.snd.enqueueData(fb, off, end, false)
 		writeQueued(b, &s.snd)
 	}
 	_ = tun.Close()

@@ -152,8 +152,10 @@ func (w *sender) signal() {
 
 // enqueueData queues a DATA message prepared by prepareData; the sender
 // owns fb from now on. It reports false (and recycles fb) once the tunnel is
-// closed. Safe from any goroutine.
-func (w *sender) enqueueData(fb *frameBuf, off, end int) bool {
+// closed. With later, the caller calls flush once it has queued what it
+// has at hand (a target poller's pass), so those messages share one write.
+// Safe from any goroutine.
+func (w *sender) enqueueData(fb *frameBuf, off, end int, later bool) bool {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
@@ -162,8 +164,18 @@ func (w *sender) enqueueData(fb *frameBuf, off, end int) bool {
 	}
 	w.items = append(w.items, outItem{fb: fb, off: int32(off), end: int32(end)})
 	w.pend += end - off
+	if later {
+		w.mu.Unlock()
+		return true
+	}
 	w.flushLocked()
 	return true
+}
+
+// flush gets what enqueueData queued with later written.
+func (w *sender) flush() {
+	w.mu.Lock()
+	w.flushLocked()
 }
 
 // enqueueFrame queues a whole tunnel frame f (copied) as one masked binary
@@ -206,7 +218,11 @@ func (w *sender) appendLocked(op ws.OpCode, p []byte) {
 // this goroutine, when nobody is writing and little is queued (writeDirect),
 // else by tunnelWriteLoop.
 func (w *sender) flushLocked() {
-	if w.direct == nil || w.busy || w.pend > directMax || len(w.items) > maxBatch {
+	if len(w.items) == 0 && !w.closed {
+		w.mu.Unlock()
+		return
+	}
+	if w.direct == nil || w.busy || w.closed || w.pend > directMax || len(w.items) > maxBatch {
 		w.mu.Unlock()
 		w.signal()
 		return

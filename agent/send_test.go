@@ -63,8 +63,14 @@ func TestSenderKeepsOrder(t *testing.T) {
 						p[j] = byte(seq)
 					}
 					off, end := prepareData(fb, cid, n)
-					if !s.snd.enqueueData(fb, off, end) {
+					// A third of the senders queue as a target poller does, and
+					// flush after.
+					later := i%3 == 2
+					if !s.snd.enqueueData(fb, off, end, later) {
 						closedAt.CompareAndSwap(0, seq)
+					}
+					if later {
+						s.snd.flush()
 					}
 				}
 				barriers[r].Done()

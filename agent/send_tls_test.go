@@ -78,7 +78,7 @@ func TestTLSBatchCoalesced(t *testing.T) {
 	for i := range warm {
 		fb := getFrameBuf()
 		off, end := prepareData(fb, uint32(100000+i), readChunk)
-		s.snd.enqueueData(fb, off, end)
+		s.snd.enqueueData(fb, off, end, false)
 	}
 	writeQueued(t, &s.snd)
 	base := cc.writes.Load()
@@ -88,7 +88,7 @@ func TestTLSBatchCoalesced(t *testing.T) {
 			fb.b[hdrRoom+j] = byte(i + j)
 		}
 		off, end := prepareData(fb, uint32(i+1), size)
-		s.snd.enqueueData(fb, off, end)
+		s.snd.enqueueData(fb, off, end, false)
 		if i%50 == 0 {
 			s.sendWindow(uint32(i+1), 65536) // control frames interleaved
 		}
@@ -161,7 +161,7 @@ func BenchmarkTLSSmallFrames(b *testing.B) {
 		for i := range 64 {
 			fb := getFrameBuf()
 			off, end := prepareData(fb, uint32(i+1), 100)
-			s.snd.enqueueData(fb, off, end)
+			s.snd.enqueueData(fb, off, end, false)
 		}
 		writeQueued(b, &s.snd)
 	}

@@ -520,8 +520,9 @@ func dialReason(err error) (codec.Reason, string) {
 // deliver sends n bytes the reader read from the target into fb as DATA
 // and takes them from the stream's credit (the tunnel-level credit was
 // reserved before the read). It reports false (and recycles fb) when the
-// stream ended meanwhile.
-func (st *stream) deliver(n int, fb *frameBuf) bool {
+// stream ended meanwhile. With later, the caller flushes the session's
+// sender (sender.enqueueData).
+func (st *stream) deliver(n int, fb *frameBuf, later bool) bool {
 	off, end := prepareData(fb, st.cid, n)
 	st.mu.Lock()
 	if st.closed {
@@ -531,7 +532,7 @@ func (st *stream) deliver(n int, fb *frameBuf) bool {
 		return false
 	}
 	st.fc.Send.Take(n)
-	st.sess.snd.enqueueData(fb, off, end)
+	st.sess.snd.enqueueData(fb, off, end, later)
 	st.mu.Unlock()
 	st.conn.bytesA2C.add(n)
 	return true

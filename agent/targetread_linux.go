@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -120,11 +121,12 @@ type poller struct {
 	// owned by the poller goroutine
 	events [maxEvents]unix.EpollEvent
 	work   []*stream
-	want   int       // rawRead: bytes to read at most
-	rn     int       // rawRead: bytes read
-	rb     *frameBuf // rawRead: the buffer holding them
-	rerr   error     // rawRead: error; nil with rn == 0 and !again is EOF
-	again  bool      // rawRead: EAGAIN
+	unsent []*session // sessions given DATA this pass, flushed at its end
+	want   int        // rawRead: bytes to read at most
+	rn     int        // rawRead: bytes read
+	rb     *frameBuf  // rawRead: the buffer holding them
+	rerr   error      // rawRead: error; nil with rn == 0 and !again is EOF
+	again  bool       // rawRead: EAGAIN
 
 	mu sync.Mutex
 	// guarded by mu
@@ -211,6 +213,13 @@ func (p *poller) poll(fd uintptr) bool {
 		p.serve(st, 0)
 	}
 	clear(p.work)
+	// What the pass read goes out together: one write per tunnel, by this
+	// goroutine when its writer is idle and little is queued.
+	for _, s := range p.unsent {
+		s.snd.flush()
+	}
+	clear(p.unsent)
+	p.unsent = p.unsent[:0]
 	return n > 0 || len(p.work) > 0
 }
 
@@ -331,8 +340,11 @@ func (p *poller) serve(st *stream, events uint32) {
 			return
 		case p.rn > 0:
 			short := p.rn < p.want
-			if !st.deliver(p.rn, p.rb) {
+			if !st.deliver(p.rn, p.rb, true) {
 				return
+			}
+			if !slices.Contains(p.unsent, s) {
+				p.unsent = append(p.unsent, s)
 			}
 			if short {
 				// A short read emptied the socket; the next bytes bring a

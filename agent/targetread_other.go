@@ -57,7 +57,7 @@ func (st *stream) targetReadLoop() {
 		case st.rd.starved:
 			continue // waits above until the tunnel's WINDOW
 		case st.rd.rn > 0:
-			if !st.deliver(st.rd.rn, st.rd.rb) {
+			if !st.deliver(st.rd.rn, st.rd.rb, false) {
 				return
 			}
 		case st.rd.rerr != nil:
