@@ -42,7 +42,9 @@ import (
 //     (only for a link that was up), Done is closed.
 //
 // Goroutines: linkReadLoop (handshake, then every frame, then LinkDown) and, from
-// registered on, linkWriteLoop (link_send.go). Both are owned by the Manager.
+// registered on, linkWriteLoop (link_send.go). Both are owned by the Manager. A plain
+// TCP link may be read on an event loop of the hub instead (ReadOn, link_readon.go):
+// linkReadLoop then waits for that reading to end and does the rest as before.
 type Link struct {
 	// set at construction
 	m        *Manager
@@ -63,16 +65,19 @@ type Link struct {
 	// guarded by Manager.mu
 	registered bool // register made it the peer's link (it may have been replaced since)
 
-	// owned by linkReadLoop
-	rd    wsReader
-	dedup dedup
-	upAt  time.Time
+	// owned by linkReadLoop, or by the reading that ReadOn started once it took over
+	rd        wsReader
+	dedup     dedup
+	upAt      time.Time
+	readStart ReadStart // set by ReadOn in LinkUp; serve hands the reading over to it
 
 	snd sender // link_send.go
 
 	// shared
-	state atomic.Int32 // a linkState
-	rtt   atomic.Int64 // smoothed round trip in ns, 0 before the first M_PONG
+	state    atomic.Int32  // a linkState
+	rtt      atomic.Int64  // smoothed round trip in ns, 0 before the first M_PONG
+	lastRead atomic.Int64  // monoNow of the last bytes read on an event loop (ReadOn)
+	closing  chan struct{} // closed once close recorded the cause
 }
 
 type linkState int32
@@ -95,14 +100,15 @@ const (
 
 func newLink(m *Manager, conn net.Conn, dialed bool, target *dialTarget) *Link {
 	l := &Link{
-		m:      m,
-		conn:   conn,
-		dialed: dialed,
-		target: target,
-		remote: conn.RemoteAddr().String(),
-		done:   make(chan struct{}),
-		log:    m.log,
-		dedup:  newDedup(m.cfg.DedupCIDs),
+		m:       m,
+		conn:    conn,
+		dialed:  dialed,
+		target:  target,
+		remote:  conn.RemoteAddr().String(),
+		done:    make(chan struct{}),
+		closing: make(chan struct{}),
+		log:     m.log,
+		dedup:   newDedup(m.cfg.DedupCIDs),
 	}
 	l.rd = wsReader{conn: conn, buf: make([]byte, 2*maxMsgLen), masked: !dialed}
 	l.snd.init(l)
@@ -397,22 +403,34 @@ func opName(op ws.OpCode) string {
 func (l *Link) serve() error {
 	l.rd.timeout = l.m.cfg.PingTimeout
 	for {
+		if l.readStart != nil && l.rd.drained() {
+			start := l.readStart
+			l.readStart = nil
+			if err, moved := l.readElsewhere(start); moved {
+				return err
+			}
+		}
 		op, p, err := l.rd.next()
 		if err != nil {
 			return l.readError(err)
 		}
-		switch op {
-		case ws.OpBinary:
-			if err := l.handleFrame(p); err != nil {
-				return err
-			}
-		case ws.OpPing:
-			_ = l.snd.enqueueCtrlMsg(ws.OpPong, p, 0, 0)
-		case ws.OpPong:
-		case ws.OpClose:
-			return peerCloseError(p)
+		if err := l.handle(op, p); err != nil {
+			return err
 		}
 	}
+}
+
+// handle handles one WebSocket message of the peer.
+func (l *Link) handle(op ws.OpCode, p []byte) error {
+	switch op {
+	case ws.OpBinary:
+		return l.handleFrame(p)
+	case ws.OpPing:
+		_ = l.snd.enqueueCtrlMsg(ws.OpPong, p, 0, 0)
+	case ws.OpClose:
+		return peerCloseError(p)
+	}
+	return nil
 }
 
 func (l *Link) readError(err error) error {
@@ -484,6 +502,7 @@ func (l *Link) close(e *linkError) {
 	if !l.snd.shut(e) {
 		return
 	}
+	close(l.closing)
 	for {
 		s := l.state.Load()
 		if s >= int32(linkClosing) || l.state.CompareAndSwap(s, int32(linkClosing)) {
@@ -546,30 +565,16 @@ type wsReader struct {
 func (rd *wsReader) next() (ws.OpCode, []byte, error) {
 	for {
 		if avail := rd.buf[rd.r:rd.w]; len(avail) > 0 {
-			h, hn, err := codec.ParseWSHeader(avail)
-			switch {
-			case err == nil:
-				if err := rd.check(h); err != nil {
-					return 0, nil, err
-				}
-				total := hn + int(h.Length)
-				if len(avail) >= total {
-					p := avail[hn:total]
-					if h.Masked {
-						ws.Cipher(p, h.Mask, 0)
-					}
-					rd.r += total
-					return h.OpCode, p, nil
-				}
-				if len(rd.buf)-rd.r < total {
-					rd.compact()
-				}
-			case errors.Is(err, codec.ErrShortHeader):
-				if len(rd.buf)-rd.r < codec.MaxWSHeaderLen {
-					rd.compact()
-				}
-			default:
-				return 0, nil, protocolError(ws.StatusProtocolError, "bad WebSocket frame header")
+			op, p, n, need, err := rd.parse(avail)
+			if err != nil {
+				return 0, nil, err
+			}
+			if n > 0 {
+				rd.r += n
+				return op, p, nil
+			}
+			if len(rd.buf)-rd.r < need {
+				rd.compact()
 			}
 		} else {
 			rd.r, rd.w = 0, 0
@@ -591,6 +596,34 @@ func (rd *wsReader) next() (ws.OpCode, []byte, error) {
 		rd.err = err
 	}
 }
+
+// parse unmasks and returns the message at the front of avail and the n bytes it
+// takes there. With n == 0, avail holds no whole message yet: the next one takes at
+// least need bytes.
+func (rd *wsReader) parse(avail []byte) (op ws.OpCode, p []byte, n, need int, err error) {
+	h, hn, err := codec.ParseWSHeader(avail)
+	switch {
+	case errors.Is(err, codec.ErrShortHeader):
+		return 0, nil, 0, codec.MaxWSHeaderLen, nil
+	case err != nil:
+		return 0, nil, 0, 0, protocolError(ws.StatusProtocolError, "bad WebSocket frame header")
+	}
+	if err := rd.check(h); err != nil {
+		return 0, nil, 0, 0, err
+	}
+	total := hn + int(h.Length)
+	if len(avail) < total {
+		return 0, nil, 0, total, nil
+	}
+	p = avail[hn:total]
+	if h.Masked {
+		ws.Cipher(p, h.Mask, 0)
+	}
+	return h.OpCode, p, total, total, nil
+}
+
+// drained reports whether every byte read has been used and no read error waits.
+func (rd *wsReader) drained() bool { return rd.r == rd.w && rd.err == nil }
 
 func (rd *wsReader) compact() {
 	n := copy(rd.buf, rd.buf[rd.r:rd.w])

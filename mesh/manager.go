@@ -19,7 +19,8 @@ package mesh
 //
 // Goroutines, all owned by the Manager and waited for by Close: meshDiscoveryLoop
 // (one, with Discovery), dialLoop (one per dial target), meshListenLoop (with Listen),
-// and per link linkReadLoop and linkWriteLoop. The native listener runs on goroutines
+// and per link linkReadLoop and linkWriteLoop (a plain TCP link may be read on the
+// hub's event loop instead: link_readon.go). The native listener runs on goroutines
 // and crypto/tls rather than on the gnet engine because gnet has no TLS
 // (ENGINE_NOTES.md); mesh links are few and long-lived, so a goroutine pair each
 // costs nothing that matters.
@@ -117,7 +118,8 @@ var (
 )
 
 // Handler receives the links and the stream frames of every link; the hub implements
-// it. Its methods are called on the link's reader goroutine (linkReadLoop),
+// it. Its methods are called on the link's reader goroutine (linkReadLoop), or, for
+// Frame once Link.ReadOn moved the reading, on whatever reads the link now;
 // concurrently for different links; for one link in the order LinkUp, Frame…,
 // LinkDown. A link that never came up gets neither LinkUp nor LinkDown.
 type Handler interface {

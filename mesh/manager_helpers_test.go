@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -46,6 +48,10 @@ type recorder struct {
 	// checks run on every LinkUp/LinkDown; a violation is recorded in bad
 	bad []string
 	up  map[*mesh.Link]bool
+	// readOn: LinkUp moves the link's reading to a goroutine of the test
+	// (chunkReader), as the hub moves it to an event loop; moved counts them
+	readOn bool
+	moved  int
 }
 
 func (r *recorder) LinkUp(l *mesh.Link) {
@@ -61,6 +67,66 @@ func (r *recorder) LinkUp(l *mesh.Link) {
 	}
 	r.up[l] = true
 	r.ups = append(r.ups, l)
+	if r.readOn && !l.ReadOn(r.chunkReader) {
+		r.bad = append(r.bad, "ReadOn refused a TCP link")
+	}
+}
+
+// chunkReader is a mesh.ReadStart that reads the link's socket on a goroutine
+// of its own in reads of random sizes (1 byte to more than a message), so
+// that feed sees messages split anywhere, and keeps what feed did not use, as
+// the hub's event loop does.
+func (r *recorder) chunkReader(fd int, feed func([]byte) (int, error), ended func(error)) (func(), error) {
+	nfd, err := syscall.Dup(fd)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(nfd), "chunkReader")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	r.moved++
+	seed := uint64(r.moved)
+	r.mu.Unlock()
+	var stopped atomic.Bool
+	go func() {
+		defer c.Close()
+		rnd := rand.New(rand.NewPCG(seed, 7))
+		chunk := make([]byte, codec.MaxMeshFrameLen+100)
+		var held []byte
+		for {
+			n, err := c.Read(chunk[:1+rnd.IntN(len(chunk)-1)])
+			if n > 0 {
+				held = append(held, chunk[:n]...)
+				used, ferr := feed(held)
+				held = held[:copy(held, held[used:])]
+				if ferr != nil {
+					ended(ferr)
+					return
+				}
+			}
+			if err != nil {
+				if stopped.Load() {
+					err = nil // our own stop, as gnet reports it
+				}
+				ended(err)
+				return
+			}
+		}
+	}()
+	return func() {
+		stopped.Store(true)
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}, nil
+}
+
+func (r *recorder) readsMoved() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.moved
 }
 
 func (r *recorder) Frame(l *mesh.Link, h codec.MeshHeader, payload []byte) {

@@ -1,0 +1,122 @@
+package mesh_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nowconnect/nowconnect/codec"
+	"github.com/nowconnect/nowconnect/internal/testenv"
+	"github.com/nowconnect/nowconnect/mesh"
+)
+
+// readOnPair starts two hubs whose links are read by the test's chunkReader
+// (Link.ReadOn) rather than by their reader goroutines: b dials a.
+func readOnPair(t *testing.T) (a, b *hub, ab, ba *mesh.Link) {
+	a = listenHub(t, "hub-a", func(c *mesh.ManagerConfig) { c.Handler = &recorder{readOn: true} })
+	b = newHub(t, mesh.ManagerConfig{ReplicaID: "hub-b", Secret: testSecret, Peers: []string{a.url()},
+		BackoffMax: time.Second, PingInterval: 50 * time.Millisecond, Handler: &recorder{readOn: true}})
+	ab, ba = a.waitLink(t, "hub-b"), b.waitLink(t, "hub-a")
+	testenv.WaitFor(t, 5*time.Second, "both links read elsewhere", func() bool {
+		return a.rec.readsMoved() == 1 && b.rec.readsMoved() == 1
+	})
+	return a, b, ab, ba
+}
+
+// TestReadOnFrames: frames of every size, split anywhere by the reads, arrive
+// whole and in order both ways once the reading moved off the reader goroutine.
+func TestReadOnFrames(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	a, b, ab, ba := readOnPair(t)
+	const rounds, perRound = 10, 20
+	for _, d := range []struct {
+		name string
+		from *mesh.Link
+		to   *hub
+		cid  uint32
+	}{{"b→a", ba, a, 1}, {"a→b", ab, b, 2}} {
+		var want []string
+		seq := uint64(0)
+		for r := range rounds {
+			for i := range perRound {
+				n := 1 + (r*perRound+i)*811%codec.MaxPayload
+				p := bytes.Repeat([]byte{byte('a' + i)}, n)
+				seq++
+				if err := d.from.SendData(header(t, codec.MeshFrameData, d.cid, seq), p); err != nil {
+					t.Fatalf("%s: send %d: %v", d.name, seq, err)
+				}
+				want = append(want, string(p))
+			}
+			testenv.WaitFor(t, 5*time.Second, fmt.Sprintf("%s: round %d received", d.name, r), func() bool {
+				return len(d.to.rec.got()) == len(want)
+			})
+		}
+		for i, f := range d.to.rec.got() {
+			if f.CID != d.cid || f.Seq != uint64(i+1) || f.Payload != want[i] {
+				t.Fatalf("%s: frame %d: cid %d seq %d, %d bytes; want cid %d seq %d, %d bytes",
+					d.name, i, f.CID, f.Seq, len(f.Payload), d.cid, i+1, len(want[i]))
+			}
+		}
+	}
+	a.rec.check(t)
+	b.rec.check(t)
+	if ups, downs := a.rec.counts(); ups != 1 || downs != 0 {
+		t.Errorf("a: %d LinkUp, %d LinkDown; want 1, 0", ups, downs)
+	}
+}
+
+// TestReadOnClose: a link read elsewhere ends like one read by its goroutine:
+// Link.Close gives both hubs their causes (the peer's close frame is read by
+// the chunkReader), the reading stops, and the dialer redials and moves the
+// new link's reading too.
+func TestReadOnClose(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	a, b, ab, _ := readOnPair(t)
+	cause := errors.New("resync failed")
+	ab.Close(cause)
+	<-ab.Done()
+	if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrLinkDown) || !errors.Is(err, cause) {
+		t.Errorf("a's LinkDown error %v", err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "b's LinkDown", func() bool { _, d := b.rec.counts(); return d >= 1 })
+	if err := b.rec.lastDown(); !errors.Is(err, mesh.ErrPeerClosed) {
+		t.Errorf("b's LinkDown error %v", err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "b redials, read elsewhere again", func() bool {
+		ups, _ := b.rec.counts()
+		return ups == 2 && b.Link("hub-a") != nil && b.rec.readsMoved() == 2
+	})
+	if got := a.metric(t, `nowconnect_mesh_link_errors_total{peer="hub-b"}`); got != 0 {
+		t.Errorf("a closing a link on purpose counted %v errors", got)
+	}
+	a.rec.check(t)
+	b.rec.check(t)
+}
+
+// TestReadOnSilentPeer: with the reading moved, PingTimeout still ends a link
+// whose peer sends nothing.
+func TestReadOnSilentPeer(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) {
+		c.PingInterval, c.PingTimeout = 50*time.Millisecond, 400*time.Millisecond
+		c.Handler = &recorder{readOn: true}
+	})
+	p := dialRaw(t, a.url(), "hub-raw")
+	p.handshake(t, "hub-raw")
+	a.waitLink(t, "hub-raw")
+	start := time.Now()
+	testenv.WaitFor(t, 5*time.Second, "LinkDown of the silent peer", func() bool { _, d := a.rec.counts(); return d == 1 })
+	took := time.Since(start)
+	if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrPingTimeout) {
+		t.Errorf("LinkDown error %v, want ErrPingTimeout", err)
+	}
+	if took < 300*time.Millisecond {
+		t.Errorf("closed after %v, before PingTimeout", took)
+	}
+	if a.rec.readsMoved() != 1 {
+		t.Errorf("reading moved %d times, want 1", a.rec.readsMoved())
+	}
+	a.rec.check(t)
+}
