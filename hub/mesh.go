@@ -69,6 +69,10 @@ type peerLink struct {
 	active bool // the peer forwards (its M_HELLO)
 	origin *meshLane
 
+	// the loop that reads the link (meshread.go), nil while its reader
+	// goroutine does: frames for streams on it are handled at once
+	readLoop atomic.Pointer[engine.Loop]
+
 	mu sync.Mutex
 	// guarded by mu
 	fc      flow.Tunnel // the link level: Send is the peer's link window, Recv ours
@@ -233,6 +237,7 @@ func (h *Hub) LinkUp(l MeshLink) {
 	ml.resumeFrom = max(ml.parkBelow, remote.Stream/2)
 	pl.origin = ml
 	_ = ml.loop.Execute(func() { ml.loop.AddTicker(ml) })
+	pl.readOnLoop()
 
 	h.peers.mu.Lock()
 	old := h.peers.links[pl.peer]
@@ -293,7 +298,7 @@ func (pl *peerLink) shutdown(error) {
 }
 
 // Frame handles one stream frame from a link (mesh.Handler; on the link's
-// reader goroutine, which must not block).
+// reader goroutine or on the loop that reads it, which must not block).
 func (h *Hub) Frame(l MeshLink, fh codec.MeshHeader, p []byte) {
 	pl := h.peers.of(l)
 	if pl == nil {
@@ -345,10 +350,20 @@ func (h *Hub) Frame(l MeshLink, fh codec.MeshHeader, p []byte) {
 		if fh.Type == codec.MeshFrameData {
 			pl.released(len(p), time.Now())
 		}
-		_ = r.t.loop.Execute(func() { r.kill(codec.ReasonStaleEpoch, true, true) })
+		_ = pl.run(r.t.loop, func() { r.kill(codec.ReasonStaleEpoch, true, true) })
 		return
 	}
 	r.fromLink(fh.Type, p)
+}
+
+// run runs fn on loop for a frame of the link: at once when the link is read
+// on that loop, else through it. On the link's reading.
+func (pl *peerLink) run(loop *engine.Loop, fn func()) error {
+	if pl.readLoop.Load() == loop {
+		fn()
+		return nil
+	}
+	return loop.Execute(fn)
 }
 
 // tunnelType is the tunnel frame type of a mesh stream frame type (the

@@ -130,8 +130,13 @@ func copyPayload(p []byte) (*bufpool.Buf, []byte) {
 }
 
 // fromLink hands a frame from the peer for one of our streams to the home
-// loop. On the link's reader goroutine; p is copied.
+// loop, p copied; when the link is read there (meshread.go), it handles it
+// at once. On the link's reading.
 func (ml *meshLane) fromLink(fh codec.MeshHeader, p []byte) {
+	if ml.pl.readLoop.Load() == ml.loop {
+		ml.dispatch(fh, p, frameReason(fh.Type, p)) // read on the home loop: no handoff, no copy
+		return
+	}
 	// One pooled buffer holds the payload, then the agent and connector
 	// names (for a reset or a stale epoch): no allocation per frame.
 	buf := bufpool.Get(len(p) + len(fh.Agent) + len(fh.Connector))
@@ -142,10 +147,7 @@ func (ml *meshLane) fromLink(fh codec.MeshHeader, p []byte) {
 	f.Agent = buf.B[len(p):n]
 	f.Connector = buf.B[n : n+len(fh.Connector)]
 	cp := buf.B[:len(p)]
-	reason := codec.ReasonNone
-	if f.Type == codec.MeshFrameRst || f.Type == codec.MeshFrameOpenErr {
-		reason, _, _ = codec.ParseReason(p)
-	}
+	reason := frameReason(f.Type, p)
 	err := ml.loop.Execute(func() {
 		defer bufpool.Put(buf)
 		ml.dispatch(f, cp, reason)
@@ -153,6 +155,15 @@ func (ml *meshLane) fromLink(fh codec.MeshHeader, p []byte) {
 	if err != nil {
 		bufpool.Put(buf)
 	}
+}
+
+// frameReason is the reason an M_RST or M_OPEN_ERR carries, none for others.
+func frameReason(t codec.MeshFrameType, p []byte) codec.Reason {
+	if t != codec.MeshFrameRst && t != codec.MeshFrameOpenErr {
+		return codec.ReasonNone
+	}
+	r, _, _ := codec.ParseReason(p)
+	return r
 }
 
 // dispatch runs a peer frame (header f, payload p) on the home loop.

@@ -81,7 +81,7 @@ func (pl *peerLink) openRelay(fh codec.MeshHeader, p []byte) {
 		pl.rst(fh, codec.ReasonStaleEpoch)
 		return
 	}
-	t := h.router.pickAgent(connector, agent)
+	t := h.router.pickAgent(connector, agent, pl.readLoop.Load())
 	if t == nil {
 		pl.rst(fh, codec.ReasonNotOwner)
 		return
@@ -99,7 +99,7 @@ func (pl *peerLink) openRelay(fh codec.MeshHeader, p []byte) {
 	}
 	pl.relays[fh.CID] = r
 	pl.mu.Unlock()
-	if err := t.loop.Execute(r.open); err != nil {
+	if err := pl.run(t.loop, r.open); err != nil {
 		pl.mu.Lock()
 		delete(pl.relays, fh.CID)
 		pl.mu.Unlock()
@@ -261,9 +261,14 @@ func (r *relay) flushPeer(now time.Time) {
 	r.maybeDone()
 }
 
-// fromLink hands a frame from the peer to the relay's loop. On the link's
-// reader goroutine; p is copied.
+// fromLink hands a frame from the peer to the relay's loop, p copied; when
+// the link is read there (meshread.go), it handles it at once. On the
+// link's reading.
 func (r *relay) fromLink(t codec.MeshFrameType, p []byte) {
+	if r.pl.readLoop.Load() == r.t.loop {
+		r.onPeer(t, p, time.Now()) // the link is read on the tunnel's loop
+		return
+	}
 	buf, cp := copyPayload(p)
 	if err := r.t.loop.Execute(func() {
 		defer bufpool.Put(buf)

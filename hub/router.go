@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/nowconnect/nowconnect/engine"
 	"github.com/nowconnect/nowconnect/internal/logmask"
 )
 
@@ -125,16 +126,27 @@ func (r *router) pick(connector string) *lane {
 }
 
 // pickAgent returns the lane of a tunnel of agentID that serves connector
-// (for a stream another hub forwards), counted, or nil.
-func (r *router) pickAgent(connector, agentID string) *lane {
+// (for a stream another hub forwards), counted, or nil: one without overdue
+// OPENs first, then the least active; between equals, one on near, the loop
+// that reads the link (its frames then need no handoff, meshread.go).
+func (r *router) pickAgent(connector, agentID string, near *engine.Loop) *lane {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var best *tunnel
+	better := func(t *tunnel) bool {
+		if bs, ts := best.suspect.Load(), t.suspect.Load(); bs != ts {
+			return bs
+		}
+		if ba, ta := best.active.Load(), t.active.Load(); ba != ta {
+			return ta < ba
+		}
+		return t.loop == near && best.loop != near
+	}
 	for _, t := range r.byConn[connector] {
 		if t.agentID != agentID || t.barred.Load() {
 			continue
 		}
-		if best == nil || (best.suspect.Load() && !t.suspect.Load()) || t.active.Load() < best.active.Load() {
+		if best == nil || better(t) {
 			best = t
 		}
 	}
