@@ -783,3 +783,113 @@ func TestMeshProcRelayWindows(t *testing.T) {
 		}
 	}
 }
+
+// TestMeshProcLinkDescriptors: a hub reads a plain mesh link on an event
+// loop, through a descriptor of its own beside the link's. When the peer
+// freezes (SIGSTOP), the hub ends the link itself (ping timeout), which
+// stops that reading: every descriptor of the link's socket is closed.
+func TestMeshProcLinkDescriptors(t *testing.T) {
+	echo := startServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	mc := startMeshCluster(t, map[string]string{"svc": echo.Addr(), "echo": echo.Addr(), "big": echo.Addr()}, "")
+	a, c := mc.hubs[0], mc.hubs[2]
+	// A stream from hub-c across the link, relayed by hub-a, open at the kill.
+	conn := echoConn(t, c.addr["echo"])
+	defer conn.Close()
+	if err := echoRound(conn, []byte("held")); err != nil {
+		t.Fatal(err)
+	}
+	inodes := peerSockets(t, a.p.Pid(), c.p.Pid())
+	if len(inodes) == 0 {
+		t.Fatal("hub-a has no socket connected to hub-c")
+	}
+	fds := fdsOf(t, a.p.Pid(), inodes)
+	t.Logf("hub-a: %d descriptors on %d sockets to hub-c", fds, len(inodes))
+	if fds < 2 {
+		t.Errorf("hub-a holds %d descriptors of its link to hub-c; read on a loop, it holds two", fds)
+	}
+	if err := c.p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 15*time.Second, "hub-a: link to hub-c down", func() bool {
+		return scrape(t, a.control)[`nowconnect_mesh_links{peer="hub-c",state="up"}`] == 0
+	})
+	testenv.WaitFor(t, 10*time.Second, "hub-a: no descriptor left on the sockets to hub-c", func() bool {
+		return fdsOf(t, a.p.Pid(), inodes) == 0
+	})
+	if err := echoOnce(a.addr["echo"], 2*time.Second); err != nil {
+		t.Errorf("hub-a's own clients after hub-c froze: %v", err)
+	}
+}
+
+// peerSockets returns the inodes of pid's TCP sockets whose other end is a
+// socket of peer (both on loopback, in this network namespace).
+func peerSockets(t *testing.T, pid, peer int) map[string]bool {
+	t.Helper()
+	ends := tcpEnds(t)
+	theirs := map[[2]string]bool{} // (local, remote) of the peer's sockets
+	for ino := range socketInodes(t, peer) {
+		if e, ok := ends[ino]; ok {
+			theirs[e] = true
+		}
+	}
+	out := map[string]bool{}
+	for ino := range socketInodes(t, pid) {
+		if e, ok := ends[ino]; ok && theirs[[2]string{e[1], e[0]}] {
+			out[ino] = true
+		}
+	}
+	return out
+}
+
+// tcpEnds maps the inode of every IPv4 TCP socket to its (local, remote).
+func tcpEnds(t *testing.T) map[string][2]string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][2]string{}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 9 {
+			out[f[9]] = [2]string{f[1], f[2]}
+		}
+	}
+	return out
+}
+
+// socketInodes returns the inodes of pid's sockets.
+func socketInodes(t *testing.T, pid int) map[string]bool {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, e := range es {
+		l, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if ino, ok := strings.CutPrefix(l, "socket:["); err == nil && ok {
+			out[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	return out
+}
+
+// fdsOf counts pid's descriptors on the sockets inodes.
+func fdsOf(t *testing.T, pid int, inodes map[string]bool) int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range es {
+		l, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err == nil && inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] {
+			n++
+		}
+	}
+	return n
+}
