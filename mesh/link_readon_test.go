@@ -2,7 +2,6 @@ package mesh_test
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -65,58 +64,4 @@ func TestReadOnFrames(t *testing.T) {
 	if ups, downs := a.rec.counts(); ups != 1 || downs != 0 {
 		t.Errorf("a: %d LinkUp, %d LinkDown; want 1, 0", ups, downs)
 	}
-}
-
-// TestReadOnClose: a link read elsewhere ends like one read by its goroutine:
-// Link.Close gives both hubs their causes (the peer's close frame is read by
-// the chunkReader), the reading stops, and the dialer redials and moves the
-// new link's reading too.
-func TestReadOnClose(t *testing.T) {
-	testenv.CheckGoroutines(t)
-	a, b, ab, _ := readOnPair(t)
-	cause := errors.New("resync failed")
-	ab.Close(cause)
-	<-ab.Done()
-	if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrLinkDown) || !errors.Is(err, cause) {
-		t.Errorf("a's LinkDown error %v", err)
-	}
-	testenv.WaitFor(t, 5*time.Second, "b's LinkDown", func() bool { _, d := b.rec.counts(); return d >= 1 })
-	if err := b.rec.lastDown(); !errors.Is(err, mesh.ErrPeerClosed) {
-		t.Errorf("b's LinkDown error %v", err)
-	}
-	testenv.WaitFor(t, 5*time.Second, "b redials, read elsewhere again", func() bool {
-		ups, _ := b.rec.counts()
-		return ups == 2 && b.Link("hub-a") != nil && b.rec.readsMoved() == 2
-	})
-	if got := a.metric(t, `nowconnect_mesh_link_errors_total{peer="hub-b"}`); got != 0 {
-		t.Errorf("a closing a link on purpose counted %v errors", got)
-	}
-	a.rec.check(t)
-	b.rec.check(t)
-}
-
-// TestReadOnSilentPeer: with the reading moved, PingTimeout still ends a link
-// whose peer sends nothing.
-func TestReadOnSilentPeer(t *testing.T) {
-	testenv.CheckGoroutines(t)
-	a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) {
-		c.PingInterval, c.PingTimeout = 50*time.Millisecond, 400*time.Millisecond
-		c.Handler = &recorder{readOn: true}
-	})
-	p := dialRaw(t, a.url(), "hub-raw")
-	p.handshake(t, "hub-raw")
-	a.waitLink(t, "hub-raw")
-	start := time.Now()
-	testenv.WaitFor(t, 5*time.Second, "LinkDown of the silent peer", func() bool { _, d := a.rec.counts(); return d == 1 })
-	took := time.Since(start)
-	if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrPingTimeout) {
-		t.Errorf("LinkDown error %v, want ErrPingTimeout", err)
-	}
-	if took < 300*time.Millisecond {
-		t.Errorf("closed after %v, before PingTimeout", took)
-	}
-	if a.rec.readsMoved() != 1 {
-		t.Errorf("reading moved %d times, want 1", a.rec.readsMoved())
-	}
-	a.rec.check(t)
 }

@@ -394,51 +394,65 @@ func isStatus(err error, code int) bool {
 }
 
 // TestSilentPeer: a peer that completes the handshake and then sends nothing (no
-// M_PING either) is closed after PingTimeout with ErrPingTimeout.
+// M_PING either) is closed after PingTimeout with ErrPingTimeout, whoever reads
+// the link.
 func TestSilentPeer(t *testing.T) {
-	testenv.CheckGoroutines(t)
-	a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) {
-		c.PingInterval, c.PingTimeout = 50*time.Millisecond, 400*time.Millisecond
+	bothReadPaths(t, func(t *testing.T, readOn bool) {
+		a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) {
+			c.PingInterval, c.PingTimeout = 50*time.Millisecond, 400*time.Millisecond
+			c.Handler = &recorder{readOn: readOn}
+		})
+		p := dialRaw(t, a.url(), "hub-raw")
+		p.handshake(t, "hub-raw")
+		a.waitLink(t, "hub-raw")
+		start := time.Now()
+		testenv.WaitFor(t, 5*time.Second, "LinkDown of the silent peer", func() bool { _, d := a.rec.counts(); return d == 1 })
+		took := time.Since(start)
+		if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrPingTimeout) {
+			t.Errorf("LinkDown error %v, want ErrPingTimeout", err)
+		}
+		if took < 300*time.Millisecond {
+			t.Errorf("closed after %v, before PingTimeout", took)
+		}
+		if got := a.metric(t, `nowconnect_mesh_link_errors_total{peer="hub-raw"}`); got != 1 {
+			t.Errorf("link errors = %v", got)
+		}
+		if readOn && a.rec.readsMoved() != 1 {
+			t.Errorf("reading moved %d times, want 1", a.rec.readsMoved())
+		}
+		a.rec.check(t)
 	})
-	p := dialRaw(t, a.url(), "hub-raw")
-	p.handshake(t, "hub-raw")
-	a.waitLink(t, "hub-raw")
-	start := time.Now()
-	testenv.WaitFor(t, 5*time.Second, "LinkDown of the silent peer", func() bool { _, d := a.rec.counts(); return d == 1 })
-	took := time.Since(start)
-	if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrPingTimeout) {
-		t.Errorf("LinkDown error %v, want ErrPingTimeout", err)
-	}
-	if took < 300*time.Millisecond {
-		t.Errorf("closed after %v, before PingTimeout", took)
-	}
-	if got := a.metric(t, `nowconnect_mesh_link_errors_total{peer="hub-raw"}`); got != 1 {
-		t.Errorf("link errors = %v", got)
-	}
 }
 
-// TestLinkClose: Link.Close ends the link on both hubs with the right causes, and
-// the dialer redials.
+// TestLinkClose: Link.Close ends the link on both hubs with the right causes (the
+// peer reads the close frame), and the dialer redials.
 func TestLinkClose(t *testing.T) {
-	testenv.CheckGoroutines(t)
-	a := listenHub(t, "hub-a", nil)
-	b := newHub(t, mesh.ManagerConfig{ReplicaID: "hub-b", Secret: testSecret, Peers: []string{a.url()}, BackoffMax: time.Second})
-	ab := a.waitLink(t, "hub-b")
-	b.waitLink(t, "hub-a")
-	cause := errors.New("resync failed")
-	ab.Close(cause)
-	<-ab.Done()
-	if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrLinkDown) || !errors.Is(err, cause) {
-		t.Errorf("a's LinkDown error %v", err)
-	}
-	testenv.WaitFor(t, 5*time.Second, "b's LinkDown", func() bool { _, d := b.rec.counts(); return d >= 1 })
-	if err := b.rec.lastDown(); !errors.Is(err, mesh.ErrPeerClosed) {
-		t.Errorf("b's LinkDown error %v", err)
-	}
-	testenv.WaitFor(t, 5*time.Second, "b redials", func() bool { ups, _ := b.rec.counts(); return ups == 2 && b.Link("hub-a") != nil })
-	if got := a.metric(t, `nowconnect_mesh_link_errors_total{peer="hub-b"}`); got != 0 {
-		t.Errorf("a closing a link on purpose counted %v errors", got)
-	}
+	bothReadPaths(t, func(t *testing.T, readOn bool) {
+		a := listenHub(t, "hub-a", func(c *mesh.ManagerConfig) { c.Handler = &recorder{readOn: readOn} })
+		b := newHub(t, mesh.ManagerConfig{ReplicaID: "hub-b", Secret: testSecret, Peers: []string{a.url()}, BackoffMax: time.Second,
+			Handler: &recorder{readOn: readOn}})
+		ab := a.waitLink(t, "hub-b")
+		b.waitLink(t, "hub-a")
+		cause := errors.New("resync failed")
+		ab.Close(cause)
+		<-ab.Done()
+		if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrLinkDown) || !errors.Is(err, cause) {
+			t.Errorf("a's LinkDown error %v", err)
+		}
+		testenv.WaitFor(t, 5*time.Second, "b's LinkDown", func() bool { _, d := b.rec.counts(); return d >= 1 })
+		if err := b.rec.lastDown(); !errors.Is(err, mesh.ErrPeerClosed) {
+			t.Errorf("b's LinkDown error %v", err)
+		}
+		testenv.WaitFor(t, 5*time.Second, "b redials", func() bool { ups, _ := b.rec.counts(); return ups == 2 && b.Link("hub-a") != nil })
+		if got := a.metric(t, `nowconnect_mesh_link_errors_total{peer="hub-b"}`); got != 0 {
+			t.Errorf("a closing a link on purpose counted %v errors", got)
+		}
+		if readOn {
+			testenv.WaitFor(t, 5*time.Second, "the redialed link read elsewhere too", func() bool { return b.rec.readsMoved() == 2 })
+		}
+		a.rec.check(t)
+		b.rec.check(t)
+	})
 }
 
 // TestSelfPeer: a peer URL that leads to this hub is refused and no longer dialed.

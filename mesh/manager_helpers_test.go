@@ -123,6 +123,21 @@ func (r *recorder) chunkReader(fd int, feed func([]byte) (int, error), ended fun
 	}, nil
 }
 
+// bothReadPaths runs test twice: the links read by their reader goroutines,
+// then by chunkReader (Link.ReadOn), each with its own goroutine check.
+func bothReadPaths(t *testing.T, test func(t *testing.T, readOn bool)) {
+	for _, readOn := range []bool{false, true} {
+		name := "goroutine"
+		if readOn {
+			name = "read_on"
+		}
+		t.Run(name, func(t *testing.T) {
+			testenv.CheckGoroutines(t)
+			test(t, readOn)
+		})
+	}
+}
+
 func (r *recorder) readsMoved() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
