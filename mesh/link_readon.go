@@ -96,12 +96,14 @@ func (l *Link) feed(p []byte) (int, error) {
 // awaitReading waits, on linkReadLoop, for the reading started elsewhere to end,
 // and returns why the link ends. A peer that sends nothing for PingTimeout is
 // dead, unless its bytes wait unread in the socket (this hub did not run: a
-// SIGSTOP, a paused VM).
+// SIGSTOP, a paused VM). Read on a loop, the silence is checked twice,
+// PingTimeout/16 apart, before it counts.
 func (l *Link) awaitReading(stop func(), ended <-chan error) error {
 	timeout := l.m.cfg.PingTimeout
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	var why error
+	silent := false // the last check found the peer silent for timeout
 	for why == nil {
 		select {
 		case err := <-ended:
@@ -110,9 +112,18 @@ func (l *Link) awaitReading(stop func(), ended <-chan error) error {
 			why = l.cause()
 		case <-t.C:
 			idle := time.Duration(l.m.monoNow() - l.lastRead.Load())
-			if idle >= timeout && !inq.Pending(l.conn) {
+			switch {
+			case idle < timeout:
+				silent = false
+			case inq.Pending(l.conn):
+				silent = false // this hub did not run; its loop reads them now
+			case silent:
 				why = l.readError(os.ErrDeadlineExceeded)
-				break
+				continue
+			default:
+				// Look again after a grace: the loop may have taken the
+				// bytes from the socket and not yet fed them (lastRead).
+				silent = true
 			}
 			t.Reset(max(timeout-idle, timeout/16))
 		}
