@@ -84,6 +84,8 @@ func (r *linkReader) OnTraffic(c gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
+// OnClose reports gnet's error: io.EOF or a socket error; nil after stop, or
+// when the engine stops (the link then ends as on shutdown).
 func (r *linkReader) OnClose(_ gnet.Conn, err error) { r.end(err) }
 
 func (r *linkReader) end(err error) {

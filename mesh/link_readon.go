@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/ws"
+
 	"github.com/nowconnect/nowconnect/internal/inq"
 )
 
@@ -32,10 +34,12 @@ import (
 // it stays the link's (the callee dups what it keeps). feed takes what was read,
 // in order and one call at a time, and returns how many bytes it used (the rest
 // must be fed again, with what follows) or an error that ends the reading. ended
-// is called exactly once, after the last feed, when the reading has ended: an
-// error of feed, the socket's end or error, or stop. stop is safe from any
-// goroutine, more than once. When ReadStart returns an error, ended is never
-// called and nothing else was started.
+// is called exactly once, after the last feed, when the reading has ended: with
+// the error of feed or of the socket (io.EOF at its end), or nil after stop or
+// when the callee stopped reading by itself (its event loops are going away: the
+// link then ends as on shutdown). stop is safe from any goroutine, more than
+// once. When ReadStart returns an error, ended is never called and nothing else
+// was started.
 type ReadStart func(fd int, feed func(p []byte) (int, error), ended func(error)) (stop func(), err error)
 
 // ReadOn asks for the link to be read by start from now on instead of by its
@@ -138,14 +142,15 @@ func (l *Link) awaitReading(stop func(), ended <-chan error) error {
 	return why
 }
 
-// readEnd is why the link ends when its reading ended by itself.
+// readEnd is why the link ends when its reading ended without being stopped:
+// the peer or the socket (err), or the host of the reading going away (nil),
+// which is this hub shutting down.
 func (l *Link) readEnd(err error) error {
-	switch {
-	case err == nil:
-		if c := l.cause(); c != nil {
-			return c
-		}
-		return &linkError{reason: reasonIOError, err: ErrLinkIO, detail: "the event loop closed the socket"}
+	if err != nil {
+		return l.readError(err)
 	}
-	return l.readError(err)
+	if c := l.cause(); c != nil {
+		return c
+	}
+	return &linkError{reason: reasonShutdown, code: ws.StatusGoingAway, err: ErrShutdown, detail: "this hub is shutting down"}
 }

@@ -2,6 +2,7 @@ package mesh_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -64,4 +65,32 @@ func TestReadOnFrames(t *testing.T) {
 	if ups, downs := a.rec.counts(); ups != 1 || downs != 0 {
 		t.Errorf("a: %d LinkUp, %d LinkDown; want 1, 0", ups, downs)
 	}
+}
+
+// TestReadOnHostStops: when the host of a link's reading stops it by itself
+// (the hub's event loops stopping at shutdown), the link ends as on shutdown:
+// a close frame "going away" to the peer, no link error on either hub.
+func TestReadOnHostStops(t *testing.T) {
+	testenv.CheckGoroutines(t)
+	a, b, _, _ := readOnPair(t)
+	a.rec.stopReaders()
+	testenv.WaitFor(t, 5*time.Second, "LinkDown on both hubs", func() bool {
+		_, da := a.rec.counts()
+		_, db := b.rec.counts()
+		return da == 1 && db >= 1
+	})
+	if err := a.rec.lastDown(); !errors.Is(err, mesh.ErrShutdown) {
+		t.Errorf("a's LinkDown error %v, want ErrShutdown", err)
+	}
+	if err := b.rec.lastDown(); !errors.Is(err, mesh.ErrPeerClosed) {
+		t.Errorf("b's LinkDown error %v, want ErrPeerClosed", err)
+	}
+	for _, h := range []*hub{a, b} {
+		peer := map[*hub]string{a: "hub-b", b: "hub-a"}[h]
+		if got := h.metric(t, `nowconnect_mesh_link_errors_total{peer="`+peer+`"}`); got != 0 {
+			t.Errorf("%s counted %v link errors", h.cfg.ReplicaID, got)
+		}
+	}
+	a.rec.check(t)
+	b.rec.check(t)
 }

@@ -52,6 +52,7 @@ type recorder struct {
 	// (chunkReader), as the hub moves it to an event loop; moved counts them
 	readOn bool
 	moved  int
+	stops  []func() // of the chunkReaders started
 }
 
 func (r *recorder) LinkUp(l *mesh.Link) {
@@ -87,11 +88,16 @@ func (r *recorder) chunkReader(fd int, feed func([]byte) (int, error), ended fun
 	if err != nil {
 		return nil, err
 	}
+	var stopped atomic.Bool
+	stop := func() {
+		stopped.Store(true)
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}
 	r.mu.Lock()
 	r.moved++
 	seed := uint64(r.moved)
+	r.stops = append(r.stops, stop)
 	r.mu.Unlock()
-	var stopped atomic.Bool
 	go func() {
 		defer c.Close()
 		rnd := rand.New(rand.NewPCG(seed, 7))
@@ -117,10 +123,18 @@ func (r *recorder) chunkReader(fd int, feed func([]byte) (int, error), ended fun
 			}
 		}
 	}()
-	return func() {
-		stopped.Store(true)
-		_ = c.SetReadDeadline(time.Unix(1, 0))
-	}, nil
+	return stop, nil
+}
+
+// stopReaders stops every chunkReader as its host would by itself (an event
+// loop going away): the links are not told first.
+func (r *recorder) stopReaders() {
+	r.mu.Lock()
+	stops := append([]func(){}, r.stops...)
+	r.mu.Unlock()
+	for _, stop := range stops {
+		stop()
+	}
 }
 
 // bothReadPaths runs test twice: the links read by their reader goroutines,
